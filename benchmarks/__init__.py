@@ -1,0 +1,1 @@
+"""Benchmark restorers (MGFR, CodeFormer, ...) into DuckDB tables and leaderboards."""

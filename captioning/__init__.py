@@ -1,0 +1,1 @@
+"""Facial attribute extraction and attribute / negative prompts."""

@@ -1,0 +1,1 @@
+"""Seeded, recorded degradation synthesis (blur, resize, noise, JPEG) for LQ faces."""

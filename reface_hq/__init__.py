@@ -1,0 +1,1 @@
+"""Build, verify and export the identity-grouped Reface-HQ face dataset."""

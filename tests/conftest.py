@@ -1,0 +1,65 @@
+"""Shared test conventions.
+
+* ``@pytest.mark.slow``: long tests; the edit loop runs ``pytest -m "not slow"``.
+* ``@pytest.mark.realdata``: reads real photos from ``$REFACE_TEST_DATA``; skipped with a
+  reason when it is unset (``.ci/run`` sets it to ``../shared/data``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_REASON = ("REFACE_TEST_DATA is not set (point it at the shared real-photo folder, e.g. "
+           "REFACE_TEST_DATA=../shared/data; `make test` and .ci/run do)")
+
+
+def test_data_root() -> Path | None:
+    value = os.environ.get("REFACE_TEST_DATA")
+    if not value:
+        return None
+    return Path(value).expanduser().resolve()
+
+
+def pytest_collection_modifyitems(config, items):
+    root = test_data_root()
+    if root is not None and root.is_dir():
+        return
+    reason = _REASON if root is None else f"REFACE_TEST_DATA={root} is not a folder"
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real-photo folder; tests using it must be marked ``realdata``."""
+    root = test_data_root()
+    if root is None or not root.is_dir():
+        pytest.skip(_REASON)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_reface_home(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real asset cache, nor downloads."""
+    monkeypatch.setenv("REFACE_HOME", str(tmp_path_factory.mktemp("reface_home")))
+    monkeypatch.delenv("REFACE_ALLOW_DOWNLOAD", raising=False)
+
+
+def make_rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:
+    """A deterministic, structured RGB test image (gradients plus noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1),
+                    (xx + yy) * 255 // max(h + w - 2, 1)], axis=-1).astype(np.int32)
+    img += rng.integers(-10, 11, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    return make_rgb()
