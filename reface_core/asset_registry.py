@@ -94,6 +94,14 @@ for _name, _repo, _desc in (
         license="BSD-3-Clause (Salesforce BLIP)" if "blip2" not in _name else "MIT (BLIP-2)",
         hf_repo=_repo, source=f"https://huggingface.co/{_repo}"))
 
+register(Asset(
+    name="clip-bpe-vocab", filename="bpe_simple_vocab_16e6.txt.gz", subdir="clip",
+    description="CLIP byte-pair vocabulary (the tokenizer of Stable Diffusion's text encoder), "
+                "used to keep prompts within 77 tokens",
+    used_by=("captioning", "mgfr"), license="MIT (openai/CLIP)",
+    package=("clip", ""), source="PyPI openai-clip (installed with pyiqa)",
+    sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"))
+
 # --- MGFR --------------------------------------------------------------------------------
 register(Asset(
     name="sd21-base", filename="stable-diffusion-2-1-base", kind="dir", subdir="hf",
