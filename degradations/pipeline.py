@@ -1,0 +1,133 @@
+"""The two front ends over one implementation.
+
+* :class:`Degrader` - one ``uint8`` RGB image in, one ``uint8`` LQ image and its record
+  out; always on the CPU with real libjpeg, so its bytes are exact and replayable.
+* :class:`BatchDegrader` - a float ``(B, 3, H, W)`` tensor on CPU or CUDA in, the LQ batch
+  and its records out, for data loaders and training steps.
+
+Both sample with :func:`degradations.sampling.sample_record` and apply records with
+:func:`apply_records`, which walks the records' op lists in step, batching each op over
+the samples that share it and their current size.
+
+Agreement between the fronts (tested): with ``jpeg="libjpeg"`` the batch equals the
+per-image output to within one 8-bit level on at least 99.9% of pixels (FFT batches can
+round a value that sits on a .5 boundary the other way, and JPEG can spread that across
+its block); with the torch JPEG model (the default on CUDA) the mean absolute difference
+stays below 1.5 levels.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import presets as P
+from .ops import OPS, quantize, to_tensor, to_uint8
+from .sampling import sample_record
+
+JPEG_BACKENDS = ("auto", "libjpeg", "torch")
+
+
+def _check_records(records: Sequence[dict], size: tuple[int, int]) -> None:
+    for r in records:
+        if not isinstance(r, dict) or "ops" not in r or "input_size" not in r:
+            raise ValueError(f"not a degradation record (needs 'ops' and 'input_size'): {str(r)[:120]}")
+        if list(r["input_size"]) != [int(size[0]), int(size[1])]:
+            raise ValueError(f"record for image {r.get('image_id')!r} was sampled for input size "
+                             f"{r['input_size']}, but the image is {list(size)}")
+        for op in r["ops"]:
+            if op.get("op") != "one_of" and op.get("op") not in OPS:
+                raise ValueError(f"record for image {r.get('image_id')!r} has unknown op {op.get('op')!r}")
+
+
+def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto") -> torch.Tensor:
+    """Apply one record per sample to ``x`` ``(B, 3, H, W)`` float in [0, 1].
+
+    ``jpeg``: ``"libjpeg"`` (exact, CPU round trip), ``"torch"`` (differentiable model on
+    the tensor's device) or ``"auto"`` (libjpeg for CPU tensors, torch otherwise).
+    Returns the LQ batch on ``x``'s device, on the 8-bit grid.
+    """
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"expected a float (B, 3, H, W) tensor, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
+    if len(records) != x.shape[0]:
+        raise ValueError(f"got {len(records)} records for a batch of {x.shape[0]} images")
+    if jpeg not in JPEG_BACKENDS:
+        raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
+    _check_records(records, tuple(x.shape[-2:]))
+    backend = ("libjpeg" if x.device.type == "cpu" else "torch") if jpeg == "auto" else jpeg
+    cur = [x[i:i + 1] for i in range(x.shape[0])]
+    op_lists = [r["ops"] for r in records]
+    for j in range(max((len(o) for o in op_lists), default=0)):
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, ops in enumerate(op_lists):
+            if j < len(ops) and ops[j].get("applied", True) and ops[j]["op"] != "one_of":
+                groups[(ops[j]["op"], tuple(cur[i].shape[-2:]))].append(i)
+        for (name, _), idx in groups.items():
+            batch = cur[idx[0]] if len(idx) == 1 else torch.cat([cur[i] for i in idx])
+            out = OPS[name](batch, [op_lists[i][j] for i in idx], backend)
+            for n, i in enumerate(idx):
+                cur[i] = out[n] if isinstance(out, list) else out[n:n + 1]
+    sizes = {tuple(c.shape[-2:]) for c in cur}
+    if len(sizes) > 1:
+        raise ValueError(f"records end at different sizes {sorted(sizes)}; batch images of one preset")
+    return quantize(torch.cat(cur))
+
+
+class Degrader:
+    """Per-image degradation with a preset (name, ``Preset``, or a .yaml/.json file).
+
+    >>> lq, record = Degrader("gfpgan")(image_uint8, seed=0, image_id="00001")
+    >>> np.array_equal(Degrader.replay(image_uint8, record), lq)
+    True
+    """
+
+    def __init__(self, preset: str | P.Preset = "gfpgan"):
+        self.preset = P.get_preset(preset)
+
+    def sample(self, seed: int, image_id: str, size: tuple[int, int]) -> dict:
+        return sample_record(self.preset, seed, image_id, size)
+
+    def __call__(self, image: np.ndarray, seed: int, image_id: str) -> tuple[np.ndarray, dict]:
+        x = to_tensor(image)
+        record = self.sample(seed, image_id, tuple(x.shape[-2:]))
+        return to_uint8(apply_records(x, [record], jpeg="libjpeg")), record
+
+    @staticmethod
+    def replay(image: np.ndarray, record: dict) -> np.ndarray:
+        """Re-apply a stored record to its HQ image: the same bytes as the first time."""
+        return to_uint8(apply_records(to_tensor(image), [record], jpeg="libjpeg"))
+
+
+class BatchDegrader:
+    """Batched degradation on the tensor's device, for data loaders and training steps.
+
+    ``jpeg``: see :func:`apply_records`; use ``"torch"`` for a differentiable pipeline.
+
+    >>> deg = BatchDegrader("mgfr-medium")
+    >>> lq, records = deg(hq_batch, seed=step, image_ids=[f"{i}" for i in batch_indices])
+    """
+
+    def __init__(self, preset: str | P.Preset = "gfpgan", jpeg: str = "auto"):
+        if jpeg not in JPEG_BACKENDS:
+            raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
+        self.preset = P.get_preset(preset)
+        self.jpeg = jpeg
+
+    def sample(self, seed: int, image_ids: Sequence[str], size: tuple[int, int]) -> list[dict]:
+        return [sample_record(self.preset, seed, i, size) for i in image_ids]
+
+    def __call__(self, x: torch.Tensor, seed: int, image_ids: Sequence[str]) -> tuple[torch.Tensor, list[dict]]:
+        if not torch.is_tensor(x) or x.ndim != 4:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got {type(x).__name__} "
+                             f"of shape {tuple(getattr(x, 'shape', ()))}")
+        if len(image_ids) != x.shape[0]:
+            raise ValueError(f"got {len(image_ids)} image ids for a batch of {x.shape[0]}")
+        records = self.sample(seed, [str(i) for i in image_ids], tuple(x.shape[-2:]))
+        return apply_records(x, records, jpeg=self.jpeg), records
+
+    def apply(self, x: torch.Tensor, records: Sequence[dict]) -> torch.Tensor:
+        return apply_records(x, records, jpeg=self.jpeg)
