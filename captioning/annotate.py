@@ -1,0 +1,259 @@
+"""Annotate a Reface-HQ manifest in place: resumable, with a progress bar, atomic rewrite.
+
+``annotate_manifest`` adds the columns of :data:`captioning.pipeline.OUTPUT_COLUMNS` to a
+manifest (Parquet, CSV or JSONL). How it survives a kill:
+
+1. every batch's raw backend results are appended to a progress file beside the manifest
+   (``.<manifest name>.captioning.jsonl``, one JSON line per face, flushed and fsynced);
+   its first line records the backend settings, and a rerun with other settings refuses
+   to mix them (pass ``restart=True`` to start over);
+2. a rerun skips faces already in the progress file, and faces the manifest already has
+   annotated (``caption_status`` set) unless ``overwrite=True``;
+3. at the end the whole manifest is written to a temporary name and renamed over the
+   original, then the progress file is removed. A kill at any point leaves either the old
+   manifest or the new one, never half of one, and no face is done twice or lost.
+
+Raw per-backend results are stored (not the combined ones), so the precedence and the
+prompt settings apply at merge time; changing them never needs the models again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from reface_core.atomic import atomic_path
+
+from .attributes import attributes_from_json, attributes_to_json
+from .extractors import FaceSample
+from .pipeline import OUTPUT_COLUMNS, Captioner
+
+KEY_COLUMNS = ("face_id", "image_path", "path")
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
+           ".ndjson": "jsonl"}
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be annotated; the message names the file and the problem."""
+
+
+def manifest_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ManifestError(f"{path}: unsupported manifest type {path.suffix!r}; use "
+                            f"{', '.join(sorted(FORMATS))}")
+    return fmt
+
+
+def read_manifest(path: str | os.PathLike):
+    """The manifest as a pyarrow Table (Parquet read as is; CSV and JSONL through pandas)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest does not exist")
+    fmt = manifest_format(path)
+    try:
+        if fmt == "parquet":
+            return pq.read_table(path)
+        df = pd.read_csv(path) if fmt == "csv" else pd.read_json(path, lines=True)
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise ManifestError(f"{path}: cannot read as {fmt} ({type(e).__name__}: {e})") from None
+
+
+def write_manifest(table, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``table`` to ``path`` in the format its suffix says, atomically."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    fmt = manifest_format(path)
+    if fmt == "parquet" and metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): json.dumps(v, sort_keys=True).encode()
+                     for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            pq.write_table(table, tmp)
+        elif fmt == "csv":
+            table.to_pandas().to_csv(tmp, index=False)
+        else:
+            table.to_pandas().to_json(tmp, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+def progress_path(manifest: Path) -> Path:
+    return manifest.with_name(f".{manifest.name}.captioning.jsonl")
+
+
+def _read_progress(path: Path, fingerprint: str) -> dict[str, dict]:
+    """Done faces from the progress file; the last line may be cut short by a kill."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("fingerprint") != fingerprint:
+        raise ManifestError(
+            f"{path}: progress of an earlier run with other backend settings "
+            f"({header.get('fingerprint', 'unreadable')}); rerun with the same settings to "
+            "resume it, or pass --restart to discard it")
+    done: dict[str, dict] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            if number >= len(lines) - 1:
+                break  # the line being written when the job was killed
+            raise ManifestError(f"{path}, line {number}: corrupt progress line") from None
+        done[item["key"]] = item
+    return done
+
+
+def _append(path: Path, items: Iterable[dict], fingerprint: str) -> None:
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        if new:
+            f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+        for item in items:
+            f.write(json.dumps(item, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class AnnotateReport:
+    manifest: Path
+    rows: int              # rows in the manifest
+    eligible: int          # rows with status "ok" (or all, without a status column)
+    already_done: int      # skipped: annotated before or in the progress file
+    processed: int         # faces run through the backends in this call
+    ok: int                # eligible rows annotated with status "ok" after this call
+    failed: int            # eligible rows whose annotation failed
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"{self.manifest}: {self.ok}/{self.eligible} faces annotated ok, "
+                f"{self.failed} failed, {self.processed} processed now, "
+                f"{self.already_done} already done ({self.seconds:.1f}s)")
+
+
+def _is_set(value) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
+                      batch_size: int = 16, overwrite: bool = False, restart: bool = False,
+                      retry_failed: bool = False, limit: int | None = None,
+                      aligned: bool = True, progress: bool = True) -> AnnotateReport:
+    """Add attribute, caption and prompt columns to ``manifest`` (see module docstring).
+
+    ``aligned``: the manifest's images are FFHQ-aligned crops (Reface-HQ's are); False
+    detects and aligns the largest face of each image first. ``limit`` stops after that
+    many faces (the rest stay for the next run).
+    """
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    table = read_manifest(manifest)
+    columns = table.column_names
+    key_column = next((c for c in KEY_COLUMNS if c in columns), None)
+    path_column = next((c for c in ("image_path", "path") if c in columns), None)
+    if path_column is None and any(e.needs_pixels for e in captioner.extractors):
+        raise ManifestError(f"{manifest}: no 'image_path' (or 'path') column; columns are "
+                            f"{', '.join(columns)}")
+    if key_column is None:
+        raise ManifestError(f"{manifest}: no 'face_id', 'image_path' or 'path' column to "
+                            "identify faces")
+    heavy = {"embedding"}  # never needed here; skip converting big list columns
+    rows = table.select([c for c in columns if c not in heavy]).to_pylist()
+    keys = [str(r[key_column]) for r in rows]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ManifestError(f"{manifest}: column {key_column!r} has duplicate values, e.g. "
+                            f"{dupes}; faces must be identifiable to resume")
+    eligible = [i for i, r in enumerate(rows) if r.get("status", "ok") == "ok"]
+
+    fingerprint = captioner.fingerprint()
+    ppath = progress_path(manifest)
+    if restart and ppath.exists():
+        ppath.unlink()
+    done = _read_progress(ppath, fingerprint)
+
+    def annotated_before(row) -> bool:
+        status = row.get("caption_status")
+        if overwrite or not _is_set(status):
+            return False
+        return not (retry_failed and status != "ok")
+
+    todo = [i for i in eligible if keys[i] not in done and not annotated_before(rows[i])]
+    already = len(eligible) - len(todo)
+    if limit is not None:
+        todo = todo[:max(0, int(limit))]
+
+    base = manifest.parent
+    with tqdm(total=len(todo), desc=f"captioning {manifest.name}", unit="face",
+              disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            samples = []
+            for i in chunk:
+                row = rows[i]
+                rel = row.get(path_column) if path_column else None
+                path = (base / str(rel)) if _is_set(rel) else None
+                samples.append(FaceSample(key=keys[i], path=path, aligned=aligned, row=row,
+                                          error=None if (path or not path_column) else
+                                          f"{keys[i]}: empty {path_column}"))
+            per_backend, captions, errors = captioner.extract(samples)
+            items = [{"key": s.key,
+                      "backends": {b: json.loads(attributes_to_json(a)) for b, a in p.items()},
+                      "captions": c, "errors": e}
+                     for s, p, c, e in zip(samples, per_backend, captions, errors)]
+            _append(ppath, items, fingerprint)
+            done.update({it["key"]: it for it in items})
+            bar.update(len(chunk))
+
+    # Merge: new results, else what the manifest had, else nothing.
+    values = {c: [r.get(c) for r in rows] for c in OUTPUT_COLUMNS}
+    todo_keys = {keys[j] for j in todo}
+    processed = 0
+    for i in eligible:
+        item = done.get(keys[i])
+        if item is None:
+            continue
+        processed += keys[i] in todo_keys
+        ann = captioner.finish(keys[i], {b: attributes_from_json(a)
+                                         for b, a in item["backends"].items()},
+                               item["captions"], item["errors"])
+        for c, v in ann.to_row().items():
+            values[c][i] = v
+    for c in OUTPUT_COLUMNS:
+        array = pa.array([v if _is_set(v) else None for v in values[c]], pa.string())
+        if c in table.column_names:
+            table = table.set_column(table.column_names.index(c), c, array)
+        else:
+            table = table.append_column(c, array)
+    write_manifest(table, manifest, metadata={"captioning": captioner.config()})
+    if ppath.exists():
+        ppath.unlink()
+    statuses = [values["caption_status"][i] for i in eligible]
+    return AnnotateReport(manifest=manifest, rows=len(rows), eligible=len(eligible),
+                          already_done=already, processed=processed,
+                          ok=sum(s == "ok" for s in statuses),
+                          failed=sum(s == "failed" for s in statuses),
+                          seconds=time.perf_counter() - t0)
