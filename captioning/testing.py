@@ -51,9 +51,11 @@ def build_tiny_blip(folder: str | Path, *, seed: int = 0, image_size: int = 32,
         intermediate_size=2 * hidden, num_attention_heads=2, num_hidden_layers=2,
         max_position_embeddings=64, pad_token_id=ids["[PAD]"], bos_token_id=ids["[DEC]"],
         sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"])
+    # BLIP initialises its vision tower with std 1e-10, which makes every image look the
+    # same to a random model; a normal std lets tests see that answers depend on pixels.
     vision_config = dict(hidden_size=hidden, intermediate_size=2 * hidden,
                          num_attention_heads=2, num_hidden_layers=2, image_size=image_size,
-                         patch_size=8)
+                         patch_size=8, initializer_range=0.02)
     config = BlipConfig(text_config=text_config, vision_config=vision_config,
                         projection_dim=hidden)
     processor = BlipProcessor(
