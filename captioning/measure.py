@@ -17,16 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A generic adult face in millimetres, camera frame (x right, y down, z away from the
-# camera), origin at the nose tip: eye centres 63 mm apart and 42 mm above the tip and
-# 32 mm behind it, mouth corners 50 mm apart, 22 mm below and 25 mm behind. Average
-# anthropometric proportions; an individual face differs by a few degrees at most.
+# A generic face in millimetres, camera frame (x right, y down, z away from the camera),
+# origin at the nose tip. x and y are the ArcFace 5-point template (the mean layout of
+# frontal faces that face-recognition alignment uses) scaled to a 63 mm eye spacing, so
+# that template reads as yaw = pitch = roll = 0; the depths (eyes 27 mm, mouth corners
+# 25 mm behind the nose tip) are average head proportions. An individual face differs
+# from it by a few degrees, mostly in pitch.
 FACE_MODEL_5 = np.array([
-    [-31.5, -42.0, 32.0],   # left eye (as seen in the image)
-    [31.5, -42.0, 32.0],    # right eye
+    [-31.5, -36.0, 27.0],   # left eye (as seen in the image)
+    [31.5, -36.0, 27.0],    # right eye
     [0.0, 0.0, 0.0],        # nose tip
-    [-25.0, 22.0, 25.0],    # left mouth corner
-    [25.0, 22.0, 25.0],     # right mouth corner
+    [-26.1, 36.75, 25.0],   # left mouth corner
+    [26.1, 36.75, 25.0],    # right mouth corner
 ], dtype=np.float64)
 
 

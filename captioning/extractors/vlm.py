@@ -186,7 +186,9 @@ class BlipExtractor(AttributeExtractor):
 
     # --- the two models ------------------------------------------------------------------
     def _pixels(self, processor, images: Sequence[np.ndarray]):
-        batch = processor.image_processor(images=list(images), return_tensors="pt")
+        # The safe loader hands out read-only arrays; torch wants writable memory.
+        images = [im if im.flags.writeable else np.array(im) for im in images]
+        batch = processor.image_processor(images=images, return_tensors="pt")
         return batch["pixel_values"].to(self.device, self.dtype)
 
     def captions(self, images: Sequence[np.ndarray]) -> list[str]:

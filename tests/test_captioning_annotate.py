@@ -1,0 +1,261 @@
+"""``captioning annotate``: columns added, resume after a kill, atomic rewrite, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from captioning.annotate import ManifestError, annotate_manifest, progress_path, read_manifest
+from captioning.attributes import AttributeValue, attributes_from_json
+from captioning.cli import main
+from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
+from captioning.measure import colourfulness
+from captioning.pipeline import OUTPUT_COLUMNS, Captioner
+from captioning.prompts import PromptBuilder
+from reface_core.imageio import save_image
+
+
+class PixelBackend(AttributeExtractor):
+    """A pixel backend for tests: grayscale from the pixels, and a log of what it saw."""
+
+    name = "offline"
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.seen: list[str] = []
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def extract(self, samples):
+        self.calls += 1
+        if self.fail_on_call == self.calls:
+            raise KeyboardInterrupt("simulated kill")
+        out = []
+        for s in samples:
+            if s.error:
+                out.append(ExtractionResult(error=s.error))
+                continue
+            self.seen.append(s.key)
+            c = colourfulness(s.load())
+            out.append(ExtractionResult(attributes={
+                "grayscale": AttributeValue(c.grayscale, c.confidence, self.name)}))
+        return out
+
+
+def make_dataset(root, n=7):
+    """A small Reface-HQ-shaped dataset: images/<identity>/<face_id>.png + manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        identity = f"id{i % 3}"
+        face_id = f"face{i:03d}"
+        rel = f"images/{identity}/{face_id}.png"
+        img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        if i % 2:
+            img = np.repeat(img[..., :1], 3, axis=2)  # every other face is grayscale
+        save_image(root / rel, img)
+        rows.append({"face_id": face_id, "image_path": rel, "identity": identity,
+                     "split": "train", "source": "test", "origin": f"/src/{i:06d}.jpg",
+                     "license": None, "sha256": f"{i:064x}", "width": 32, "height": 32,
+                     "embedder": "dlib-resnet-v1",
+                     "embedding": rng.standard_normal(8).astype(np.float32).tolist(),
+                     "status": "ok", "gender": "female" if i % 3 else "male"})
+    rows.append({**rows[0], "face_id": "gone", "image_path": None, "status": "failed_to_download"})
+    schema = pa.schema([("face_id", pa.string()), ("image_path", pa.string()),
+                        ("identity", pa.string()), ("split", pa.string()),
+                        ("source", pa.string()), ("origin", pa.string()),
+                        ("license", pa.string()), ("sha256", pa.string()),
+                        ("width", pa.int32()), ("height", pa.int32()),
+                        ("embedder", pa.string()), ("embedding", pa.list_(pa.float32())),
+                        ("status", pa.string()), ("gender", pa.string())])
+    path = root / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def captioner(backend=None, **kw):
+    backends = [backend or PixelBackend(), get_extractor("labels", columns=["gender"])]
+    return Captioner(backends, prompt_builder=PromptBuilder(tokenizer="words"), **kw)
+
+
+def test_annotate_adds_the_contract_columns_and_keeps_the_rest(tmp_path):
+    path = make_dataset(tmp_path)
+    before = pq.read_table(path)
+    report = annotate_manifest(path, captioner(), batch_size=3, progress=False)
+    after = pq.read_table(path)
+    assert report.eligible == 7 and report.ok == 7 and report.failed == 0
+    assert report.processed == 7 and report.already_done == 0
+    for c in OUTPUT_COLUMNS:
+        assert after.schema.field(c).type == pa.string()
+    # Every original column is untouched, types included (the embedding stays float32).
+    for c in before.column_names:
+        assert after.column(c).equals(before.column(c)), c
+    assert after.schema.field("embedding").type == pa.list_(pa.float32())
+    rows = after.to_pylist()
+    for r in rows[:7]:
+        attrs = attributes_from_json(r["attributes"])
+        assert attrs["gender"].source == "labels" and attrs["grayscale"].source == "offline"
+        assert r["caption_status"] == "ok" and r["caption_source"] == "template"
+        noun = "woman" if attrs["gender"].value == "female" else "man"
+        assert r["prompt"] == r["caption"] and noun in r["prompt"].split()
+        assert r["negative_quality_prompt"].startswith("blurry, noisy")
+    assert [attributes_from_json(r["attributes"])["grayscale"].value for r in rows[:7]] == \
+           [bool(i % 2) for i in range(7)]
+    assert "black and white" in rows[1]["prompt"] and "black and white" in rows[0]["negative_attribute_prompt"]
+    # Rows that are not "ok" in the manifest are left alone.
+    assert rows[7]["attributes"] is None and rows[7]["caption_status"] is None
+    meta = json.loads(after.schema.metadata[b"captioning"])
+    assert meta["precedence"] == ["labels", "offline", "vlm"]
+    assert not progress_path(path).exists()
+
+
+def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path):
+    path = make_dataset(tmp_path)
+    original = path.read_bytes()
+    first = PixelBackend(fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_manifest(path, captioner(first), batch_size=2, progress=False)
+    # Killed in the third batch: the manifest is untouched, two batches are in progress.
+    assert path.read_bytes() == original
+    lines = progress_path(path).read_text().strip().split("\n")
+    assert len(lines) == 1 + 4
+    # A half-written last line (a kill during the write) is ignored, not fatal.
+    with open(progress_path(path), "a") as f:
+        f.write('{"key": "face00')
+    second = PixelBackend()
+    report = annotate_manifest(path, captioner(second), batch_size=2, progress=False)
+    assert report.already_done == 4 and report.processed == 3 and report.ok == 7
+    assert sorted(first.seen + second.seen) == [f"face{i:03d}" for i in range(7)]
+    assert not set(first.seen) & set(second.seen)
+    # Done means done: a third run touches no face, and the output is byte-stable.
+    third = PixelBackend()
+    annotated = pq.read_table(path).select(list(OUTPUT_COLUMNS))
+    report = annotate_manifest(path, captioner(third), progress=False)
+    assert third.seen == [] and report.processed == 0 and report.already_done == 7
+    assert pq.read_table(path).select(list(OUTPUT_COLUMNS)).equals(annotated)
+    # --overwrite redoes everything.
+    fourth = PixelBackend()
+    annotate_manifest(path, captioner(fourth), overwrite=True, progress=False)
+    assert len(fourth.seen) == 7
+
+
+def test_progress_of_other_settings_is_refused(tmp_path):
+    path = make_dataset(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_manifest(path, captioner(PixelBackend(fail_on_call=2)), batch_size=2,
+                          progress=False)
+    other = captioner(detector="dlib-cnn")
+    with pytest.raises(ManifestError, match="other backend settings.*--restart"):
+        annotate_manifest(path, other, progress=False)
+    report = annotate_manifest(path, other, restart=True, progress=False)
+    assert report.processed == 7
+
+
+def test_limit_and_failures_are_status_rows(tmp_path):
+    path = make_dataset(tmp_path)
+    (tmp_path / "images/id1/face001.png").write_bytes(b"not a png")
+    report = annotate_manifest(path, captioner(), limit=4, progress=False)
+    assert report.processed == 4
+    rows = pq.read_table(path).to_pylist()
+    assert [r["caption_status"] is not None for r in rows[:7]] == [True] * 4 + [False] * 3
+    # A broken image: pixel backends skip it, the labels still describe the face.
+    assert "face001.png" in rows[1]["caption_error"]
+    assert attributes_from_json(rows[1]["attributes"])["gender"].value == "female"
+    report = annotate_manifest(path, captioner(), progress=False)
+    assert report.processed == 3 and report.ok == 7
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_csv_and_jsonl_manifests(tmp_path, suffix):
+    parquet = make_dataset(tmp_path)
+    df = pq.read_table(parquet).to_pandas().drop(columns=["embedding"])
+    path = tmp_path / f"manifest{suffix}"
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_json(path, orient="records", lines=True)
+    report = annotate_manifest(path, captioner(), progress=False)
+    assert report.ok == 7
+    table = read_manifest(path)
+    assert table.num_rows == 8 and "negative_attribute_prompt" in table.column_names
+
+
+def test_bad_manifests_fail_with_clear_errors(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        annotate_manifest(tmp_path / "none.parquet", captioner(), progress=False)
+    bad = tmp_path / "m.txt"
+    bad.write_text("x")
+    with pytest.raises(ManifestError, match="unsupported manifest type '.txt'"):
+        annotate_manifest(bad, captioner(), progress=False)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(ManifestError, match="broken.parquet: cannot read as parquet"):
+        annotate_manifest(broken, captioner(), progress=False)
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_pylist([{"face_id": "a", "image_path": "x.png"}] * 2), dup)
+    with pytest.raises(ManifestError, match="duplicate values.*'a'"):
+        annotate_manifest(dup, captioner(), progress=False)
+    nopath = tmp_path / "nopath.parquet"
+    pq.write_table(pa.Table.from_pylist([{"face_id": "a"}]), nopath)
+    with pytest.raises(ManifestError, match="no 'image_path'"):
+        annotate_manifest(nopath, captioner(), progress=False)
+
+
+def test_cli_annotate_with_labels_and_a_celeba_file(tmp_path, capsys):
+    path = make_dataset(tmp_path)
+    header = "Male Smiling Eyeglasses"
+    (tmp_path / "attr.txt").write_text(
+        "2\n" + header + "\n000000.jpg 1 1 -1\n000001.jpg -1 -1 1\n")
+    rc = main(["annotate", "--manifest", str(path), "--backend", "labels",
+               "--celeba-attributes", str(tmp_path / "attr.txt"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 1, "faces with no labels at all are reported as failed"
+    assert "2/7 faces annotated ok, 5 failed" in out
+    rows = pq.read_table(path).to_pylist()
+    assert rows[0]["prompt"] == "a photo of a smiling man"
+    assert rows[1]["prompt"] == "a photo of a woman, wearing eyeglasses"
+    assert rows[1]["negative_attribute_prompt"] == "man, smiling"
+    assert rows[2]["caption_status"] == "failed"
+    assert "no backend gave any attribute" in rows[2]["caption_error"]
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert main(["annotate", "--manifest", str(tmp_path / "x.parquet"), "--backend", "labels",
+                 "--label-columns", "gender"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["annotate", "--manifest", str(tmp_path / "x.parquet"), "--backend", "labelz"]) == 2
+    assert "unknown attribute backend 'labelz'" in capsys.readouterr().err
+    assert main(["prompt", "smiling=perhaps"]) == 2
+    assert "smiling" in capsys.readouterr().err
+
+
+def test_cli_prompt_prints_the_three_prompts(capsys):
+    assert main(["prompt", "gender=female", "age=27", "smiling=yes", "eyeglasses=no",
+                 "--tokenizer", "words", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["prompt"] == "a photo of a smiling young woman"
+    assert data["negative_attribute_prompt"] == "man, child, old, eyeglasses"
+    assert data["negative_quality_prompt"].startswith("blurry")
+    assert main(["prompt", "--attributes", '{"gender": {"value": "male", "confidence": 0.9, '
+                 '"source": "offline"}}', "--phrase", "gender=male=gentleman",
+                 "--tokenizer", "words"]) == 0
+    assert "a photo of a gentleman" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_annotate_with_the_vlm_backend(tmp_path, capsys):
+    from captioning.testing import build_tiny_blip
+    vqa, cap = build_tiny_blip(tmp_path / "blip")
+    path = make_dataset(tmp_path / "data", n=3)
+    rc = main(["annotate", "--manifest", str(path), "--backend", "vlm,labels",
+               "--label-columns", "gender", "--vqa-model", str(vqa), "--caption-model", str(cap),
+               "--vlm-attributes", "smiling,gender", "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr()
+    rows = pq.read_table(path).to_pylist()[:3]
+    for r in rows:
+        attrs = attributes_from_json(r["attributes"])
+        assert attrs["gender"].source == "labels" and attrs["smiling"].source == "vlm"
+        assert r["caption_source"] == "vlm" and r["caption"]
