@@ -1,1 +1,21 @@
-"""Build, verify and export the identity-grouped Reface-HQ face dataset."""
+"""Build, verify and export the identity-grouped Reface-HQ face dataset.
+
+Public API (imports are light; models load lazily inside the stages)::
+
+    from reface_hq import BuildConfig, build, FolderSource, URLListSource, HFSource
+    stats = build(BuildConfig(sources=[FolderSource("photos", identity="folder")], out="ds"))
+    ds = reface_hq.to_hf_dataset("ds")                 # datasets.Dataset
+    torch_ds = reface_hq.FaceReferenceDataset("ds")    # (target, references, identity, caption)
+    reface_hq.export("ds", "ds_export")                # HF Parquet + card, WebDataset shards
+"""
+
+__version__ = "0.1.0"
+
+from .build import BuildConfig, build, read_exclusion  # noqa: E402
+from .dataset import FaceReferenceDataset, load_manifest, to_hf_dataset, verify  # noqa: E402
+from .export import export, push_to_hub  # noqa: E402
+from .sources import FolderSource, HFSource, URLListSource, parse_source  # noqa: E402
+
+__all__ = ["BuildConfig", "build", "read_exclusion", "FaceReferenceDataset", "load_manifest",
+           "to_hf_dataset", "verify", "export", "push_to_hub", "FolderSource", "HFSource",
+           "URLListSource", "parse_source"]

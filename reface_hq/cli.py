@@ -3,9 +3,146 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+
+_SOURCE_HELP = (
+    "a source: [KIND:]PATH[?key=value&...]. KIND is folder, urls (CSV/JSONL/Parquet with a "
+    "url column and optional identity, license) or hf (a datasets save_to_disk folder or "
+    "Parquet), guessed from PATH when left out. Folder options: identity=folder&folder_level=N "
+    "(N counted from the root, 0 = first folder level), identity=regex&pattern=RE (first "
+    "group), license=..., name=.... Repeat --source for a mixed build.")
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build", help="build a dataset from sources (resumable: rerun the same command)",
+        description="Sources -> decode -> detect + FFHQ-align -> quality -> fingerprint -> "
+                    "embed -> dedupe -> identity grouping -> split -> images/ + "
+                    "manifest.parquet + stats.json. Killed builds resume where they stopped.")
+    p.add_argument("--source", action="append", required=True, metavar="SPEC", help=_SOURCE_HELP)
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--work-dir", help="stage cache folder (default OUT/.work); builds that "
+                                      "share it reuse each other's finished stages")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and retry jitter")
+    p.add_argument("--workers", type=int, default=1, help="processes for the map stages")
+    p.add_argument("--shard-size", type=int, default=32, help="rows per shard (resume unit)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local process pool (default) or Ray Data (pip install '.[ray]')")
+    p.add_argument("--no-identity-hints", action="store_true",
+                   help="ignore the sources' identity hints and cluster all faces")
+    p.add_argument("--min-photos", type=int, default=3, metavar="K",
+                   help="drop identities with fewer than K photos (default 3)")
+    p.add_argument("--size", type=int, choices=(512, 1024), default=512,
+                   help="side of the aligned faces")
+    p.add_argument("--detector", default="dlib-hog", help="faces detector backend")
+    p.add_argument("--embedder", default="dlib", help="faces embedder backend")
+    p.add_argument("--min-face-size", type=float, default=128.0,
+                   help="minimum face size in the source photo, pixels")
+    p.add_argument("--min-sharpness", type=float, default=15.0,
+                   help="minimum variance of the Laplacian of the aligned face at 512 px")
+    p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
+    p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
+                   help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
+    p.add_argument("--min-musiq", type=float, help="drop faces with a lower MUSIQ score")
+    p.add_argument("--max-identity-distance", type=float, default=0.12,
+                   help="cosine distance from an identity's centre beyond which a photo is dropped")
+    p.add_argument("--cluster-threshold", type=float, default=0.08,
+                   help="average-linkage cosine distance cut for clustering unhinted faces")
+    p.add_argument("--assign-distance", type=float, default=0.05,
+                   help="an unhinted face joins a hinted identity within this cosine distance "
+                        "(0: never)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="fraction of identities in the test split")
+    p.add_argument("--exclude", help="exclusion list: one URL, origin path or sha256 per line")
+    p.add_argument("--allow-private-addresses", action="store_true",
+                   help="let the downloader fetch from private/loopback/link-local addresses")
+    p.add_argument("--download-timeout", type=float, default=10.0)
+    p.add_argument("--download-retries", type=int, default=2)
+    p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
+    p.add_argument("--captions", action="store_true",
+                   help="run captioning annotate on the manifest as the last stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_build(args) -> int:
+    from .build import BuildConfig, build, read_exclusion
+    from .sources import parse_source
+
+    sources = [parse_source(s) for s in args.source]
+    config = BuildConfig(
+        sources=sources, out=args.out, work_dir=args.work_dir, seed=args.seed,
+        executor=args.executor, workers=args.workers, shard_size=args.shard_size,
+        progress=not args.no_progress, allow_private=args.allow_private_addresses,
+        download_timeout=args.download_timeout, download_retries=args.download_retries,
+        max_bytes=args.max_bytes, output_size=args.size, detector=args.detector,
+        min_face_size=args.min_face_size, min_sharpness=args.min_sharpness,
+        drop_grayscale=not args.keep_grayscale, musiq=args.musiq, min_musiq=args.min_musiq,
+        embedder=args.embedder, use_identity_hints=not args.no_identity_hints,
+        max_identity_distance=args.max_identity_distance,
+        cluster_threshold=args.cluster_threshold, min_photos=args.min_photos,
+        assign_distance=args.assign_distance,
+        test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
+        captions=args.captions)
+    stats = build(config)
+    print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
+          f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
+          f"{stats['splits']['test']['faces']}); dropped: "
+          + ", ".join(f"{stage}/{reason} {n}" for stage, reasons in stats["dropped"].items()
+                      for reason, n in reasons.items()))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    import duckdb
+
+    from .dataset import manifest_path, read_stats
+    mpath = manifest_path(args.dataset)
+    stats = read_stats(mpath.parent)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    print(f"{mpath.parent}: {stats['faces_kept']} faces, {stats['identities']} identities, "
+          f"{stats['photos_in']} source photos")
+    for stage, reasons in stats["dropped"].items():
+        for reason, n in sorted(reasons.items()):
+            print(f"  dropped at {stage:<13} {reason:<20} {n}")
+    # Straight from the Parquet file with DuckDB: the manifest needs no code of ours.
+    con = duckdb.connect()
+    q = (f"SELECT split, count(*) AS faces, count(DISTINCT identity) AS identities "
+         f"FROM read_parquet(?) GROUP BY split ORDER BY split")
+    for split, faces, ids in con.execute(q, [str(mpath)]).fetchall():
+        print(f"  {split:<6} {faces} faces, {ids} identities")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .build import read_exclusion
+    from .dataset import verify
+    problems = verify(args.dataset, exclusion=frozenset(read_exclusion(args.exclude)),
+                      check_images=not args.skip_images)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    print(f"{args.dataset}: {'OK' if not problems else f'{len(problems)} problems'}")
+    return 0 if not problems else 1
+
+
+def cmd_export(args) -> int:
+    from .build import read_exclusion
+    from .export import export, push_to_hub
+    formats = tuple(args.format) if args.format else ("parquet", "webdataset")
+    done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
+                  exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
+    for fmt, splits in done.items():
+        for split, files in splits.items():
+            print(f"{fmt} {split}: {len(files)} shards")
+    if args.push_to_hub:
+        print(push_to_hub(args.out, args.push_to_hub, private=not args.public))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, verify and export the identity-grouped Reface-HQ face dataset.")
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_build(sub)
+    p = sub.add_parser("stats", help="counts per split and dropped per stage (DuckDB over "
+                                     "the manifest)")
+    p.add_argument("dataset", help="dataset folder or manifest.parquet")
+    p.add_argument("--json", action="store_true", help="print stats.json")
+    p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("verify", help="check a built dataset: images, hashes, splits, exclusions")
+    p.add_argument("dataset", help="dataset folder or manifest.parquet")
+    p.add_argument("--exclude", help="exclusion list to check against")
+    p.add_argument("--skip-images", action="store_true", help="do not hash the images")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("export", help="Hugging Face Parquet shards + dataset card, and "
+                                      "WebDataset tar shards")
+    p.add_argument("dataset", help="dataset folder")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--format", action="append", choices=("parquet", "webdataset"),
+                   help="formats to write (default both)")
+    p.add_argument("--shard-rows", type=int, default=500, help="faces per shard")
+    p.add_argument("--exclude", help="exclusion list applied again at export")
+    p.add_argument("--name", help="dataset name in the card")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export (needs access)")
+    p.add_argument("--public", action="store_true", help="make the hub repository public")
+    p.set_defaults(func=cmd_export)
     add_asset_commands(sub, package="reface_hq")
     return parser
 
@@ -24,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    from .dataset import DatasetError
+    from .sources import SourceError
+    try:
+        return int(args.func(args) or 0)
+    except (SourceError, DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""One public entry that builds every part of a dataset build and runs it.
+
+``build(BuildConfig(...))``: sources -> map stages (executor, resumable) -> dedupe ->
+identity grouping -> split -> exclusion re-check -> dataset on disk -> optional captions.
+The CLI's ``build`` command is this function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import schema
+from .dedupe import Dedupe
+from .download import Download
+from .executor import get_executor
+from .identity import IdentityGroup, SplitByIdentity
+from .stages import Decode, DetectAlign, Embed, Fingerprint, Quality
+
+
+def read_exclusion(path: str | os.PathLike | None) -> tuple[str, ...]:
+    """Entries of an exclusion file: one URL, origin or sha256 per line; ``#`` comments."""
+    if not path:
+        return ()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"exclusion list {path}: file does not exist")
+    entries = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        # " #" starts a comment; a bare "#" may be part of a URL.
+        line = line.split(" #", 1)[0].strip()
+        entries.append(line.lower() if _is_hex_digest(line) else line)
+    return tuple(sorted(set(entries)))
+
+
+def _is_hex_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def is_excluded(row: dict, exclusion: set[str] | frozenset[str]) -> bool:
+    return bool(exclusion) and any(row.get(c) in exclusion
+                                   for c in ("origin", "sha256", "pixel_sha256"))
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    """Everything a build depends on. JSON-able; recorded in ``build.json``."""
+
+    sources: Sequence = ()
+    out: str = "reface_hq_out"
+    work_dir: str | None = None            # default: <out>/.work (shareable between builds)
+    seed: int = 0
+    # executor
+    executor: str = "local"
+    workers: int = 1
+    shard_size: int = 32
+    progress: bool = True
+    # download
+    allow_private: bool = False
+    download_threads: int = 8
+    download_timeout: float = 10.0
+    download_retries: int = 2
+    max_bytes: int = 20_000_000
+    # decode / detect / quality
+    min_source_side: int = 128
+    detector: str = "dlib-hog"
+    output_size: int = 512
+    detect_max_side: int = 1024
+    transform_size: int | None = None
+    min_face_size: float = 128.0
+    min_sharpness: float = 15.0
+    drop_grayscale: bool = True
+    musiq: str = "auto"
+    min_musiq: float | None = None
+    embedder: str = "dlib"
+    # dedupe / identity / split
+    max_phash_distance: int = 4
+    dup_min_cosine: float = 0.95
+    use_identity_hints: bool = True
+    max_identity_distance: float = 0.12
+    cluster_threshold: float = 0.08
+    assign_distance: float = 0.05
+    min_photos: int = 3
+    test_fraction: float = 0.1
+    # exclusion and captions
+    exclusion: tuple[str, ...] = ()
+    captions: bool = False
+
+    def __post_init__(self):
+        if self.output_size not in (512, 1024, 256):
+            raise ValueError(f"output_size must be 512 or 1024 (or 256 for tests), "
+                             f"got {self.output_size}")
+        if not self.sources:
+            raise ValueError("a build needs at least one source")
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else Path(self.out) / ".work"
+
+    def map_stages(self) -> list:
+        work = self.work.resolve()
+        return [
+            Download(folder=str(work / "downloads"), threads=self.download_threads,
+                     timeout=self.download_timeout, retries=self.download_retries,
+                     max_bytes=self.max_bytes, allow_private=self.allow_private,
+                     seed=self.seed, exclusion=self.exclusion),
+            Decode(min_source_side=self.min_source_side, exclusion=self.exclusion),
+            DetectAlign(folder=str(work / f"aligned-{self.output_size}"),
+                        detector=self.detector, output_size=self.output_size,
+                        detect_max_side=self.detect_max_side,
+                        transform_size=self.transform_size),
+            Quality(min_face_size=self.min_face_size, min_sharpness=self.min_sharpness,
+                    drop_grayscale=self.drop_grayscale, musiq=self.musiq,
+                    min_musiq=self.min_musiq),
+            Fingerprint(),
+            Embed(embedder=self.embedder),
+        ]
+
+    def global_stages(self) -> list:
+        return [
+            Dedupe(max_phash_distance=self.max_phash_distance, min_cosine=self.dup_min_cosine),
+            IdentityGroup(use_hints=self.use_identity_hints,
+                          max_distance=self.max_identity_distance,
+                          cluster_threshold=self.cluster_threshold, min_photos=self.min_photos,
+                          assign_distance=self.assign_distance),
+            SplitByIdentity(test_fraction=self.test_fraction, seed=self.seed),
+        ]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sources"] = [dict(type=type(s).__name__, **dataclasses.asdict(s)) for s in self.sources]
+        d.pop("out"), d.pop("work_dir"), d.pop("progress"), d.pop("workers")
+        d["exclusion"] = len(self.exclusion)  # the entries themselves name removed photos
+        return d
+
+
+def source_rows(config: BuildConfig) -> list[dict]:
+    rows, seen = [], set()
+    for src in config.sources:
+        for row in src.rows(config.work):
+            if row["row_id"] in seen:
+                continue  # the same file listed twice by overlapping sources
+            seen.add(row["row_id"])
+            rows.append(row)
+    return rows
+
+
+def build(config: BuildConfig) -> dict:
+    """Build the dataset into ``config.out``; returns the stats written to stats.json."""
+    from .dataset import write_dataset
+
+    t0 = time.perf_counter()
+    rows = source_rows(config)
+    executor = get_executor(config.executor, shard_size=config.shard_size,
+                            progress=config.progress,
+                            **({"workers": config.workers} if config.executor == "local" else {}))
+    rows, reports = executor.run(config.map_stages(), rows, config.work)
+    timings = {r.name: r.seconds for r in reports}
+    for stage in config.global_stages():
+        t = time.perf_counter()
+        rows = stage(rows)
+        timings[stage.name] = round(time.perf_counter() - t, 3)
+    exclusion = frozenset(config.exclusion)
+    rows = [schema.drop(r, "output", "excluded", "on the exclusion list")
+            if schema.is_ok(r) and is_excluded(r, exclusion) else r for r in rows]
+    stats = write_dataset(rows, config, timings=timings,
+                          seconds=round(time.perf_counter() - t0, 3))
+    if config.captions:
+        stats["captions"] = annotate_captions(Path(config.out))
+    return stats
+
+
+def annotate_captions(out: Path) -> str:
+    """Run ``captioning annotate`` on the built manifest (the optional last stage)."""
+    try:
+        import captioning  # noqa: F401
+        from captioning import annotate as _annotate  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise RuntimeError(f"--captions needs the captioning package's annotate step "
+                           f"({e})") from None
+    _annotate(out / "manifest.parquet")
+    return "annotated"
+
+
+def load_build_json(out: str | os.PathLike) -> dict:
+    return json.loads((Path(out) / "build.json").read_text())

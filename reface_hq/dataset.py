@@ -1,0 +1,281 @@
+"""The dataset on disk: writing it, checking it, and loading it for training.
+
+Layout of a built dataset ``DIR/``::
+
+    images/<identity>/<face_id>.png   FFHQ-aligned faces
+    manifest.parquet                  one row per kept face (see schema.MANIFEST_COLUMNS)
+    dropped.parquet                   one status row per dropped photo/face, with reason
+    stats.json                        counts dropped per stage and why, splits, timings
+    build.json                        the build config; written last (the done-marker)
+
+Everything is plain files plus Parquet: pandas, DuckDB (``SELECT ... FROM
+'DIR/manifest.parquet'``) and Hugging Face ``datasets`` read it without our code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reface_core.atomic import atomic_path, safe_child, write_bytes_atomic, write_json_atomic
+
+from . import schema
+
+#: Columns every manifest must have (the project's manifest contract).
+CONTRACT_COLUMNS = ("face_id", "image_path", "identity", "split", "source", "origin", "license",
+                    "sha256", "width", "height", "embedder", "embedding", "status")
+MANIFEST_SCHEMA = pa.schema([schema.ROW_SCHEMA.field(c) for c in schema.MANIFEST_COLUMNS])
+
+
+class DatasetError(ValueError):
+    """A dataset folder or manifest is missing or malformed; the message names it."""
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    table = pa.Table.from_pylist([{c: r.get(c) for c in schema.MANIFEST_COLUMNS} for r in rows],
+                                 schema=MANIFEST_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
+                  seconds: float | None = None) -> dict:
+    """Write images, manifest, dropped rows, stats and build.json (last) into config.out."""
+    from tqdm.auto import tqdm
+
+    out = Path(config.out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    kept = sorted((r for r in rows if schema.is_ok(r)), key=lambda r: (r["identity"], r["face_id"]))
+    wanted: set[Path] = set()
+    manifest_rows = []
+    for r in tqdm(kept, desc="write images", unit="face", disable=not config.progress):
+        rel = f"images/{r['identity']}/{r['face_id']}.png"
+        dest = safe_child(out, rel)
+        data = Path(r["aligned_path"]).read_bytes()
+        digest = _sha256(data)
+        if not (dest.is_file() and _sha256(dest.read_bytes()) == digest):
+            write_bytes_atomic(dest, data)
+        wanted.add(dest)
+        manifest_rows.append(dict(r, image_path=rel, image_sha256=digest))
+    # Files from an earlier build with another config, or temporaries of a killed one.
+    for p in sorted(images.rglob("*"), reverse=True):
+        if p.is_file() and p.resolve() not in wanted:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    for r in rows:
+        if r.get("status") == "excluded" and r.get("aligned_path"):
+            Path(r["aligned_path"]).unlink(missing_ok=True)
+
+    dropped = sorted((r for r in rows if not schema.is_ok(r) and r.get("status") != "excluded"),
+                     key=lambda r: (r["row_id"], r.get("face_index") or -1))
+    _write_parquet(out / "manifest.parquet", manifest_rows)
+    _write_parquet(out / "dropped.parquet", dropped)
+    stats = compute_stats(rows, manifest_rows, config, timings=timings, seconds=seconds)
+    write_json_atomic(out / "stats.json", stats)
+    import reface_hq
+    write_json_atomic(out / "build.json", {
+        "config": config.to_json(), "complete": True, "reface_hq": reface_hq.__version__,
+        "python": platform.python_version(),
+        "map_stages": {s.name: s.config() for s in config.map_stages()
+                       if s.name not in ("download", "detect_align")},
+        "global_stages": {s.name: s.config() for s in config.global_stages()}})
+    return stats
+
+
+def compute_stats(rows: list[dict], kept: list[dict], config, *, timings=None,
+                  seconds=None) -> dict:
+    stage_order = ["source", *[s.name for s in config.map_stages()],
+                   *[s.name for s in config.global_stages()], "output"]
+    dropped: dict[str, dict[str, int]] = {s: {} for s in stage_order}
+    for r in rows:
+        if not schema.is_ok(r):
+            stage = r.get("dropped_at") or "unknown"
+            dropped.setdefault(stage, {})
+            dropped[stage][r["status"]] = dropped[stage].get(r["status"], 0) + 1
+    photos = {r["row_id"] for r in rows}
+    splits = {}
+    for split in ("train", "test"):
+        faces = [r for r in kept if r["split"] == split]
+        splits[split] = {"faces": len(faces), "identities": len({r["identity"] for r in faces})}
+    return {
+        "photos_in": len(photos),
+        "photos_per_source": dict(sorted(Counter(
+            r["source"] for r in {r["row_id"]: r for r in rows}.values()).items())),
+        "faces_kept": len(kept),
+        "identities": len({r["identity"] for r in kept}),
+        "faces_per_identity": dict(sorted(Counter(r["identity"] for r in kept).items())),
+        "splits": splits,
+        "kept_per_source": dict(sorted(Counter(r["source"] for r in kept).items())),
+        "licenses": dict(sorted(Counter(str(r.get("license")) for r in kept).items())),
+        "dropped": {k: v for k, v in dropped.items() if v},
+        "dropped_total": sum(sum(v.values()) for v in dropped.values()),
+        "embedder": sorted({r["embedder"] for r in kept if r.get("embedder")}),
+        "seconds_per_stage": timings or {},
+        "seconds_total": seconds,
+    }
+
+
+# --- reading -------------------------------------------------------------------------
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "manifest.parquet"
+    if not p.is_file():
+        raise DatasetError(f"{path}: no manifest.parquet (is this a built Reface-HQ folder?)")
+    return p
+
+
+def load_manifest(path: str | os.PathLike):
+    """The manifest as a pandas DataFrame (``path``: dataset folder or manifest file)."""
+    import pandas as pd
+    return pd.read_parquet(manifest_path(path))
+
+
+def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = frozenset(),
+           check_images: bool = True) -> list[str]:
+    """Problems found in a built dataset (empty list: it is sound)."""
+    problems: list[str] = []
+    mpath = manifest_path(path)
+    root = mpath.parent
+    if not (root / "build.json").is_file():
+        problems.append("build.json is missing: the build did not finish")
+    table = pq.read_table(mpath)
+    missing = [c for c in CONTRACT_COLUMNS if c not in table.column_names]
+    if missing:
+        return problems + [f"manifest lacks contract columns {missing}"]
+    rows = table.to_pylist()
+    ids = Counter(r["face_id"] for r in rows)
+    problems += [f"face_id {k} appears {n} times" for k, n in ids.items() if n > 1]
+    problems += [f"{r['face_id']}: status {r['status']!r}, expected 'ok'"
+                 for r in rows if r["status"] != schema.OK]
+    problems += [f"{r['face_id']}: split {r['split']!r}" for r in rows
+                 if r["split"] not in ("train", "test")]
+    by_identity: dict[str, set] = {}
+    for r in rows:
+        by_identity.setdefault(r["identity"], set()).add(r["split"])
+    problems += [f"identity {k} is in both splits" for k, v in by_identity.items() if len(v) > 1]
+    embedders = {r["embedder"] for r in rows}
+    if len(embedders) > 1:
+        problems.append(f"several embedders in one manifest: {sorted(embedders)}")
+    dims = {len(r["embedding"] or []) for r in rows}
+    if len(dims) > 1 or 0 in dims:
+        problems.append(f"embeddings of lengths {sorted(dims)}")
+    from .build import is_excluded
+    problems += [f"{r['face_id']}: on the exclusion list ({r['origin']})" for r in rows
+                 if is_excluded(r, exclusion)]
+    if check_images:
+        listed = set()
+        for r in rows:
+            try:
+                p = safe_child(root, r["image_path"])
+            except ValueError as e:
+                problems.append(f"{r['face_id']}: {e}")
+                continue
+            listed.add(p)
+            if not p.is_file():
+                problems.append(f"{r['face_id']}: image {r['image_path']} is missing")
+            elif r.get("image_sha256") and _sha256(p.read_bytes()) != r["image_sha256"]:
+                problems.append(f"{r['face_id']}: image {r['image_path']} does not match its "
+                                "sha256")
+        images = root / "images"
+        if images.is_dir():
+            extra = [p for p in images.rglob("*") if p.is_file() and p.resolve() not in listed]
+            problems += [f"{p.relative_to(root)} is not in the manifest" for p in sorted(extra)]
+    return problems
+
+
+def to_hf_dataset(path: str | os.PathLike, split: str | None = None):
+    """The dataset as a Hugging Face ``datasets.Dataset`` with a decoded ``image`` column."""
+    import datasets
+    df = load_manifest(path)
+    root = manifest_path(path).parent
+    if split is not None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+        df = df[df["split"] == split]
+    df = df.reset_index(drop=True)
+    df.insert(0, "image", [str(root / p) for p in df["image_path"]])
+    ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+    return ds.cast_column("image", datasets.Image())
+
+
+class FaceReferenceDataset:
+    """PyTorch dataset of ``(target, references, identity, caption)`` for reference-guided
+    restoration training.
+
+    ``target``: (3, S, S) float tensor in [0, 1]; ``references``: (R, 3, S, S), other
+    photos of the same identity drawn deterministically from ``seed`` and the index
+    (with replacement when the identity has fewer than R others). Faces whose identity has
+    no other photo in the split are left out (they cannot have a reference).
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str | None = "train",
+                 n_references: int = 1, size: int | None = None, seed: int = 0):
+        if n_references < 1:
+            raise ValueError(f"n_references must be >= 1, got {n_references}")
+        df = load_manifest(path)
+        self.root = manifest_path(path).parent
+        if split is not None:
+            df = df[df["split"] == split]
+        counts = df["identity"].value_counts()
+        df = df[df["identity"].map(counts) >= 2].sort_values(["identity", "face_id"])
+        self.items = df[["face_id", "image_path", "identity"]].to_dict("records")
+        captions = df["caption"] if "caption" in df else [None] * len(df)
+        for item, cap in zip(self.items, captions):
+            item["caption"] = cap if isinstance(cap, str) else ""
+        self.by_identity: dict[str, list[int]] = {}
+        for k, item in enumerate(self.items):
+            self.by_identity.setdefault(item["identity"], []).append(k)
+        self.n_references = n_references
+        self.size = size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _tensor(self, k: int):
+        import torch
+        from reface_core.imageio import load_image
+        img = load_image(self.root / self.items[k]["image_path"])
+        if self.size is not None and img.shape[0] != self.size:
+            import cv2
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+
+    def references_of(self, index: int) -> list[int]:
+        item = self.items[index]
+        others = [k for k in self.by_identity[item["identity"]] if k != index]
+        rng = np.random.default_rng([self.seed, index])
+        replace = len(others) < self.n_references
+        return [int(k) for k in rng.choice(others, size=self.n_references, replace=replace)]
+
+    def __getitem__(self, index: int):
+        import torch
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        refs = torch.stack([self._tensor(k) for k in self.references_of(index)])
+        item = self.items[index]
+        return self._tensor(index), refs, item["identity"], item["caption"]
+
+
+def read_stats(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    p = p / "stats.json" if p.is_dir() else p
+    if not p.is_file():
+        raise DatasetError(f"{path}: no stats.json")
+    return json.loads(p.read_text())

@@ -1,0 +1,197 @@
+"""Identity grouping and cleaning, and the train/test split by identity (global stages).
+
+With hints (``use_hints=True``): faces are grouped by their source's identity hint; each
+group's robust centre is found from its own members (start at the normalised coordinate
+median, then re-average the members within ``max_distance`` twice); faces farther than
+``max_distance`` (cosine distance) from their centre are dropped as ``identity_outlier``.
+A face that was merged from copies filed under several hints goes to the nearest of those
+centres. Faces without a hint join the nearest hinted centre within ``assign_distance``
+(stricter than ``max_distance``: with no label to confirm it, a match must be close), the
+rest are clustered.
+
+Without hints, or for the unhinted rest: agglomerative clustering (average linkage on
+cosine distance, cut at ``cluster_threshold``, scipy), then the same outlier cleaning.
+Identities with fewer than ``min_photos`` faces are dropped (``too_few_photos``).
+
+Names: a hinted identity is ``<source>-<hint>``, a cluster ``cluster-<NNNNN>`` numbered
+by its smallest face_id, both made safe as folder names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from . import schema
+from .dedupe import hint_key
+from .sources import safe_name
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+
+
+def robust_centre(emb: np.ndarray, max_distance: float, iterations: int = 2) -> np.ndarray:
+    centre = _unit(np.median(emb, axis=0))
+    for _ in range(iterations):
+        d = 1.0 - emb @ centre
+        near = emb[d <= max_distance]
+        if len(near) == 0:
+            break
+        centre = _unit(near.mean(axis=0))
+    return centre
+
+
+def cluster(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster labels 0..k-1 (average linkage, cosine distance, cut at ``threshold``)."""
+    if len(emb) == 1:
+        return np.zeros(1, dtype=int)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+    dist = np.clip(pdist(emb, metric="cosine"), 0.0, 2.0)
+    labels = fcluster(linkage(dist, method="average"), t=threshold, criterion="distance")
+    return labels - 1
+
+
+@dataclasses.dataclass
+class IdentityGroup:
+    name = "identity"
+    use_hints: bool = True
+    max_distance: float = 0.12
+    cluster_threshold: float = 0.08
+    min_photos: int = 3
+    assign_distance: float = 0.05
+
+    def config(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        if self.min_photos < 1:
+            raise ValueError(f"min_photos must be >= 1, got {self.min_photos}")
+        if not 0 < self.max_distance < 2 or not 0 < self.cluster_threshold < 2:
+            raise ValueError("max_distance and cluster_threshold are cosine distances in (0, 2)")
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        out = list(rows)
+        live = [i for i, r in enumerate(rows) if schema.is_ok(r)]
+        missing = [i for i in live if rows[i].get("embedding") is None]
+        for i in missing:
+            out[i] = schema.drop(rows[i], self.name, "no_embedding", "face has no embedding")
+        live = [i for i in live if rows[i].get("embedding") is not None]
+        if not live:
+            return out
+        emb = _unit(np.asarray([rows[i]["embedding"] for i in live], dtype=np.float32))
+        pos = {i: k for k, i in enumerate(live)}
+        assigned: dict[int, str] = {}      # row index -> identity key
+        centres: dict[str, np.ndarray] = {}
+
+        unhinted = list(live)
+        if self.use_hints:
+            groups: dict[str, list[int]] = {}
+            for i in live:
+                key = hint_key(rows[i])
+                if key and not rows[i].get("alt_identity_hints"):
+                    groups.setdefault(key, []).append(i)
+            for key, members in sorted(groups.items()):
+                centres[key] = robust_centre(emb[[pos[i] for i in members]], self.max_distance)
+            unhinted = []
+            for i in live:
+                candidates = [h for h in [hint_key(rows[i]), *(rows[i].get("alt_identity_hints")
+                                                             or [])] if h and h in centres]
+                if not candidates:
+                    if hint_key(rows[i]) or rows[i].get("alt_identity_hints"):
+                        # Its group had only merged copies: let it form its own centre.
+                        key = hint_key(rows[i]) or rows[i]["alt_identity_hints"][0]
+                        centres.setdefault(key, emb[pos[i]])
+                        assigned[i] = key
+                    else:
+                        unhinted.append(i)
+                    continue
+                assigned[i] = min(candidates,
+                                  key=lambda h: (1.0 - float(emb[pos[i]] @ centres[h]), h))
+            if self.assign_distance > 0 and centres and unhinted:
+                keys = sorted(centres)
+                mat = np.stack([centres[k] for k in keys])
+                rest = []
+                for i in unhinted:
+                    d = 1.0 - mat @ emb[pos[i]]
+                    j = int(np.argmin(d))
+                    if d[j] <= self.assign_distance:
+                        assigned[i] = keys[j]
+                    else:
+                        rest.append(i)
+                unhinted = rest
+
+        if unhinted:
+            labels = cluster(emb[[pos[i] for i in unhinted]], self.cluster_threshold)
+            members: dict[int, list[int]] = {}
+            for i, lab in zip(unhinted, labels.tolist()):
+                members.setdefault(lab, []).append(i)
+            ordered = sorted(members.values(), key=lambda m: min(rows[i]["face_id"] for i in m))
+            for n, m in enumerate(ordered, start=1):
+                for i in m:
+                    assigned[i] = f"cluster:{n:05d}"
+
+        by_identity: dict[str, list[int]] = {}
+        for i, key in assigned.items():
+            by_identity.setdefault(key, []).append(i)
+        for key, members in by_identity.items():
+            vecs = emb[[pos[i] for i in members]]
+            centre = robust_centre(vecs, self.max_distance)
+            name = _identity_name(key)
+            kept = []
+            for i, v in zip(members, vecs):
+                d = float(1.0 - v @ centre)
+                row = dict(rows[i], identity=name, identity_distance=d)
+                if d > self.max_distance:
+                    out[i] = schema.drop(row, self.name, "identity_outlier",
+                                         f"cosine distance {d:.3f} to the centre of {name} "
+                                         f"exceeds {self.max_distance}")
+                else:
+                    out[i] = row
+                    kept.append(i)
+            if len(kept) < self.min_photos:
+                for i in kept:
+                    out[i] = schema.drop(out[i], self.name, "too_few_photos",
+                                         f"{name} has {len(kept)} photos, fewer than "
+                                         f"{self.min_photos}")
+        return out
+
+
+def _identity_name(key: str) -> str:
+    kind, _, rest = key.partition(":")
+    return f"cluster-{rest}" if kind == "cluster" else safe_name(f"{kind}-{rest}")
+
+
+@dataclasses.dataclass
+class SplitByIdentity:
+    """Whole identities go to ``test`` (a seeded, order-free choice), the rest to ``train``.
+
+    Identities are ranked by sha256(seed, identity); the first ``round(n * test_fraction)``
+    (at least one when there are two or more identities and the fraction is positive)
+    form the test split. Adding identities does not reshuffle the others' ranks.
+    """
+
+    name = "split"
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    def config(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        identities = sorted({r["identity"] for r in rows if schema.is_ok(r)})
+        ranked = sorted(identities, key=lambda s: hashlib.sha256(
+            f"{self.seed}:{s}".encode("utf-8")).hexdigest())
+        n_test = round(len(identities) * self.test_fraction)
+        if self.test_fraction > 0 and len(identities) >= 2:
+            n_test = max(1, n_test)
+        test = set(ranked[:n_test])
+        return [dict(r, split="test" if r["identity"] in test else "train")
+                if schema.is_ok(r) else r for r in rows]
