@@ -76,6 +76,13 @@ register(Asset(
     url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
     package=("facexlib", "weights"), other_places=(f"{_TORCH_HUB}/detection_Resnet50_Final.pth",)))
 register(Asset(
+    name="retinaface-mobilenet0.25", filename="detection_mobilenet0.25_Final.pth",
+    subdir="facexlib", description="RetinaFace MobileNet-0.25 detector (facexlib, fast)",
+    used_by=("faces",), license="MIT (facexlib); trained on WIDER FACE",
+    url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
+    package=("facexlib", "weights"),
+    other_places=(f"{_TORCH_HUB}/detection_mobilenet0.25_Final.pth",)))
+register(Asset(
     name="facexlib-parsenet", filename="parsing_parsenet.pth", subdir="facexlib",
     description="ParseNet face parsing (soft paste-back masks)", used_by=("faces",),
     license="MIT (facexlib)",
