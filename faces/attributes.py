@@ -158,4 +158,6 @@ def get_attribute_predictor(name: str = "age-gender-onnx", **options) -> Attribu
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ValueError(f"unknown attribute predictor {name!r}{hint} "
                          f"(choose from {available_attribute_predictors()})")
-    return _predictor_class(PREDICTORS[name])(**options)
+    from .detection import build_with_options
+
+    return build_with_options(_predictor_class(PREDICTORS[name]), name, options)

@@ -1,19 +1,267 @@
-"""Command line of ``faces`` (``python -m faces``)."""
+"""Command line of ``faces`` (``python -m faces`` / ``reface-faces``).
+
+Every command takes image files and/or folders (searched recursively) and an output
+folder. Each input gets one JSON record ``<out>/<relative path>.json`` written atomically
+and last, so a killed run resumes where it stopped (``--overwrite`` redoes everything);
+a failed input gets a record with ``status: "failed"`` and the error instead of stopping
+the run. At the end all records are gathered into ``<out>/<command>.jsonl`` (and
+``embeddings.npz`` for ``embed``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Callable, Iterator
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+
+IMAGE_HELP = "image files or folders (folders are searched recursively)"
+
+
+def _inputs(paths: list[str]) -> Iterator[tuple[Path, str]]:
+    """(file, name relative to its argument) for every image named or found in a folder."""
+    from reface_core.imageio import iter_image_files
+
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            for f in iter_image_files(p):
+                yield f, f.relative_to(p).as_posix()
+        else:
+            # A missing or unreadable file still gets a record (status "failed").
+            yield p, p.name
+
+
+def _run(args, work: Callable[[Path], dict], *, command: str) -> int:
+    """Apply ``work`` to every input with resume, status records and a progress bar."""
+    from tqdm.auto import tqdm
+
+    from reface_core.assets import AssetNotFoundError
+    from reface_core.atomic import safe_child, write_json_atomic, write_text_atomic
+    from reface_core.imageio import ImageLoadError
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = list(_inputs(args.inputs))
+    if not items:
+        print(f"error: no images found in {args.inputs}", file=sys.stderr)
+        return 2
+    records, done = [], 0
+    for src, rel in tqdm(items, desc=command, unit="img", disable=args.quiet):
+        try:
+            record_path = safe_child(out, rel + ".json")
+        except ValueError as e:
+            print(f"skipping {src}: {e}", file=sys.stderr)
+            continue
+        if record_path.exists() and not args.overwrite:
+            try:
+                records.append(json.loads(record_path.read_text()))
+                done += 1
+                continue
+            except ValueError:
+                pass  # unreadable record: redo it
+        record = {"input": str(src), "name": rel}
+        try:
+            record.update(work(src, rel))
+            record["status"] = "ok"
+        except AssetNotFoundError:
+            raise  # a missing model fails every input: stop and say how to get it
+        except (ImageLoadError, OSError) as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        except ValueError as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_json_atomic(record_path, record)
+        records.append(record)
+    write_text_atomic(out / f"{command}.jsonl",
+                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    n_faces = sum(len(r.get("faces", [])) for r in records)
+    failed = sum(r.get("status") != "ok" for r in records)
+    print(f"{command}: {len(records)} images ({done} already done), {n_faces} faces, "
+          f"{failed} failed -> {out / (command + '.jsonl')}")
+    return 0 if failed < len(records) else 1
+
+
+def _detector(args):
+    from .detection import get_detector
+
+    opts = {}
+    if args.max_side is not None:
+        opts["max_side"] = None if args.max_side <= 0 else args.max_side
+    if args.upsample is not None:
+        opts["upsample"] = args.upsample
+    if args.model_path:
+        opts["model_path"] = args.model_path
+    return get_detector(args.detector, **opts)
+
+
+def _faces_of(args, det, src) -> tuple[object, list]:
+    """Load ``src`` and return (image, aligned faces) for align/embed/attributes."""
+    from reface_core.imageio import load_image
+
+    from . import AlignedFace, detect_and_align
+
+    image = load_image(src)
+    if getattr(args, "aligned", False):
+        return image, [AlignedFace(image=image, detection=None)]
+    return image, detect_and_align(image, detector=det, output_size=args.size,
+                                   min_score=args.min_score, min_size=args.min_size)
+
+
+def cmd_detect(args) -> int:
+    from reface_core.imageio import load_image
+
+    det = _detector(args)
+
+    def work(src, rel):
+        image = load_image(src)
+        found = det.detect(image, min_score=args.min_score, min_size=args.min_size)
+        return {"width": image.shape[1], "height": image.shape[0], "detector": det.config,
+                "faces": [d.to_dict() for d in found]}
+
+    return _run(args, work, command="detect")
+
+
+def cmd_align(args) -> int:
+    from reface_core.atomic import safe_child
+    from reface_core.imageio import save_image
+
+    det = _detector(args)
+    out = Path(args.out)
+
+    def work(src, rel):
+        _, crops = _faces_of(args, det, src)
+        faces = []
+        for k, c in enumerate(crops):
+            name = f"{rel.rsplit('.', 1)[0]}_{k:02d}.{args.format}"
+            save_image(safe_child(out, name), c.image)
+            faces.append({"file": name, **c.detection.to_dict(),
+                          "matrix": c.matrix.round(6).tolist()})
+        return {"size": args.size, "faces": faces}
+
+    return _run(args, work, command="align")
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    from reface_core.atomic import atomic_path
+
+    from .embedding import get_embedder
+
+    det = None if args.aligned else _detector(args)
+    opts = {"model_path": args.embedder_path} if args.embedder_path else {}
+    emb = get_embedder(args.embedder, **opts)
+
+    def work(src, rel):
+        _, crops = _faces_of(args, det, src)
+        vecs = emb.embed([c.image for c in crops]) if crops else np.zeros((0, 1))
+        return {"embedder": emb.name, "faces": [
+            {"embedding": v.round(7).tolist(),
+             **({} if c.detection is None else {"box": c.detection.box.tolist()})}
+            for c, v in zip(crops, vecs)]}
+
+    rc = _run(args, work, command="embed")
+    if rc == 2:
+        return rc
+    # Gather every vector into one array file next to the records.
+    names, faces_idx, vectors = [], [], []
+    for line in (Path(args.out) / "embed.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("status") != "ok" or r.get("embedder") != emb.name:
+            continue
+        for k, f in enumerate(r["faces"]):
+            names.append(r["name"])
+            faces_idx.append(k)
+            vectors.append(f["embedding"])
+    with atomic_path(Path(args.out) / "embeddings.npz") as tmp:
+        np.savez(tmp, names=np.array(names, dtype=str), face=np.array(faces_idx, dtype=np.int64),
+                 vectors=np.array(vectors, dtype=np.float32).reshape(len(vectors), -1),
+                 embedder=np.array(emb.name))
+    return rc
+
+
+def cmd_attributes(args) -> int:
+    from .attributes import get_attribute_predictor
+
+    det = None if args.aligned else _detector(args)
+    pred = get_attribute_predictor(args.predictor)
+
+    def work(src, rel):
+        _, crops = _faces_of(args, det, src)
+        attrs = pred.predict([c.image for c in crops])
+        return {"predictor": pred.name, "faces": [
+            {**a.to_dict(), **({} if c.detection is None else {"box": c.detection.box.tolist()})}
+            for c, a in zip(crops, attrs)]}
+
+    return _run(args, work, command="attributes")
+
+
+def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool = False,
+            aligned_flag: bool = False) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=IMAGE_HELP)
+    p.add_argument("-o", "--out", required=True, help="output folder (created; resumable)")
+    if aligned_flag:
+        p.add_argument("--aligned", action="store_true",
+                       help="inputs are already FFHQ-aligned square crops: skip detection")
+    if detection:
+        from .detection import DETECTORS
+
+        p.add_argument("--detector", default="dlib-hog", choices=sorted(DETECTORS),
+                       help="face detector (default: dlib-hog; retinaface/scrfd need weights)")
+        p.add_argument("--model-path", help="detector weights file (else the asset resolver)")
+        p.add_argument("--min-score", type=float, default=None,
+                       help="confidence threshold (default: the detector's own)")
+        p.add_argument("--min-size", type=float, default=0, help="drop faces smaller than this (px)")
+        p.add_argument("--max-side", type=int, default=None,
+                       help="downscale larger images to this side before detecting (0: never)")
+        p.add_argument("--upsample", type=int, default=None,
+                       help="dlib detectors: pyramid upsampling steps (finds smaller faces)")
+    if align or aligned_flag:
+        p.add_argument("--size", type=int, default=512, help="FFHQ-aligned crop size (default 512)")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m faces",
-        description="Face detection, landmarks, FFHQ alignment, identity embeddings and attributes.")
+        description="Face detection, landmarks, FFHQ alignment, identity embeddings and attributes.",
+        epilog="Outputs: one JSON record per input in the output folder (resume: rerun the same "
+               "command), gathered into <out>/<command>.jsonl at the end.")
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="detect faces: boxes, scores, 5/68-point landmarks",
+                       description="Detect faces and write boxes, confidences and landmarks.")
+    _common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("align", help="detect and write FFHQ-aligned face crops",
+                       description="Detect faces and write FFHQ-aligned crops "
+                                   "(<name>_<k>.png) plus landmarks and the image->crop matrix.")
+    _common(p, align=True)
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp"], help="crop file format")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("embed", help="identity embeddings of faces",
+                       description="Identity embeddings (L2-normalised) of every face; also "
+                                   "<out>/embeddings.npz (names, face, vectors, embedder).")
+    _common(p, aligned_flag=True)
+    p.add_argument("--embedder", default="dlib",
+                   choices=["dlib", "arcface-antelopev2", "arcface-buffalo_l"],
+                   help="embedder (default dlib; arcface-* need an insightface pack)")
+    p.add_argument("--embedder-path", help="embedder weights file (else the asset resolver)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("attributes", help="age and gender of faces",
+                       description="Age (years) and gender (with its probability) of every face.")
+    _common(p, aligned_flag=True)
+    p.add_argument("--predictor", default="age-gender-onnx", help="attribute predictor")
+    p.set_defaults(func=cmd_attributes)
+
     add_asset_commands(sub, package="faces")
     return parser
 
@@ -24,7 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    from reface_core.assets import AssetNotFoundError
+
+    try:
+        return int(args.func(args) or 0)
+    except AssetNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # bad options (sizes, thresholds, names)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

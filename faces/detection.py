@@ -395,4 +395,16 @@ def get_detector(name: str = "dlib-hog", **options) -> FaceDetector:
         close = difflib.get_close_matches(name, list(DETECTORS), n=2)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ValueError(f"unknown face detector {name!r}{hint} (choose from {available_detectors()})")
-    return _detector_class(name)(**options)
+    return build_with_options(_detector_class(name), name, options)
+
+
+def build_with_options(cls: type, name: str, options: dict):
+    """``cls(**options)``, turning an unknown keyword into an error that names the choices."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = sorted(k for k in params if k != "self")
+        raise ValueError(f"{name} does not take option(s) {unknown}; it takes {allowed}")
+    return cls(**options)

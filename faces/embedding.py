@@ -182,4 +182,6 @@ def get_embedder(name: str = "dlib", **options) -> FaceEmbedder:
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ValueError(f"unknown face embedder {name!r}{hint} (choose from {available_embedders()})")
     path, defaults = EMBEDDERS[name]
-    return _embedder_class(path)(**{**defaults, **options})
+    from .detection import build_with_options
+
+    return build_with_options(_embedder_class(path), name, {**defaults, **options})

@@ -180,3 +180,14 @@ def test_paste_back_of_an_aligned_crop_reproduces_the_photo(data_root):
     x0, y0, x1, y1 = a.detection.box.astype(int)
     diff = np.abs(out[y0:y1, x0:x1].astype(int) - img[y0:y1, x0:x1].astype(int))
     assert diff.mean() < 3  # resampling error only: the crop goes back where it came from
+
+
+def test_padding_blur_equals_the_ffhq_scripts_scipy_filter():
+    import scipy.ndimage
+
+    from faces.alignment import _gaussian_blur
+
+    arr = make_rgb(90, 120, seed=9).astype(np.float32)
+    for sigma in (0.8, 4.2):
+        ref = scipy.ndimage.gaussian_filter(arr, [sigma, sigma, 0])
+        assert np.abs(_gaussian_blur(arr, sigma) - ref).max() < 0.01

@@ -1,0 +1,111 @@
+"""``python -m faces``: detect / align / embed / attributes on files and folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from faces.cli import main
+from reface_core.imageio import load_image, save_image
+
+from conftest import make_rgb
+
+
+@pytest.mark.parametrize("command", ["detect", "align", "embed", "attributes"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "faces", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "detect" in r.stdout and "attributes" in r.stdout
+
+
+def _records(out, command):
+    return {r["name"]: r for r in map(json.loads, (out / f"{command}.jsonl").read_text().splitlines())}
+
+
+def test_detect_writes_status_records_and_resumes(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    save_image(src / "sub" / "noface.png", make_rgb(120, 160, seed=1))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "out"
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    recs = _records(out, "detect")
+    assert recs["sub/noface.png"]["status"] == "ok" and recs["sub/noface.png"]["faces"] == []
+    assert recs["broken.jpg"]["status"] == "failed" and "broken.jpg" in recs["broken.jpg"]["error"]
+    assert (out / "sub" / "noface.png.json").is_file()
+    # No temporary files are left behind.
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    capsys.readouterr()
+    # Resume: the second run redoes nothing and reports the same records.
+    before = (out / "sub" / "noface.png.json").stat().st_mtime_ns
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert "2 already done" in capsys.readouterr().out
+    assert (out / "sub" / "noface.png.json").stat().st_mtime_ns == before
+    assert _records(out, "detect") == recs
+
+
+def test_no_inputs_and_bad_options_are_clear_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    save_image(tmp_path / "a.png", make_rgb(64, 64))
+    assert main(["detect", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"),
+                 "--detector", "retinaface", "--upsample", "1"]) == 2
+    assert "does not take option" in capsys.readouterr().err
+
+
+def test_missing_weights_stop_with_how_to_get_them(tmp_path, capsys):
+    save_image(tmp_path / "a.png", make_rgb(64, 64))
+    rc = main(["embed", str(tmp_path / "a.png"), "--aligned", "-o", str(tmp_path / "o"),
+               "--embedder", "arcface-buffalo_l", "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "insightface-buffalo_l" in err and "fetch" in err
+
+
+@pytest.mark.realdata
+def test_align_then_embed_and_attributes_on_real_photos(tmp_path, data_root):
+    import faces
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("two_people.jpg", "obama_small.jpg"):
+        shutil.copy(data_root / "unaligned_named/examples" / name, src / name)
+    crops = tmp_path / "crops"
+    assert main(["align", str(src), "-o", str(crops), "--size", "256", "-q"]) == 0
+    files = sorted(p.name for p in crops.glob("*.png"))
+    assert files == ["obama_small_00.png", "two_people_00.png", "two_people_01.png"]
+    rec = _records(crops, "align")["two_people.jpg"]
+    # The stored matrix maps the stored landmarks into the crop near the FFHQ template.
+    m = np.array(rec["faces"][0]["matrix"])
+    lm = np.array(rec["faces"][0]["landmarks5"])
+    tpl = faces.ffhq_template(256)
+    assert np.abs(lm @ m[:, :2].T + m[:, 2] - tpl)[:2].max() < 8
+
+    emb_out = tmp_path / "emb"
+    assert main(["embed", str(crops), "--aligned", "-o", str(emb_out), "-q"]) == 0
+    z = np.load(emb_out / "embeddings.npz")
+    assert z["vectors"].shape == (3, 128) and str(z["embedder"]) == "dlib-resnet-v1"
+    direct = faces.get_embedder("dlib").embed([load_image(crops / f) for f in files])
+    np.testing.assert_allclose(z["vectors"], direct, atol=1e-5)
+    sims = z["vectors"] @ z["vectors"].T
+    # obama_small and one face of two_people are the same man; the other is not.
+    assert max(sims[0, 1], sims[0, 2]) > 0.9 > min(sims[0, 1], sims[0, 2])
+
+    attr_out = tmp_path / "attr"
+    assert main(["attributes", str(src), "-o", str(attr_out), "-q"]) == 0
+    recs = _records(attr_out, "attributes")
+    assert [f["gender"] for f in recs["two_people.jpg"]["faces"]] == ["male", "male"]
+    assert all(30 < f["age"] < 80 for f in recs["two_people.jpg"]["faces"])
