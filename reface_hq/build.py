@@ -75,7 +75,7 @@ class BuildConfig:
     detect_max_side: int = 1024
     transform_size: int | None = None
     min_face_size: float = 128.0
-    min_sharpness: float = 15.0
+    min_sharpness: float = 40.0
     drop_grayscale: bool = True
     musiq: str = "auto"
     min_musiq: float | None = None

@@ -42,8 +42,8 @@ def _add_build(sub) -> None:
     p.add_argument("--embedder", default="dlib", help="faces embedder backend")
     p.add_argument("--min-face-size", type=float, default=128.0,
                    help="minimum face size in the source photo, pixels")
-    p.add_argument("--min-sharpness", type=float, default=15.0,
-                   help="minimum variance of the Laplacian of the aligned face at 512 px")
+    p.add_argument("--min-sharpness", type=float, default=40.0,
+                   help="minimum variance of the Laplacian of the aligned face at 256 px")
     p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
     p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")

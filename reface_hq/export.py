@@ -24,7 +24,7 @@ from reface_core.atomic import atomic_path, safe_child, write_text_atomic
 
 from . import schema
 from .build import is_excluded
-from .dataset import DatasetError, load_manifest, manifest_path, read_stats, verify
+from .dataset import DatasetError, manifest_path, read_stats, verify
 
 _META_COLUMNS = ("face_id", "identity", "split", "source", "origin", "license", "sha256",
                  "width", "height", "face_size", "det_score", "sharpness", "musiq",
@@ -174,15 +174,10 @@ def export(path: str | os.PathLike, out: str | os.PathLike, *, shard_rows: int =
     if problems:
         raise DatasetError(f"{root}: refusing to export a dataset that fails verify "
                            f"({len(problems)} problems, first: {problems[0]})")
-    df = load_manifest(root)
-    rows = [r for r in df.to_dict("records") if not is_excluded(r, exclusion)]
-    for r in rows:
-        r["embedding"] = [float(v) for v in r["embedding"]]
-        alts = r.get("alt_identity_hints")
-        r["alt_identity_hints"] = list(alts) if alts is not None else None
-        r["box"] = [float(v) for v in r["box"]] if r.get("box") is not None else None
-        lm = r.get("landmarks5")
-        r["landmarks5"] = [[float(a) for a in p] for p in lm] if lm is not None else None
+    import pyarrow.parquet as pq
+    # pyarrow keeps nulls as None (pandas would turn null ints into NaN floats).
+    rows = [r for r in pq.read_table(manifest_path(root)).to_pylist()
+            if not is_excluded(r, exclusion)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = {}

@@ -46,8 +46,15 @@ class FolderSource:
     folder_level: int = 0
     pattern: str | None = None
     license: str | None = None
+    include: str | None = None      # regex over the relative path: keep matching files only
 
     def __post_init__(self):
+        if self.include is not None:
+            try:
+                re.compile(self.include)
+            except re.error as e:
+                raise SourceError(f"folder source {self.root}: bad include pattern "
+                                  f"{self.include!r}: {e}") from None
         if self.identity not in ("none", "folder", "regex"):
             raise SourceError(f"folder source {self.root}: identity must be 'none', 'folder' "
                               f"or 'regex', got {self.identity!r}")
@@ -82,6 +89,8 @@ class FolderSource:
         out = []
         for path in iter_image_files(root):
             rel = path.relative_to(root)
+            if self.include is not None and not re.search(self.include, rel.as_posix()):
+                continue
             origin = f"{root.name}/{rel.as_posix()}"
             out.append(schema.new_row(
                 row_id=schema.stable_id(self.name, origin), source=self.name, origin=origin,

@@ -45,10 +45,11 @@ def colorfulness(image: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def laplacian_variance(image: np.ndarray, size: int = 512) -> float:
+def laplacian_variance(image: np.ndarray, size: int = 256) -> float:
     """Variance of the Laplacian of the gray image resized to ``size``: a blur measure.
 
-    Resizing first makes the number comparable between 512 and 1024 crops.
+    Resizing first makes the number comparable between crop sizes; 256 px keeps every
+    supported crop size a downscale (upscaling would invent smoothness).
     """
     import cv2
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -85,9 +86,9 @@ class Decode(Stage):
         try:
             image = load_image(data, max_pixels=self.max_pixels, name=row.get("origin"))
         except ImageTooLargeError as e:
-            return [schema.drop(dict(row, sha256=sha), self.name, "image_too_large", e.reason)]
+            return [schema.drop(dict(row, sha256=sha), self.name, "image_too_large", str(e))]
         except ImageLoadError as e:
-            return [schema.drop(dict(row, sha256=sha), self.name, "decode_error", e.reason)]
+            return [schema.drop(dict(row, sha256=sha), self.name, "decode_error", str(e))]
         pix = pixel_digest(image)
         h, w = image.shape[:2]
         out = dict(row, sha256=sha, pixel_sha256=pix, width=w, height=h,
@@ -196,7 +197,7 @@ class Quality(Stage):
 
     name = "quality"
     min_face_size: float = 128.0
-    min_sharpness: float = 15.0
+    min_sharpness: float = 40.0
     drop_grayscale: bool = True
     musiq: str = "auto"
     musiq_path: str | None = None
@@ -220,6 +221,13 @@ class Quality(Stage):
                 return None
             return MusiqScorer(str(path))
         return process_cache(f"musiq:{self.musiq_path}:{self.musiq}", factory)
+
+    def process(self, rows: list[dict]) -> list[dict]:
+        # A missing model is a configuration error for the whole run, not a bad row:
+        # resolve it here so AssetNotFoundError reaches the caller.
+        if any(schema.is_ok(r) for r in rows):
+            self._musiq()
+        return super().process(rows)
 
     def process_row(self, row: dict) -> list[dict]:
         crop = load_image(row["aligned_path"])
