@@ -36,11 +36,18 @@ def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> N
     g.add_argument("--detector", default="dlib-hog",
                    help="faces detector for landmarks and for photos that are not aligned "
                         "crops (default: %(default)s)")
+    g.add_argument("--detector-max-side", type=int, default=None, metavar="PX",
+                   help="downscale photos to this longer side for detection (faster; the "
+                        "detector's default when unset)")
+    g.add_argument("--alignment", choices=("similarity", "ffhq"), default="similarity",
+                   help="crop photos that are not aligned yet with a similarity warp onto the "
+                        "FFHQ template (fast, default) or the full FFHQ recipe")
     g.add_argument("--celeba-attributes", type=Path, default=None, metavar="FILE",
                    help="labels: a CelebA-format attribute file (list_attr_celeba.txt)")
     g.add_argument("--label-columns", type=_csv, default=[], metavar="COL,...",
-                   help="labels: manifest columns holding labels (a vocabulary attribute, or "
-                        "a JSON object of vocabulary/CelebA names)")
+                   help="labels: manifest columns holding labels: a column named after a vocabulary "
+                        "attribute, COLUMN=ATTRIBUTE for one named otherwise, or "
+                        "a column of JSON objects of vocabulary/CelebA names")
     g.add_argument("--vqa-model", default=None, metavar="DIR",
                    help="vlm: BLIP VQA checkpoint folder (default: asset blip-vqa-base)")
     g.add_argument("--caption-model", default=None, metavar="DIR",
@@ -162,8 +169,10 @@ def _captioner(args):
     if not backends:
         raise ValueError("--backend: name at least one backend")
     options: dict[str, dict] = {}
+    detector_options = ({"max_side": args.detector_max_side}
+                        if args.detector_max_side is not None else {})
     if "offline" in backends:
-        options["offline"] = {"detector": args.detector}
+        options["offline"] = {"detector": args.detector, "detector_options": detector_options}
     if "labels" in backends:
         options["labels"] = {"celeba_file": args.celeba_attributes, "columns": args.label_columns}
     if "vlm" in backends:
@@ -176,6 +185,7 @@ def _captioner(args):
         options["vlm"] = vlm
     return build_captioner(backends, prompt_builder=_prompt_builder(args),
                            precedence=_csv(args.precedence), detector=args.detector,
+                           detector_options=detector_options, alignment=args.alignment,
                            options=options)
 
 

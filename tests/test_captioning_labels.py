@@ -137,6 +137,13 @@ def test_manifest_columns_as_labels():
     assert a["gender"].value == "female"
     with pytest.raises(ValueError, match="'labels'.*'sparkle'"):
         cell_to_attributes("labels", {"sparkle": 1})
+    renamed = get_extractor("labels", columns=["sex=gender"])
+    r = renamed.extract([FaceSample(key="1", row={"sex": "woman"}),
+                         FaceSample(key="2", row={"sex": "robot"})])
+    assert r[0].attributes["gender"].value == "female"
+    assert "column 'sex'" in r[1].error and "female, male" in r[1].error
+    with pytest.raises(ValueError, match="'sexe' is not a vocabulary attribute"):
+        get_extractor("labels", columns=["sex=sexe"])
     ex = get_extractor("labels", columns=["gender", "tags"])
     r = ex.extract([FaceSample(key="1", row={"gender": "female", "tags": '{"Bald": 1}'}),
                     FaceSample(key="2", row={"gender": "unknown", "tags": None}),

@@ -100,12 +100,20 @@ def _missing(cell) -> bool:
     return cell is None or (isinstance(cell, float) and math.isnan(cell)) or cell == ""
 
 
-def cell_to_attributes(column: str, cell, source: str = "labels") -> Attributes:
-    """Attributes from one manifest cell (see the module docstring for the two forms)."""
+def cell_to_attributes(column: str, cell, source: str = "labels",
+                       attribute: str | None = None) -> Attributes:
+    """Attributes from one manifest cell (see the module docstring for the two forms).
+
+    ``attribute`` names the vocabulary attribute the column holds when the column is not
+    named after it (a ``gender_label`` column holding ``gender``)."""
     if _missing(cell):
         return {}
-    if column in VOCABULARY:
-        return {column: AttributeValue(parse_value(column, cell), 1.0, source)}
+    attribute = attribute or (column if column in VOCABULARY else None)
+    if attribute is not None:
+        try:
+            return {attribute: AttributeValue(parse_value(attribute, cell), 1.0, source)}
+        except ValueError as e:
+            raise ValueError(f"column {column!r}: {e}") from None
     data = cell
     if isinstance(cell, (str, bytes)):
         try:
@@ -139,8 +147,9 @@ class LabelsExtractor(AttributeExtractor):
         celeba_file: a CelebA-format attribute file; faces are matched by file name
             (the face key, the path, the manifest's ``origin`` / ``image_path``; with or
             without extension).
-        columns: manifest columns to read (see :func:`cell_to_attributes`). Column values
-            win over the file where both give one.
+        columns: manifest columns to read (see :func:`cell_to_attributes`); write
+            ``"COLUMN=ATTRIBUTE"`` for a column holding one attribute under another name
+            (``"gender_label=gender"``). Column values win over the file where both give one.
     """
 
     name = "labels"
@@ -153,6 +162,13 @@ class LabelsExtractor(AttributeExtractor):
                              "(--celeba-attributes) or manifest columns (--label-columns)")
         self.celeba_file = str(celeba_file) if celeba_file is not None else None
         self.columns = tuple(columns)
+        self._columns: list[tuple[str, str | None]] = []
+        for entry in self.columns:
+            column, _, attribute = entry.partition("=")
+            if attribute and attribute not in VOCABULARY:
+                raise ValueError(f"label column {entry!r}: {attribute!r} is not a vocabulary "
+                                 f"attribute (see `python -m captioning vocabulary`)")
+            self._columns.append((column, attribute or None))
         self._table: dict[str, dict[str, int]] = {}
         if celeba_file is not None:
             table = read_celeba_attributes(celeba_file)
@@ -171,12 +187,13 @@ class LabelsExtractor(AttributeExtractor):
                     attributes.update(celeba_to_attributes(self._table[key], self.name))
                     break
         errors = []
-        for column in self.columns:
+        for column, attribute in self._columns:
             if column not in sample.row:
                 errors.append(f"no column {column!r}")
                 continue
             try:
-                attributes.update(cell_to_attributes(column, sample.row[column], self.name))
+                attributes.update(cell_to_attributes(column, sample.row[column], self.name,
+                                                     attribute))
             except ValueError as e:
                 errors.append(str(e))
         return ExtractionResult(attributes=attributes, error="; ".join(errors) or None)

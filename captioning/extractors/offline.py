@@ -31,7 +31,8 @@ class OfflineExtractor(AttributeExtractor):
 
     Args:
         attribute_model: ``faces.get_attribute_predictor`` name for age and gender.
-        detector: ``faces.get_detector`` name used for landmarks on crops.
+        detector / detector_options: ``faces.get_detector`` name and options, for
+            landmarks on crops (photos the pipeline aligned bring their own).
         measures: which of ``age``, ``gender``, ``grayscale``, ``pose`` to produce.
         grayscale_threshold: chroma level (0..255 scale) below which a photo is grayscale.
         batch_size: crops per age/gender call.
@@ -40,8 +41,8 @@ class OfflineExtractor(AttributeExtractor):
     name = "offline"
 
     def __init__(self, *, attribute_model: str = "age-gender-onnx", detector: str = "dlib-hog",
-                 measures: Sequence[str] = MEASURES, grayscale_threshold: float = 6.0,
-                 batch_size: int = 32):
+                 detector_options: dict | None = None, measures: Sequence[str] = MEASURES,
+                 grayscale_threshold: float = 6.0, batch_size: int = 32):
         unknown = [m for m in measures if m not in MEASURES]
         if unknown:
             raise ValueError(f"unknown offline measures {unknown}; choose from {MEASURES}")
@@ -49,6 +50,7 @@ class OfflineExtractor(AttributeExtractor):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.attribute_model = attribute_model
         self.detector_name = detector
+        self.detector_options = dict(detector_options or {})
         self.measures = tuple(m for m in MEASURES if m in measures)
         self.grayscale_threshold = float(grayscale_threshold)
         self.batch_size = int(batch_size)
@@ -57,7 +59,8 @@ class OfflineExtractor(AttributeExtractor):
 
     def config(self) -> dict:
         return {"name": self.name, "attribute_model": self.attribute_model,
-                "detector": self.detector_name, "measures": list(self.measures),
+                "detector": self.detector_name, "detector_options": self.detector_options,
+                "measures": list(self.measures),
                 "grayscale_threshold": self.grayscale_threshold}
 
     @property
@@ -71,7 +74,7 @@ class OfflineExtractor(AttributeExtractor):
     def detector(self):
         if self._detector is None:
             from faces.detection import get_detector
-            self._detector = get_detector(self.detector_name)
+            self._detector = get_detector(self.detector_name, **self.detector_options)
         return self._detector
 
     def _pose(self, sample: FaceSample, crop: np.ndarray) -> tuple[Attributes, str | None]:
