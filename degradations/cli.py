@@ -3,9 +3,68 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+
+
+def _cmd_synth(args) -> int:
+    from .synth import synth
+    counts = synth(args.input, args.output, preset=args.preset, seed=args.seed, workers=args.workers,
+                   limit=args.limit, progress=not args.quiet)
+    print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
+          f"{counts['skipped']} already done; table {counts['table']}")
+    return 0 if counts["error"] == 0 else 3
+
+
+def _cmd_presets(args) -> int:
+    from .presets import PRESETS, get_preset, list_presets
+    if not args.name:
+        for name in list_presets():
+            p = PRESETS[name]
+            print(f"{name:14s} out_scale={p.out_scale}  {p.description}")
+            print(f"{'':14s} source: {p.source}")
+        return 0
+    d = get_preset(args.name).to_dict()
+    if args.format == "json":
+        print(json.dumps(d, indent=2))
+    else:
+        import yaml
+        print(yaml.safe_dump(d, sort_keys=False), end="")
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from reface_core.imageio import load_image, save_image
+    from .pipeline import Degrader
+    from .synth import pixel_sha256
+    path = Path(args.record)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"record {path}: cannot read as JSON ({e})") from None
+    # A synth record file wraps the sampled record with its input path and pixel hash.
+    record = data.get("record", data)
+    if "ops" not in record:
+        raise ValueError(f"record {path}: no 'ops' (not a degradation record)")
+    hq = args.hq or data.get("input")
+    if not hq:
+        raise ValueError(f"record {path} names no input image; pass --hq PATH")
+    lq = Degrader.replay(load_image(hq), record)
+    if args.output:
+        save_image(args.output, lq)
+        print(f"wrote {args.output}")
+    expected = data.get("lq_sha256")
+    if expected is None:
+        print("replayed (the record holds no pixel hash to compare)")
+        return 0
+    if pixel_sha256(lq) == expected:
+        print(f"match: {record.get('image_id')} reproduces its LQ image exactly")
+        return 0
+    print(f"MISMATCH: {record.get('image_id')} differs from the recorded LQ image", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seeded, recorded degradation synthesis (blur, resize, noise, JPEG) for LQ faces.")
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth", help="degrade a folder or manifest of HQ images into LQ images + a Parquet table",
+        description="Degrade every image of a folder (recursive) or manifest (Parquet/CSV/JSONL with "
+                    "image_path or path) with a preset. Writes OUT/lq/<id>.png, OUT/records/<id>.json and "
+                    "OUT/params.parquet. Resumable: rerun the same command after an interruption; finished "
+                    "images are skipped and the table never holds duplicates. (preset, seed, image id) "
+                    "always gives the same bytes.")
+    p.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST", help="folder of images or manifest file")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--preset", default="gfpgan", help="preset name (see `presets`) or a .yaml/.json preset file")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("presets", help="list presets, or show one as YAML/JSON",
+                       description="Without NAME: list presets and their sources. With NAME: print the preset "
+                                   "as data (edit it and pass the file as --preset to make your own).")
+    p.add_argument("name", nargs="?", help="preset to show")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("replay", help="regenerate an LQ image from its record and check it is identical",
+                       description="Re-apply a record (OUT/records/<id>.json from synth, or a bare record) to its "
+                                   "HQ image. Exit 0 when the pixels match the recorded hash, 1 when not.")
+    p.add_argument("record", help="record JSON file")
+    p.add_argument("--hq", help="HQ image (default: the input path stored in the record)")
+    p.add_argument("--output", help="also write the replayed LQ image here")
+    p.set_defaults(func=_cmd_replay)
+
     add_asset_commands(sub, package="degradations")
     return parser
 
@@ -24,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # input problems: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ stays below 1.5 levels.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -60,6 +62,9 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto") 
     _check_records(records, tuple(x.shape[-2:]))
     backend = ("libjpeg" if x.device.type == "cpu" else "torch") if jpeg == "auto" else jpeg
     cur = [x[i:i + 1] for i in range(x.shape[0])]
+    # While every sample went through the same ops, ``whole`` is the batch tensor the
+    # entries of ``cur`` are views of, so a full-batch op needs no concatenation.
+    whole: torch.Tensor | None = x
     op_lists = [r["ops"] for r in records]
     for j in range(max((len(o) for o in op_lists), default=0)):
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -67,14 +72,37 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto") 
             if j < len(ops) and ops[j].get("applied", True) and ops[j]["op"] != "one_of":
                 groups[(ops[j]["op"], tuple(cur[i].shape[-2:]))].append(i)
         for (name, _), idx in groups.items():
-            batch = cur[idx[0]] if len(idx) == 1 else torch.cat([cur[i] for i in idx])
+            if whole is not None and len(idx) == len(cur):
+                batch = whole
+            else:
+                batch = cur[idx[0]] if len(idx) == 1 else torch.cat([cur[i] for i in idx])
             out = OPS[name](batch, [op_lists[i][j] for i in idx], backend)
             for n, i in enumerate(idx):
                 cur[i] = out[n] if isinstance(out, list) else out[n:n + 1]
+            whole = out if len(idx) == len(cur) and not isinstance(out, list) else None
     sizes = {tuple(c.shape[-2:]) for c in cur}
     if len(sizes) > 1:
         raise ValueError(f"records end at different sizes {sorted(sizes)}; batch images of one preset")
-    return quantize(torch.cat(cur))
+    return quantize(whole if whole is not None else torch.cat(cur))
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch ops on one intra-op thread.
+
+    torch's CPU kernels can round differently with 1 and with 2+ threads (last-bit
+    differences that can flip an 8-bit level), so a fixed count makes the bytes independent
+    of the caller's setting and the two front ends identical. It is also faster here: the
+    per-sample ops are small and memory-bound, and OpenMP threads that spin at barriers
+    lose badly on a shared CPU. The batched front end gets its parallelism from threads
+    over chunks of the batch instead.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
 
 
 class Degrader:
@@ -94,28 +122,36 @@ class Degrader:
     def __call__(self, image: np.ndarray, seed: int, image_id: str) -> tuple[np.ndarray, dict]:
         x = to_tensor(image)
         record = self.sample(seed, image_id, tuple(x.shape[-2:]))
-        return to_uint8(apply_records(x, [record], jpeg="libjpeg")), record
+        with _one_thread():
+            lq = to_uint8(apply_records(x, [record], jpeg="libjpeg"))
+        return lq, record
 
     @staticmethod
     def replay(image: np.ndarray, record: dict) -> np.ndarray:
-        """Re-apply a stored record to its HQ image: the same bytes as the first time."""
-        return to_uint8(apply_records(to_tensor(image), [record], jpeg="libjpeg"))
+        """Re-apply a stored record to its HQ image: the same bytes as the first time
+        (same machine type and library versions; tested on CPU)."""
+        with _one_thread():
+            return to_uint8(apply_records(to_tensor(image), [record], jpeg="libjpeg"))
 
 
 class BatchDegrader:
     """Batched degradation on the tensor's device, for data loaders and training steps.
 
     ``jpeg``: see :func:`apply_records`; use ``"torch"`` for a differentiable pipeline.
+    ``threads``: CPU threads over chunks of the batch (default: torch's thread count).
 
     >>> deg = BatchDegrader("mgfr-medium")
     >>> lq, records = deg(hq_batch, seed=step, image_ids=[f"{i}" for i in batch_indices])
     """
 
-    def __init__(self, preset: str | P.Preset = "gfpgan", jpeg: str = "auto"):
+    def __init__(self, preset: str | P.Preset = "gfpgan", jpeg: str = "auto", threads: int | None = None):
         if jpeg not in JPEG_BACKENDS:
             raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.preset = P.get_preset(preset)
         self.jpeg = jpeg
+        self.threads = threads
 
     def sample(self, seed: int, image_ids: Sequence[str], size: tuple[int, int]) -> list[dict]:
         return [sample_record(self.preset, seed, i, size) for i in image_ids]
@@ -127,7 +163,23 @@ class BatchDegrader:
         if len(image_ids) != x.shape[0]:
             raise ValueError(f"got {len(image_ids)} image ids for a batch of {x.shape[0]}")
         records = self.sample(seed, [str(i) for i in image_ids], tuple(x.shape[-2:]))
-        return apply_records(x, records, jpeg=self.jpeg), records
+        return self.apply(x, records), records
 
     def apply(self, x: torch.Tensor, records: Sequence[dict]) -> torch.Tensor:
-        return apply_records(x, records, jpeg=self.jpeg)
+        """Apply stored records (one per sample) to a batch."""
+        if not (torch.is_tensor(x) and x.device.type == "cpu"):
+            return apply_records(x, records, jpeg=self.jpeg)
+        if len(records) != (x.shape[0] if torch.is_tensor(x) and x.ndim == 4 else -1):
+            return apply_records(x, records, jpeg=self.jpeg)  # raises the clear error
+        with _one_thread() as threads:
+            workers = min(self.threads or threads, x.shape[0])
+            if workers <= 1:
+                return apply_records(x, records, jpeg=self.jpeg)
+            # On CPU the batch is split into one contiguous chunk per thread; every op
+            # releases the GIL (torch, OpenCV, NumPy), so chunks run in parallel with no
+            # OpenMP barriers, and each chunk is batched as usual.
+            bounds = np.linspace(0, x.shape[0], workers + 1).astype(int)
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(lambda ab: apply_records(x[ab[0]:ab[1]], records[ab[0]:ab[1]], jpeg=self.jpeg),
+                                      zip(bounds[:-1], bounds[1:])))
+            return torch.cat(parts)

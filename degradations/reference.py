@@ -16,14 +16,15 @@ from .kernels import make_kernel
 
 _INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST,
            "area": cv2.INTER_AREA}
-SUPPORTED_OPS = ("blur", "motion", "resize", "noise", "jpeg", "color_shift", "gray")
+SUPPORTED_OPS = ("blur", "motion", "resize", "noise", "jpeg", "color_shift", "gray", "color_jitter")
 
 
 def reference_apply(image: np.ndarray, record: dict) -> np.ndarray:
     """Apply a ``gfpgan``-family record to an RGB ``uint8`` image with OpenCV, per image.
 
-    Supports Gaussian noise, bilinear/bicubic resizes and the colour shift / gray stages;
-    ``color_jitter`` (torchvision in GFPGAN itself) and Poisson noise are not part of it.
+    Supports Gaussian noise, bilinear/bicubic resizes, colour shift, gray, and
+    ``color_jitter`` through torchvision on a per-image tensor, as GFPGAN itself does.
+    Poisson noise and sinc filters (Real-ESRGAN) are not part of it.
     """
     img = image.astype(np.float32) / 255.0
     for op in record["ops"]:
@@ -50,6 +51,13 @@ def reference_apply(image: np.ndarray, record: dict) -> np.ndarray:
         elif name == "gray":
             g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
             img = np.repeat(g[..., None], 3, axis=2)
+        elif name == "color_jitter":
+            import torch
+            import torchvision.transforms.functional as TF
+            t = torch.from_numpy(np.ascontiguousarray(np.clip(img, 0, 1).transpose(2, 0, 1)))
+            for fn in op["order"]:
+                t = getattr(TF, f"adjust_{fn}")(t, op[fn])
+            img = t.numpy().transpose(1, 2, 0)
         else:
             raise ValueError(f"the OpenCV reference does not implement op {name!r} "
                              f"(supported: {', '.join(SUPPORTED_OPS)})")
