@@ -18,7 +18,8 @@ from reface_core.assets_cli import add_subcommands as add_asset_commands
 from .attributes import DEFAULT_PRECEDENCE
 
 _EPILOG = ("Backends: offline (age, gender, grayscale, head pose; no download), vlm (BLIP "
-           "captions and VQA; needs the blip-vqa-base / blip-caption-base weights), labels "
+           "captions and VQA; needs the blip-vqa-base / blip-caption-base weights), blip2 "
+           "(the same with BLIP-2; needs blip2-opt-2.7b), labels "
            "(CelebA attribute file or manifest columns). Precedence per attribute, first "
            f"wins: {' > '.join(DEFAULT_PRECEDENCE)}.")
 
@@ -30,7 +31,8 @@ def _csv(text: str) -> list[str]:
 def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> None:
     g = p.add_argument_group("backends")
     g.add_argument("--backend", "--backends", dest="backends", default=default_backends,
-                   help=f"comma-separated backends: offline, vlm, labels (default: {default_backends})")
+                   help=f"comma-separated backends: offline, vlm, blip2, labels "
+                        f"(default: {default_backends})")
     g.add_argument("--precedence", default=",".join(DEFAULT_PRECEDENCE),
                    help="backend order per attribute, most trusted first (default: %(default)s)")
     g.add_argument("--detector", default="dlib-hog",
@@ -52,6 +54,8 @@ def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> N
                    help="vlm: BLIP VQA checkpoint folder (default: asset blip-vqa-base)")
     g.add_argument("--caption-model", default=None, metavar="DIR",
                    help="vlm: BLIP captioning checkpoint folder (default: asset blip-caption-base)")
+    g.add_argument("--blip2-model", default=None, metavar="DIR",
+                   help="blip2: BLIP-2 checkpoint folder (default: asset blip2-opt-2.7b)")
     g.add_argument("--no-vlm-caption", action="store_true",
                    help="vlm: answer questions only, no BLIP caption")
     g.add_argument("--vlm-attributes", type=_csv, default=None, metavar="NAME,...",
@@ -175,14 +179,19 @@ def _captioner(args):
         options["offline"] = {"detector": args.detector, "detector_options": detector_options}
     if "labels" in backends:
         options["labels"] = {"celeba_file": args.celeba_attributes, "columns": args.label_columns}
-    if "vlm" in backends:
-        vlm = {"vqa_model": args.vqa_model, "caption_model": args.caption_model,
-               "caption": not args.no_vlm_caption, "mode": args.vqa_mode,
+    for family in ("vlm", "blip2"):
+        if family not in backends:
+            continue
+        vlm = {"caption": not args.no_vlm_caption, "mode": args.vqa_mode,
                "device": args.device, "batch_size": args.vlm_batch_size}
+        if family == "vlm":
+            vlm.update(vqa_model=args.vqa_model, caption_model=args.caption_model)
+        else:
+            vlm.update(model=args.blip2_model)
         if args.vlm_attributes is not None:
             vlm["attributes"] = args.vlm_attributes
             vlm["vqa"] = bool(args.vlm_attributes)
-        options["vlm"] = vlm
+        options[family] = vlm
     return build_captioner(backends, prompt_builder=_prompt_builder(args),
                            precedence=_csv(args.precedence), detector=args.detector,
                            detector_options=detector_options, alignment=args.alignment,

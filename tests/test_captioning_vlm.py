@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from captioning.extractors import FaceSample
-from captioning.extractors.vlm import (DEFAULT_VLM_ATTRIBUTES, BlipExtractor, parse_answer,
-                                       question_set)
+from captioning.extractors.vlm import (DEFAULT_VLM_ATTRIBUTES, Blip2Extractor, BlipExtractor,
+                                       parse_answer, question_set)
 from captioning.vocabulary import VOCABULARY
 
 torch = pytest.importorskip("torch")
@@ -143,3 +143,35 @@ def test_missing_or_wrong_weights_fail_clearly(tmp_path, tiny_blip):
         BlipExtractor(bogus, vqa=True, caption=False, device="cpu")
     with pytest.raises(ValueError, match="mode"):
         BlipExtractor(tiny_blip[0], mode="beam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_blip2(tmp_path_factory):
+    from captioning.testing import build_tiny_blip2
+    return build_tiny_blip2(tmp_path_factory.mktemp("tiny_blip2"), seed=0)
+
+
+def test_blip2_batches_questions_and_captions(tiny_blip2):
+    ex = Blip2Extractor(tiny_blip2, device="cpu", batch_size=3, max_new_tokens=4,
+                        attributes=["gender", "smiling", "hair_color", "bald"])
+    samples = faces(4)
+    batched = ex.extract(samples)
+    single = [ex.extract([s])[0] for s in samples]
+    for b, s in zip(batched, single):
+        assert isinstance(b.caption, str) and b.caption == s.caption
+        assert set(b.attributes) == {"gender", "smiling", "hair_color", "bald"}
+        for name, item in b.attributes.items():
+            assert item.source == "vlm" and item.value == s.attributes[name].value
+            assert item.confidence == pytest.approx(s.attributes[name].confidence, abs=1e-5)
+    probs = ex.rank_answers([f.image for f in faces(2, seed=5)])
+    assert probs[0] != probs[1]
+    assert all(abs(sum(q.values()) - 1) < 1e-6 for per in probs for q in per)
+    gen = Blip2Extractor(tiny_blip2, device="cpu", caption=False, mode="generate",
+                         attributes=["smiling"])
+    (answer, p), = gen.generate_answers([samples[0].image])[0]
+    assert isinstance(answer, str) and 0.0 <= p <= 1.0
+    with pytest.raises(ValueError, match="question_template"):
+        Blip2Extractor(tiny_blip2, device="cpu", question_template="Q: A:")
+    from reface_core.assets import AssetNotFoundError
+    with pytest.raises(AssetNotFoundError, match="blip2-opt-2.7b"):
+        Blip2Extractor(device="cpu")

@@ -339,6 +339,162 @@ class BlipExtractor(AttributeExtractor):
         return results
 
 
+class Blip2Extractor(BlipExtractor):
+    """The same questions and captions with BLIP-2 (``Blip2ForConditionalGeneration``, an OPT
+    or other decoder-only language model behind a Q-Former), where its weights exist.
+
+    One checkpoint does both: the caption continues ``caption_prompt``, and a question is
+    asked as ``question_template`` (BLIP-2's own "Question: ... Answer:" form). Rank mode
+    scores each candidate answer as the language model's log-likelihood of the answer
+    tokens after the prompt. Registered as backend ``blip2``; its attributes carry source
+    ``vlm``, so the precedence treats both VLMs alike.
+
+    Args:
+        model: folder of a BLIP-2 checkpoint (default: asset ``blip2-opt-2.7b``).
+        question_template: how a question is put to the language model.
+        Others as :class:`BlipExtractor`.
+    """
+
+    name = "vlm"
+    asset = "blip2-opt-2.7b"
+
+    def __init__(self, model: str | os.PathLike | None = None, *,
+                 attributes: Sequence[str] = DEFAULT_VLM_ATTRIBUTES, vqa: bool = True,
+                 caption: bool = True, mode: str = "rank", batch_size: int = 4,
+                 device: str = "auto", dtype: str = "auto", caption_prompt: str = "a photo of",
+                 question_template: str = "Question: {question} Answer:",
+                 max_new_tokens: int = 30, num_beams: int = 1):
+        if "{question}" not in question_template:
+            raise ValueError(f"question_template must contain {{question}}, got {question_template!r}")
+        self.question_template = question_template
+        self._model_path = model
+        super().__init__(None, None, attributes=attributes, vqa=vqa, caption=caption, mode=mode,
+                         batch_size=batch_size, device=device, dtype=dtype,
+                         caption_prompt=caption_prompt, max_new_tokens=max_new_tokens,
+                         num_beams=num_beams)
+        self._paths = {"blip2": str(model) if model else None}
+
+    def _load(self, which: str, path):
+        # One model serves both roles; load it once.
+        loaded = getattr(self, "_blip2", None)
+        if loaded is None:
+            from transformers import Blip2ForConditionalGeneration, Blip2Processor
+            loaded = _load_pretrained(self.asset, self._model_path, Blip2ForConditionalGeneration,
+                                      Blip2Processor, self.device, self.dtype)
+            self._blip2 = loaded
+        return loaded
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg.update(family="blip2", question_template=self.question_template)
+        return cfg
+
+    def _prefix(self, model, processor, text: str) -> list[int]:
+        """Image placeholder tokens, then the text's tokens (the processor's layout)."""
+        image_ids = [model.config.image_token_id] * model.config.num_query_tokens
+        return image_ids + list(processor.tokenizer(text)["input_ids"])
+
+    def _embed(self, model, ids, features, owners):
+        """Token embeddings with each row's image placeholders replaced by its image."""
+        embeds = model.get_input_embeddings()(ids)
+        mask = (ids == model.config.image_token_id).unsqueeze(-1)
+        image = features[owners].to(embeds.dtype)
+        return embeds.masked_scatter(mask, image)
+
+    def _features(self, model, processor, images):
+        pixel_values = self._pixels(processor, images)
+        return model.get_image_features(pixel_values, return_dict=True).pooler_output
+
+    def _padded(self, rows, pad_id, left: bool):
+        import torch
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r)
+            mask[i, sl] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def captions(self, images: Sequence[np.ndarray]) -> list[str]:
+        import torch
+        model, processor = self._caption
+        prefix = self._prefix(model, processor, self.caption_prompt)
+        ids, mask = self._padded([prefix] * len(images), processor.tokenizer.pad_token_id, True)
+        with torch.inference_mode():
+            out = model.generate(pixel_values=self._pixels(processor, images), input_ids=ids,
+                                 attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                 num_beams=self.num_beams, do_sample=False)
+        new = out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] else out
+        texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [self._clean_caption(t) for t in texts]
+
+    def rank_answers(self, images: Sequence[np.ndarray]) -> list[list[dict[object, float]]]:
+        import torch
+        model, processor = self._vqa
+        tok = processor.tokenizer
+        n_q = len(self.questions)
+        rows, owners, spans, keys = [], [], [], []
+        for img in range(len(images)):
+            for q, (_, question, candidates) in enumerate(self.questions):
+                prefix = self._prefix(model, processor,
+                                      self.question_template.format(question=question))
+                for answer, value in candidates.items():
+                    answer_ids = tok(" " + answer, add_special_tokens=False)["input_ids"]
+                    rows.append(prefix + answer_ids)
+                    owners.append(img)
+                    spans.append((len(prefix), len(prefix) + len(answer_ids)))
+                    keys.append((img, q, value))
+        with torch.inference_mode():
+            features = self._features(model, processor, images)
+            ids, mask = self._padded(rows, tok.pad_token_id, left=False)
+            embeds = self._embed(model, ids, features, torch.tensor(owners, device=self.device))
+            logits = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            scores = []
+            for r, (a, b) in enumerate(spans):
+                positions = torch.arange(a, b, device=self.device)
+                scores.append(float(logp[r, positions - 1, ids[r, positions]].sum()))
+        scores = np.array(scores)
+        out: list[list[dict[object, float]]] = [[{} for _ in range(n_q)] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r, (img, q, _) in enumerate(keys):
+            groups.setdefault((img, q), []).append(r)
+        for (img, q), members in groups.items():
+            p = np.exp(scores[members] - scores[members].max())
+            p /= p.sum()
+            for r, prob in zip(members, p):
+                value = keys[r][2]
+                out[img][q][value] = out[img][q].get(value, 0.0) + float(prob)
+        return out
+
+    def generate_answers(self, images: Sequence[np.ndarray]) -> list[list[tuple[str, float]]]:
+        import torch
+        model, processor = self._vqa
+        tok = processor.tokenizer
+        n_q = len(self.questions)
+        prefixes = [self._prefix(model, processor, self.question_template.format(question=q))
+                    for _, q, _ in self.questions]
+        rows = [prefixes[q] for _ in images for q in range(n_q)]
+        ids, mask = self._padded(rows, tok.pad_token_id, left=True)
+        pixel_values = self._pixels(processor, images).repeat_interleave(n_q, dim=0)
+        with torch.inference_mode():
+            out = model.generate(pixel_values=pixel_values, input_ids=ids, attention_mask=mask,
+                                 max_new_tokens=10, do_sample=False, num_beams=1,
+                                 output_scores=True, return_dict_in_generate=True)
+            steps = len(out.scores)
+            step_logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], 1)
+            new = out.sequences[:, -steps:]
+            chosen = step_logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            keep = (new != tok.pad_token_id).float()
+            prob = torch.exp((chosen * keep).sum(-1)).cpu().numpy()
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        answers = [[("", 0.0)] * n_q for _ in images]
+        for row, (text, p) in enumerate(zip(texts, prob)):
+            answers[row // n_q][row % n_q] = (text.strip(), float(p))
+        return answers
+
+
 def _long():
     import torch
     return torch.long
