@@ -109,24 +109,28 @@ def jpeg_torch(x: torch.Tensor, quality: Sequence[int] | torch.Tensor, rounding:
     if ph or pw:
         v = F.pad(v, (0, pw, 0, ph), mode="replicate")
     r, g, b = v[:, 0], v[:, 1], v[:, 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    cb = -0.168735892 * r - 0.331264108 * g + 0.5 * b + 128.0
-    cr = 0.5 * r - 0.418687589 * g - 0.081312411 * b + 128.0
-    cb = F.avg_pool2d(cb[:, None], 2)[:, 0]
-    cr = F.avg_pool2d(cr[:, None], 2)[:, 0]
+    # libjpeg works on 8-bit samples between stages: colour conversion, chroma averaging
+    # and the inverse DCT each round (and clamp) to integers.
+    y = _round(0.299 * r + 0.587 * g + 0.114 * b, rounding)
+    cb = _round(-0.168735892 * r - 0.331264108 * g + 0.5 * b + 128.0, rounding)
+    cr = _round(0.5 * r - 0.418687589 * g - 0.081312411 * b + 128.0, rounding)
+    cb = _round(F.avg_pool2d(cb[:, None], 2)[:, 0], rounding)
+    cr = _round(F.avg_pool2d(cr[:, None], 2)[:, 0], rounding)
     tables = [quality_tables(q) for q in qs]
     lt = torch.as_tensor(np.stack([t[0] for t in tables]), device=dev, dtype=dtype)[:, None, None]
     ct = torch.as_tensor(np.stack([t[1] for t in tables]), device=dev, dtype=dtype)[:, None, None]
-    # Chroma planes are padded to whole 8x8 blocks (a 16-aligned image halves to 8-aligned).
     d = _dct_matrix(dev, dtype)
-    y = _code_plane(y, lt, d, rounding)
-    cb = _code_plane(cb, ct, d, rounding)
-    cr = _code_plane(cr, ct, d, rounding)
-    # libjpeg's default h2v2 "fancy" upsampling is the 3/4-1/4 triangle filter, i.e. bilinear
-    # interpolation at half-pixel centres with replicated edges.
-    cb = F.interpolate(cb[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
-    cr = F.interpolate(cr[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
-    cb, cr = cb - 128.0, cr - 128.0
+    y = _round(_code_plane(y, lt, d, rounding).clamp(0, 255), rounding)
+    cb = _round(_code_plane(cb, ct, d, rounding).clamp(0, 255), rounding)
+    cr = _round(_code_plane(cr, ct, d, rounding).clamp(0, 255), rounding)
+    # The decoder upsamples only the chroma samples inside the image (ceil(h/2) x ceil(w/2)),
+    # replicating its edges: libjpeg's default h2v2 "fancy" upsampling is the 3/4-1/4
+    # triangle filter, i.e. bilinear interpolation at half-pixel centres.
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    cb = F.interpolate(cb[:, None, :ch, :cw], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+    cr = F.interpolate(cr[:, None, :ch, :cw], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+    y = y[:, :h, :w]
+    cb, cr = cb[:, :h, :w] - 128.0, cr[:, :h, :w] - 128.0
     out = torch.stack([y + 1.402 * cr, y - 0.344136286 * cb - 0.714136286 * cr, y + 1.772 * cb], dim=1)
-    out = _round(out.clamp(0, 255), rounding)[..., :h, :w] / 255.0
+    out = _round(out.clamp(0, 255), rounding) / 255.0
     return out.to(x.dtype) if x.dtype.is_floating_point else out

@@ -41,8 +41,8 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Clip to [0, 1] and round to the 8-bit grid (still float)."""
     y = x.clamp(0, 1)
-    if y.requires_grad:
-        return torch.round(y * 255.0) / 255.0
+    if y.requires_grad:  # straight-through: exact rounding forward, identity gradient
+        return y + (torch.round(y * 255.0) / 255.0 - y).detach()
     return y.mul_(255.0).round_().div_(255.0)
 
 
