@@ -84,7 +84,8 @@ def clip_tokenizer(path: str | None = None):
 
 def _hf_counter(tokenizer) -> TokenCounter:
     def count(text: str) -> int:
-        return len(tokenizer(text, truncation=False)["input_ids"])
+        # verbose=False: counting an over-long prompt is the point, not a mistake to warn of.
+        return len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
     return count
 
 
