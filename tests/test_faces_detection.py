@@ -183,3 +183,38 @@ def test_downscaled_detection_maps_back_to_source_pixels(unaligned):
     small = faces.get_detector("dlib-hog", max_side=640).detect(img)[0]
     assert np.abs(full.box - small.box).max() < 0.1 * full.size
     assert np.abs(full.landmarks5 - small.landmarks5).max() < 0.05 * full.size
+
+
+@pytest.mark.realdata
+def test_five_point_predictor_agrees_with_68_points(unaligned, hog_results):
+    """landmarks="5" (dlib's 5-point model; mouth and nose estimated) lands near the
+    68-point-derived points on real faces."""
+    det5 = faces.get_detector("dlib-hog", landmarks="5")
+    picked = [p for p in unaligned if p.name in ("obama-720p.jpg", "two_people.jpg", "alex-lacamoire.png")]
+    for p in picked:
+        for d5, d68 in zip(det5.detect(unaligned[p]), hog_results[p]):
+            assert d5.landmarks68 is None and d5.landmarks_source == "dlib-5"
+            iod = np.linalg.norm(d68.landmarks5[1] - d68.landmarks5[0])
+            err = np.linalg.norm(d5.landmarks5 - d68.landmarks5, axis=1) / iod
+            assert err[:2].max() < 0.1 and err[2:].max() < 0.3, (p.name, err.round(3))
+            # Both give the same FFHQ crop geometry within a few percent of the crop.
+            q5, _ = faces.ffhq_quad(d5.landmarks5)
+            q68, _ = faces.ffhq_quad(d68.landmarks68)
+            assert np.abs(q5 - q68).max() < 0.08 * np.linalg.norm(q68[2] - q68[0])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_cnn_batch_equals_single_images(unaligned):
+    img = next(img for p, img in unaligned.items() if p.name == "obama-480p.jpg")
+    pair = [img, np.ascontiguousarray(img[:, ::-1])]  # same size: one native dlib batch
+    det = faces.get_detector("dlib-cnn", landmarks="5")
+    batched = det.detect_batch(pair)
+    singles = [det.detect(im) for im in pair]
+    assert [len(b) for b in batched] == [len(s) for s in singles] == [1, 1]
+    for b, s in zip(batched, singles):
+        np.testing.assert_allclose(b[0].box, s[0].box, atol=1)
+        assert abs(b[0].score - s[0].score) < 1e-3
+    # The mirrored face is found at the mirrored place.
+    w = img.shape[1]
+    assert abs((w - batched[1][0].box[2]) - batched[0][0].box[0]) < 0.2 * batched[0][0].size
