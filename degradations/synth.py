@@ -53,9 +53,10 @@ def _read_manifest(path: Path):
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
+        # Ids such as "00001" must stay strings: no type guessing for text formats.
         if path.suffix == ".csv":
-            return pd.read_csv(path)
-        return pd.read_json(path, lines=path.suffix == ".jsonl")
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_json(path, lines=path.suffix == ".jsonl", dtype=False)
     except Exception as e:  # pandas/pyarrow raise many types; the reader's message is the useful part
         raise ValueError(f"manifest {path}: cannot read as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
 
