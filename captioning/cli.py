@@ -219,9 +219,16 @@ def cmd_caption(args) -> int:
             raise ValueError(f"{img}: no such image file")
     captioner = _captioner(args)
     failed = 0
-    for img in tqdm(args.images, desc="captioning", unit="image",
-                    disable=len(args.images) < 4 or args.json):
-        ann = captioner.annotate([FaceSample(key=str(img), path=img, aligned=args.aligned)])[0]
+    annotations = []
+    batch = 16
+    with tqdm(total=len(args.images), desc="captioning", unit="image",
+              disable=len(args.images) < 4 or args.json) as bar:
+        for start in range(0, len(args.images), batch):
+            chunk = args.images[start:start + batch]
+            annotations += captioner.annotate(
+                [FaceSample(key=str(img), path=img, aligned=args.aligned) for img in chunk])
+            bar.update(len(chunk))
+    for img, ann in zip(args.images, annotations):
         failed += ann.status != "ok"
         if args.json:
             row = ann.to_row()

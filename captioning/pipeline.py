@@ -146,9 +146,12 @@ class Captioner:
                     per_backend[i][ex.name] = res.attributes
                 if res.caption:
                     captions[i][ex.name] = res.caption
-                if res.error and res.error not in errors[i]:
-                    errors[i].append(f"{ex.name}: {res.error}" if res.error != samples[i].error
-                                     else res.error)
+                if res.error:
+                    # A pixel problem found once (no face, unreadable file) is reported once,
+                    # not again by every backend that skipped the face because of it.
+                    note = res.error if res.error == samples[i].error else f"{ex.name}: {res.error}"
+                    if note not in errors[i]:
+                        errors[i].append(note)
         return per_backend, captions, errors
 
     def finish(self, key: str, per_backend: dict, captions: dict, errors: list[str]) -> Annotation:

@@ -259,3 +259,18 @@ def test_cli_annotate_with_the_vlm_backend(tmp_path, capsys):
         attrs = attributes_from_json(r["attributes"])
         assert attrs["gender"].source == "labels" and attrs["smiling"].source == "vlm"
         assert r["caption_source"] == "vlm" and r["caption"]
+
+
+def test_cli_caption_reports_photos_without_faces(tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    save_image(plain, np.full((64, 64, 3), 128, np.uint8))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    rc = main(["caption", str(plain), str(broken), "--json", "--tokenizer", "words"])
+    assert rc == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["caption_status"] for r in lines] == ["failed", "failed"]
+    assert "plain.png: no face found" in lines[0]["caption_error"]
+    assert "broken.jpg" in lines[1]["caption_error"]
+    assert main(["caption", str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg: no such image file" in capsys.readouterr().err

@@ -96,6 +96,17 @@ def celeba_to_attributes(labels: Mapping[str, int | bool], source: str = "labels
     return out
 
 
+def _yes_no_label(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "+1", "true", "yes", "y"):
+        return True
+    if text in ("-1", "0", "false", "no", "n"):
+        return False
+    raise ValueError(f"CelebA attribute {name!r} is yes/no; cannot read {value!r}")
+
+
 def _missing(cell) -> bool:
     return cell is None or (isinstance(cell, float) and math.isnan(cell)) or cell == ""
 
@@ -123,10 +134,13 @@ def cell_to_attributes(column: str, cell, source: str = "labels",
                              "object nor a value of a vocabulary attribute") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"column {column!r}: expected a JSON object, got {type(data).__name__}")
-    celeba = {k: v for k, v in data.items() if k in CELEBA_40}
-    out = celeba_to_attributes(
-        {k: (parse_value("smiling", v) if not isinstance(v, (int, float)) else v)
-         for k, v in celeba.items()}, source)
+    celeba = {}
+    for k, v in data.items():
+        if k in CELEBA_40 and not _missing(v):
+            # CelebA names hold yes/no labels whatever their spelling: 1/-1, 0/1, "yes".
+            celeba[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) \
+                else (1 if _yes_no_label(k, v) else -1)
+    out = celeba_to_attributes(celeba, source)
     for name, value in data.items():
         if name in CELEBA_40:
             continue
