@@ -240,18 +240,29 @@ class FaceDetector:
         return dets
 
     # public -----------------------------------------------------------------------------
+    #: Upscale images smaller than ``max_side`` (at most 2x). Set by detectors with a fixed
+    #: smallest face size (the dlib CNN), where a small photo would otherwise lose its faces.
+    upscale_small: bool = False
+
     def _scale_for(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Downscale large inputs (detection cost grows with pixels); return image, factor."""
+        """Resize to the working size (cost grows with pixels); return image, factor back."""
         h, w = image.shape[:2]
-        if self.max_side is None or max(h, w) <= self.max_side:
+        if self.max_side is None:
             return image, 1.0
+        s = self.max_side / max(h, w)
+        if s >= 1:
+            if not self.upscale_small:
+                return image, 1.0
+            s = min(s, 2.0)
+            if s < 1.25:  # not worth the extra pixels
+                return image, 1.0
         import cv2
 
-        s = self.max_side / max(h, w)
-        small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
-                           interpolation=cv2.INTER_AREA)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, size, interpolation=interp)
         # Exact back-mapping factor per axis differs by < 1/side; use the width ratio.
-        return small, w / small.shape[1]
+        return resized, w / resized.shape[1]
 
     def _filter(self, dets: list[FaceDetection], min_score: float, min_size: float) -> list[FaceDetection]:
         keep = [d for d in dets if d.score >= min_score and d.size >= min_size]
@@ -327,13 +338,15 @@ class DlibHogDetector(_DlibDetector):
 class DlibCnnDetector(_DlibDetector):
     """dlib's MMOD CNN face detector (``dlib-mmod-detector`` asset).
 
-    Finds faces of about 80 px and up at the working scale (``max_side`` downscaling
-    first, then ``upsample`` pyramid doublings). Batched natively for same-size images.
+    Finds faces of about 80 px and up at the working scale: photos are resized so their
+    long side is ``max_side`` (small photos upscaled at most 2x), then ``upsample`` pyramid
+    doublings. Batched natively for same-size images.
     Slow on CPU: about 1-2 s per 800 px image.
     """
 
     name = "dlib-cnn"
     default_min_score = 0.0
+    upscale_small = True
 
     def __init__(self, *, model_path: str | None = None, upsample: int = 0,
                  landmarks: str = "68", max_side: int | None = 800, batch_size: int = 8,

@@ -109,3 +109,10 @@ def test_align_then_embed_and_attributes_on_real_photos(tmp_path, data_root):
     recs = _records(attr_out, "attributes")
     assert [f["gender"] for f in recs["two_people.jpg"]["faces"]] == ["male", "male"]
     assert all(30 < f["age"] < 80 for f in recs["two_people.jpg"]["faces"])
+
+
+def test_importing_faces_loads_no_model_library():
+    code = ("import sys, faces; heavy = [m for m in ('dlib', 'torch', 'cv2', 'onnxruntime', "
+            "'insightface', 'facexlib') if m in sys.modules]; print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
