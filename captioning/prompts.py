@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from .attributes import AttributeValue, Attributes, derive
+from .attributes import Attributes, AttributeValue, derive
 from .tokens import CLIP_MAX_TOKENS, TokenizerLike, make_counter
-from .vocabulary import ATTRIBUTES, AGE_GROUPS, VOCABULARY, get_spec, parse_value
+from .vocabulary import AGE_GROUPS, ATTRIBUTES, VOCABULARY, get_spec, parse_value
 
 #: Image-quality defects for the negative-quality prompt (restoration's usual suspects).
 DEFAULT_NEGATIVE_QUALITY: tuple[str, ...] = (

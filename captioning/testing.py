@@ -36,8 +36,14 @@ def build_tiny_blip(folder: str | Path, *, seed: int = 0, image_size: int = 32,
     processor (image processor + BERT tokenizer).
     """
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipForQuestionAnswering,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,8 +108,12 @@ def build_tiny_blip2(folder: str | Path, *, seed: int = 0, image_size: int = 32,
                      hidden: int = 32, num_query_tokens: int = 4) -> Path:
     """Write a tiny BLIP-2 (OPT language model) checkpoint with its processor; return it."""
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessor)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
 
     folder = Path(folder)
     words = [w for w in tiny_vocabulary() if not w.startswith("[")] + ["Question", "Answer"]

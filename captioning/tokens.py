@@ -65,8 +65,9 @@ def clip_tokenizer(path: str | None = None):
     ``path`` is the ``bpe_simple_vocab_16e6.txt.gz`` file; by default it is resolved through
     the asset ``clip-bpe-vocab`` (raises ``AssetNotFoundError`` when missing).
     """
-    from reface_core.assets import resolve
     from transformers import CLIPTokenizer
+
+    from reface_core.assets import resolve
 
     vocab_path = resolve("clip-bpe-vocab", path)
     with gzip.open(vocab_path, "rt", encoding="utf-8") as f:

@@ -6,13 +6,29 @@ import json
 
 import pytest
 
-from captioning.attributes import (AttributeValue, attributes_from_json, attributes_to_json,
-                                   combine, derive)
+from captioning.attributes import (
+    AttributeValue,
+    attributes_from_json,
+    attributes_to_json,
+    combine,
+    derive,
+)
 from captioning.extractors import FaceSample, get_extractor
-from captioning.extractors.labels import (LabelFileError, cell_to_attributes,
-                                          celeba_to_attributes, read_celeba_attributes)
-from captioning.vocabulary import (AGE_GROUPS, ATTRIBUTES, CELEBA_40, VOCABULARY, age_group_of,
-                                   head_pose_of, parse_value)
+from captioning.extractors.labels import (
+    LabelFileError,
+    celeba_to_attributes,
+    cell_to_attributes,
+    read_celeba_attributes,
+)
+from captioning.vocabulary import (
+    AGE_GROUPS,
+    ATTRIBUTES,
+    CELEBA_40,
+    VOCABULARY,
+    age_group_of,
+    head_pose_of,
+    parse_value,
+)
 
 # CelebA's own header, in its own order (list_attr_celeba.txt, line 2).
 CELEBA_HEADER = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs "

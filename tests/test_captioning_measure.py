@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioning.measure import (FACE_MODEL_5, angles_from_rotation, camera_matrix, colourfulness,
-                                head_pose, project, rotation_from_angles)
+from captioning.measure import (
+    FACE_MODEL_5,
+    angles_from_rotation,
+    camera_matrix,
+    colourfulness,
+    head_pose,
+    project,
+    rotation_from_angles,
+)
 
 
 def synthetic_landmarks(yaw, pitch, roll, size=512, distance=700.0):

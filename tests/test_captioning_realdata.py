@@ -41,7 +41,7 @@ def celeba(data_root):
 
 
 def test_offline_gender_agrees_with_the_folder_labels(celeba):
-    root, files, annotations = celeba
+    _, files, annotations = celeba
     assert len(files) >= 50
     truth = [f.parent.name for f in files]
     assert set(truth) == {"female", "male"}
@@ -93,7 +93,7 @@ def test_grayscale_photos_are_recognised(data_root):
 
 
 def test_annotate_a_manifest_of_real_photos(celeba, tmp_path):
-    root, files, _ = celeba
+    _, files, _ = celeba
     picked = files[::5]
     rows = [{"face_id": f"celeba-{f.stem}", "image_path": str(f), "identity": f.stem,
              "split": "test", "status": "ok", "gender_label": f.parent.name} for f in picked]

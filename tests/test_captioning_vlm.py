@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from captioning.extractors import FaceSample
-from captioning.extractors.vlm import (DEFAULT_VLM_ATTRIBUTES, Blip2Extractor, BlipExtractor,
-                                       parse_answer, question_set)
+from captioning.extractors.vlm import (
+    DEFAULT_VLM_ATTRIBUTES,
+    Blip2Extractor,
+    BlipExtractor,
+    parse_answer,
+    question_set,
+)
 from captioning.vocabulary import VOCABULARY
 
 torch = pytest.importorskip("torch")

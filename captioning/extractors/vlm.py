@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attributes import AttributeValue, Attributes
+from ..attributes import Attributes, AttributeValue
 from ..vocabulary import VOCABULARY, get_spec
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 
@@ -169,8 +169,11 @@ class BlipExtractor(AttributeExtractor):
             self._caption = self._load("caption", caption_model)
 
     def _load(self, which: str, path):
-        from transformers import (BlipForConditionalGeneration, BlipForQuestionAnswering,
-                                  BlipProcessor)
+        from transformers import (
+            BlipForConditionalGeneration,
+            BlipForQuestionAnswering,
+            BlipProcessor,
+        )
         if which == "vqa":
             return _load_pretrained(self.vqa_asset, path, BlipForQuestionAnswering,
                                     BlipProcessor, self.device, self.dtype)
