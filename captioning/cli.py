@@ -176,7 +176,7 @@ def _captioner(args):
     detector_options = ({"max_side": args.detector_max_side}
                         if args.detector_max_side is not None else {})
     if "offline" in backends:
-        options["offline"] = {"detector": args.detector, "detector_options": detector_options}
+        options["offline"] = {"detector": args.detector}
     if "labels" in backends:
         options["labels"] = {"celeba_file": args.celeba_attributes, "columns": args.label_columns}
     for family in ("vlm", "blip2"):

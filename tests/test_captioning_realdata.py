@@ -121,3 +121,17 @@ def test_caption_command_on_an_unaligned_photo(data_root, capsys):
     assert data["caption_status"] == "ok"
     assert data["attributes"]["gender"]["value"] == "male"
     assert contains_phrase(data["prompt"], "man")
+
+
+def test_aligned_crops_get_pose_from_their_own_landmarks(data_root):
+    crops = sorted((data_root / "identities_512").glob("*/gt.png"))[:8]
+    if not crops:
+        pytest.skip("identities_512 is missing")
+    captioner = build_captioner(["offline"])
+    annotations = captioner.annotate([FaceSample(key=str(p), path=p, aligned=True)
+                                      for p in crops])
+    for p, a in zip(crops, annotations):
+        assert a.status == "ok" and a.error is None, (p, a.error)
+        # Alignment levels the eyes: what roll is left is small.
+        assert abs(a.attributes["roll"].value) < 10
+        assert a.attributes["gender"].value in ("female", "male")

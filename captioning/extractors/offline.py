@@ -32,7 +32,8 @@ class OfflineExtractor(AttributeExtractor):
     Args:
         attribute_model: ``faces.get_attribute_predictor`` name for age and gender.
         detector / detector_options: ``faces.get_detector`` name and options, for
-            landmarks on crops (photos the pipeline aligned bring their own).
+            landmarks on crops (photos the pipeline aligned bring their own); by default
+            no upsampling, since a crop's face is large.
         measures: which of ``age``, ``gender``, ``grayscale``, ``pose`` to produce.
         grayscale_threshold: chroma level (0..255 scale) below which a photo is grayscale.
         batch_size: crops per age/gender call.
@@ -50,7 +51,10 @@ class OfflineExtractor(AttributeExtractor):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.attribute_model = attribute_model
         self.detector_name = detector
-        self.detector_options = dict(detector_options or {})
+        # An aligned crop shows one face filling half the frame: no need for dlib's 2x
+        # upsampling (which finds 40 px faces), and 3x faster without it.
+        self.detector_options = dict({"upsample": 0} if detector_options is None
+                                     else detector_options)
         self.measures = tuple(m for m in MEASURES if m in measures)
         self.grayscale_threshold = float(grayscale_threshold)
         self.batch_size = int(batch_size)
