@@ -200,7 +200,7 @@ def _captioner(args):
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_annotate(args) -> int:
-    from .annotate import annotate_manifest
+    from .manifest import annotate_manifest
     report = annotate_manifest(args.manifest, _captioner(args), batch_size=args.batch_size,
                                overwrite=args.overwrite, restart=args.restart,
                                retry_failed=args.retry_failed, limit=args.limit,

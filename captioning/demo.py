@@ -19,7 +19,7 @@ def run_demo(data: Path, out: Path) -> str:
 
     from reface_core.imageio import iter_image_files
 
-    from .annotate import annotate_manifest
+    from .manifest import annotate_manifest
     from .attributes import attributes_from_json
     from .pipeline import build_captioner
 

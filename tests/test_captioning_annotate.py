@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from captioning.annotate import ManifestError, annotate_manifest, progress_path, read_manifest
+from captioning.manifest import ManifestError, annotate_manifest, progress_path, read_manifest
 from captioning.attributes import AttributeValue, attributes_from_json
 from captioning.cli import main
 from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
@@ -274,3 +274,14 @@ def test_cli_caption_reports_photos_without_faces(tmp_path, capsys):
     assert "broken.jpg" in lines[1]["caption_error"]
     assert main(["caption", str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg: no such image file" in capsys.readouterr().err
+
+
+def test_python_entry_point_used_by_the_dataset_builder(tmp_path):
+    # reface_hq's build calls `from captioning import annotate; annotate(path)`.
+    from captioning import annotate
+    path = make_dataset(tmp_path, n=3)
+    report = annotate(path, backends=("labels",), options={"labels": {"columns": ["gender"]}},
+                      progress=False)
+    assert report.ok == 3
+    assert pq.read_table(path).column("prompt").to_pylist()[:3] == [
+        "a photo of a man", "a photo of a woman", "a photo of a woman"]
