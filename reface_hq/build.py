@@ -74,8 +74,9 @@ class BuildConfig:
     output_size: int = 512
     detect_max_side: int = 1024
     transform_size: int | None = None
+    align_padding: bool = True
     min_face_size: float = 128.0
-    min_sharpness: float = 40.0
+    min_sharpness: float = 50.0
     drop_grayscale: bool = True
     musiq: str = "auto"
     min_musiq: float | None = None
@@ -106,16 +107,19 @@ class BuildConfig:
 
     def map_stages(self) -> list:
         work = self.work.resolve()
+        detect = DetectAlign(detector=self.detector, output_size=self.output_size,
+                             detect_max_side=self.detect_max_side,
+                             transform_size=self.transform_size,
+                             enable_padding=self.align_padding)
+        # Crops of different alignment settings must never share file names.
+        detect.folder = str(work / f"aligned-{detect.fingerprint()[:12]}")
         return [
             Download(folder=str(work / "downloads"), threads=self.download_threads,
                      timeout=self.download_timeout, retries=self.download_retries,
                      max_bytes=self.max_bytes, allow_private=self.allow_private,
                      seed=self.seed, exclusion=self.exclusion),
             Decode(min_source_side=self.min_source_side, exclusion=self.exclusion),
-            DetectAlign(folder=str(work / f"aligned-{self.output_size}"),
-                        detector=self.detector, output_size=self.output_size,
-                        detect_max_side=self.detect_max_side,
-                        transform_size=self.transform_size),
+            detect,
             Quality(min_face_size=self.min_face_size, min_sharpness=self.min_sharpness,
                     drop_grayscale=self.drop_grayscale, musiq=self.musiq,
                     min_musiq=self.min_musiq),

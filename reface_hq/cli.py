@@ -38,12 +38,19 @@ def _add_build(sub) -> None:
                    help="drop identities with fewer than K photos (default 3)")
     p.add_argument("--size", type=int, choices=(512, 1024), default=512,
                    help="side of the aligned faces")
+    p.add_argument("--transform-size", type=int, default=None,
+                   help="FFHQ recipe's working resolution before the final resize (default "
+                        "4x --size); smaller is faster and slightly softer")
+    p.add_argument("--no-align-padding", action="store_true",
+                   help="skip FFHQ's blurred fill where the crop leaves the photo (faster; "
+                        "those areas stay black)")
     p.add_argument("--detector", default="dlib-hog", help="faces detector backend")
     p.add_argument("--embedder", default="dlib", help="faces embedder backend")
     p.add_argument("--min-face-size", type=float, default=128.0,
                    help="minimum face size in the source photo, pixels")
-    p.add_argument("--min-sharpness", type=float, default=40.0,
-                   help="minimum variance of the Laplacian of the aligned face at 256 px")
+    p.add_argument("--min-sharpness", type=float, default=50.0,
+                   help="minimum variance of the Laplacian of the centre of the aligned face "
+                        "(at 256 px)")
     p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
     p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
@@ -80,6 +87,7 @@ def cmd_build(args) -> int:
         progress=not args.no_progress, allow_private=args.allow_private_addresses,
         download_timeout=args.download_timeout, download_retries=args.download_retries,
         max_bytes=args.max_bytes, output_size=args.size, detector=args.detector,
+        transform_size=args.transform_size, align_padding=not args.no_align_padding,
         min_face_size=args.min_face_size, min_sharpness=args.min_sharpness,
         drop_grayscale=not args.keep_grayscale, musiq=args.musiq, min_musiq=args.min_musiq,
         embedder=args.embedder, use_identity_hints=not args.no_identity_hints,

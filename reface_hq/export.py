@@ -5,7 +5,8 @@ an upload wrapper.
 
     OUT/README.md                          dataset card (YAML header + counts, provenance)
     OUT/data/<split>-<i>-of-<n>.parquet    image bytes + manifest columns, HF features
-    OUT/wds/<split>-<i>.tar                <face_id>.png / .json / .txt per face
+    OUT/wds/<split>-<i>.tar                <face_id>.png / .json / .identity.txt /
+                                           .caption.txt per face
 
 Every shard is written under a temporary name and renamed. The exclusion list is checked
 again here: a photo listed after the build never reaches an export.
@@ -94,8 +95,8 @@ def export_webdataset(rows: list[dict], root: Path, out: Path, shard_rows: int =
                     entries = {
                         "png": safe_child(root, r["image_path"]).read_bytes(),
                         "json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
-                        "txt": (r.get("caption") or "").encode("utf-8"),
-                        "cls": r["identity"].encode("utf-8"),
+                        "caption.txt": (r.get("caption") or "").encode("utf-8"),
+                        "identity.txt": r["identity"].encode("utf-8"),
                     }
                     for ext, payload in entries.items():
                         info = tarfile.TarInfo(f"{r['face_id']}.{ext}")

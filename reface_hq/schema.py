@@ -48,7 +48,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("face_size", pa.float32(), "face size in source pixels (shorter side of the box)"),
     ("aligned_path", pa.string(), "work file of the FFHQ-aligned crop"),
     ("aligned_size", pa.int32(), "side of the aligned crop"),
-    ("sharpness", pa.float32(), "variance of the Laplacian of the aligned crop at 256 px"),
+    ("sharpness", pa.float32(), "variance of the Laplacian of the centre of the aligned crop (256 px scale)"),
     ("grayscale", pa.bool_(), "whether the photo carries no colour"),
     ("colorfulness", pa.float32(), "Hasler-Suesstrunk colourfulness of the aligned crop"),
     ("musiq", pa.float32(), "MUSIQ (KonIQ) no-reference quality, when its weights exist"),

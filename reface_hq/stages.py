@@ -45,17 +45,23 @@ def colorfulness(image: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def laplacian_variance(image: np.ndarray, size: int = 256) -> float:
-    """Variance of the Laplacian of the gray image resized to ``size``: a blur measure.
+def laplacian_variance(image: np.ndarray, size: int = 256, centre: float = 0.5) -> float:
+    """Blur measure: variance of the Laplacian over the central ``centre`` fraction of an
+    aligned face, as if the crop were ``size`` px.
 
-    Resizing first makes the number comparable between crop sizes; 256 px keeps every
-    supported crop size a downscale (upscaling would invent smoothness).
+    The centre of an FFHQ crop is the face itself, always inside the photo: the
+    background (bokeh is not a defect) and the padding FFHQ adds where the crop leaves
+    the photo (blurred fill, or black edges without padding) would distort the number.
+    A fixed scale makes 256, 512 and 1024 crops comparable; 256 keeps it a downscale.
     """
     import cv2
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if gray.shape[0] != size or gray.shape[1] != size:
-        interp = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_CUBIC
-        gray = cv2.resize(gray, (size, size), interpolation=interp)
+    h, w = image.shape[:2]
+    dy, dx = int(h * (1 - centre) / 2), int(w * (1 - centre) / 2)
+    gray = cv2.cvtColor(np.ascontiguousarray(image[dy:h - dy, dx:w - dx]), cv2.COLOR_RGB2GRAY)
+    side = max(8, int(round(size * centre)))
+    if gray.shape[0] != side or gray.shape[1] != side:
+        interp = cv2.INTER_AREA if gray.shape[0] > side else cv2.INTER_CUBIC
+        gray = cv2.resize(gray, (side, side), interpolation=interp)
     return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
@@ -118,6 +124,7 @@ class DetectAlign(Stage):
     output_size: int = 512
     detect_max_side: int = 1024
     transform_size: int | None = None   # None: the FFHQ recipe's 4x output_size
+    enable_padding: bool = True          # FFHQ's reflect-and-blur fill outside the photo
     upsample: int = 0
     min_score: float | None = None
     max_faces: int | None = None
@@ -149,7 +156,8 @@ class DetectAlign(Stage):
             lm = det.landmarks68 if det.landmarks68 is not None else det.landmarks5
             crop = align_ffhq(image, np.asarray(lm, dtype=np.float32),
                               output_size=self.output_size,
-                              transform_size=self.transform_size)
+                              transform_size=self.transform_size,
+                              enable_padding=self.enable_padding)
             face_id = f"{row['row_id']}-{k}"
             path = Path(self.folder) / f"{face_id}.png"
             save_image(path, crop)
@@ -197,7 +205,7 @@ class Quality(Stage):
 
     name = "quality"
     min_face_size: float = 128.0
-    min_sharpness: float = 40.0
+    min_sharpness: float = 50.0
     drop_grayscale: bool = True
     musiq: str = "auto"
     musiq_path: str | None = None
