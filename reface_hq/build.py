@@ -93,6 +93,7 @@ class BuildConfig:
     # exclusion and captions
     exclusion: tuple[str, ...] = ()
     captions: bool = False
+    caption_backends: tuple[str, ...] = ("offline",)
 
     def __post_init__(self):
         if self.output_size not in (512, 1024, 256):
@@ -177,20 +178,22 @@ def build(config: BuildConfig) -> dict:
     stats = write_dataset(rows, config, timings=timings,
                           seconds=round(time.perf_counter() - t0, 3))
     if config.captions:
-        stats["captions"] = annotate_captions(Path(config.out))
+        stats["captions"] = annotate_captions(Path(config.out), config.caption_backends,
+                                              config.progress)
     return stats
 
 
-def annotate_captions(out: Path) -> str:
-    """Run ``captioning annotate`` on the built manifest (the optional last stage)."""
-    try:
-        import captioning  # noqa: F401
-        from captioning import annotate as _annotate  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise RuntimeError(f"--captions needs the captioning package's annotate step "
-                           f"({e})") from None
-    _annotate(out / "manifest.parquet")
-    return "annotated"
+def annotate_captions(out: Path, backends: Sequence[str] = ("offline",),
+                      progress: bool = True) -> str:
+    """Run ``captioning annotate`` on the built manifest (the optional last stage).
+
+    captioning rewrites the manifest atomically and keeps its own per-row progress, so a
+    killed annotation resumes too.
+    """
+    import captioning
+    report = captioning.annotate(out / "manifest.parquet", backends=tuple(backends),
+                                 progress=progress)
+    return str(report)
 
 
 def load_build_json(out: str | os.PathLike) -> dict:

@@ -72,6 +72,9 @@ def _add_build(sub) -> None:
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
     p.add_argument("--captions", action="store_true",
                    help="run captioning annotate on the manifest as the last stage")
+    p.add_argument("--caption-backends", default="offline",
+                   help="comma-separated captioning backends (default offline: age, gender, "
+                        "pose, colour from the offline models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)
 
@@ -95,7 +98,8 @@ def cmd_build(args) -> int:
         cluster_threshold=args.cluster_threshold, min_photos=args.min_photos,
         assign_distance=args.assign_distance,
         test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
-        captions=args.captions)
+        captions=args.captions,
+        caption_backends=tuple(b.strip() for b in args.caption_backends.split(",") if b.strip()))
     stats = build(config)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "

@@ -253,3 +253,19 @@ def test_killed_build_resumes_to_the_same_manifest(data_root, tmp_path):
     files = lambda root: sorted(p.relative_to(root).as_posix()  # noqa: E731
                                 for p in (root / "images").rglob("*") if p.is_file())
     assert files(killed) == files(fresh)
+
+
+def test_optional_caption_stage_annotates_the_manifest(data_root, tmp_path):
+    pytest.importorskip("captioning.manifest", reason="the captioning package is not present")
+    config = BuildConfig(
+        sources=[FolderSource(str(data_root / "identities_512"), identity="folder",
+                              include=r"^00027/conditioning/")],
+        out=str(tmp_path / "ds"), captions=True, test_fraction=0.0, **FAST)
+    stats = build(config)
+    man = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
+    assert len(man) == stats["faces_kept"] >= 3
+    assert man.prompt.notna().all() and man.attributes.notna().all()
+    genders = {json.loads(a)["gender"]["value"] for a in man.attributes}
+    assert genders <= {"male", "female"} and genders
+    assert all(p.startswith("a photo of") for p in man.prompt)
+    assert verify(tmp_path / "ds") == []
