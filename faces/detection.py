@@ -75,16 +75,6 @@ class FaceDetection:
                    detector=str(d["detector"]),
                    landmarks_source=str(d.get("landmarks_source", "detector")))
 
-    def scaled(self, factor: float, offset: tuple[float, float] = (0.0, 0.0)) -> "FaceDetection":
-        """This detection with coordinates multiplied by ``factor`` then shifted by ``offset``."""
-        off = np.asarray(offset, dtype=np.float32)
-        return FaceDetection(
-            box=(self.box * factor + np.tile(off, 2)).astype(np.float32), score=self.score,
-            landmarks5=(self.landmarks5 * factor + off).astype(np.float32),
-            landmarks68=None if self.landmarks68 is None
-            else (self.landmarks68 * factor + off).astype(np.float32),
-            detector=self.detector, landmarks_source=self.landmarks_source)
-
 
 def check_image(image: Any, what: str = "image") -> np.ndarray:
     """Return ``image`` as a C-contiguous (H, W, 3) uint8 array or raise a clear ValueError."""

@@ -116,3 +116,16 @@ def test_importing_faces_loads_no_model_library():
             "'insightface', 'facexlib') if m in sys.modules]; print(heavy)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_run_demo_on_real_photos(tmp_path, data_root):
+    from faces.demo import run_demo
+
+    line = run_demo(data_root, tmp_path)
+    assert line.startswith("faces: 10 faces in 6 photos") and "ROC AUC" in line
+    summary = json.loads((tmp_path / "faces" / "summary.json").read_text())
+    assert summary["verification"]["roc_auc"] >= 0.99
+    assert len(list((tmp_path / "faces" / "aligned").glob("*.png"))) == 10
+    assert load_image(tmp_path / "faces" / "pasted_back.png").shape[2] == 3
