@@ -58,12 +58,12 @@ def test_bad_landmarks_are_rejected():
         ffhq_quad(np.full((5, 2), np.nan))
 
 
-def _dot_image(points, shape=(1000, 800)):
+def _dot_image(points, shape=(1000, 800), radius=6):
     """Gray image with a bright dot at each point (to find them again after warping)."""
     img = np.full(shape + (3,), 60, np.uint8)
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     for x, y in points:
-        img[(xx - x) ** 2 + (yy - y) ** 2 <= 36] = 255
+        img[(xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2] = 255
     return img
 
 
@@ -79,15 +79,16 @@ def _blob_centres(img, pts_guess, radius=14):
     return np.array(out)
 
 
-@pytest.mark.parametrize("deg", [0, 25])
-def test_align_ffhq_matches_its_matrix(deg):
-    """Pixels land where ffhq_matrix says, including rotation and the shrink step."""
+@pytest.mark.parametrize("deg,size,radius", [(0, 256, 6), (25, 256, 6), (10, 96, 15)])
+def test_align_ffhq_matches_its_matrix(deg, size, radius):
+    """Pixels land where ffhq_matrix says, with rotation, and (size 96: the quad is 5x the
+    output) through the shrink step."""
     pts = _rotate(FACE5, deg)
-    img = _dot_image(pts)
-    out = faces.align_ffhq(img, pts, 256)
-    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
-    expected = transform_points(ffhq_matrix(pts, 256), pts)
-    found = _blob_centres(out, expected)
+    img = _dot_image(pts, radius=radius)
+    out = faces.align_ffhq(img, pts, size)
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    expected = transform_points(ffhq_matrix(pts, size), pts)
+    found = _blob_centres(out, expected, radius=max(6, radius * size // 400 + 4))
     assert np.abs(found - expected).max() < 1.0
 
 
