@@ -36,9 +36,6 @@ DEFAULT_NEGATIVE_QUALITY: tuple[str, ...] = (
 
 _ORDER = {a.name: i for i, a in enumerate(ATTRIBUTES)}
 _AGE_INDEX = {g: i for i, (g, _, _) in enumerate(AGE_GROUPS)}
-_NOUNS = {("female", "child"): "girl", ("male", "child"): "boy", (None, "child"): "child",
-          ("female", "teenager"): "girl", ("male", "teenager"): "boy",
-          (None, "teenager"): "person"}
 
 
 @dataclass(frozen=True)
@@ -142,41 +139,39 @@ class PromptBuilder:
         return usable
 
     # --- positive ----------------------------------------------------------------------
-    def _positive_text(self, values: Mapping[str, object]) -> str:
-        gender = values.get("gender")
-        age = values.get("age_group")
-        adjectives = []
-        if values.get("smiling") is True:
-            adjectives.append(self.phrase("smiling"))
-        if age is not None and age not in ("child",):
-            if (gender, age) not in _NOUNS or age == "teenager":
-                adjectives.append(self.phrase("age_group", age))
-        if values.get("bald") is True:
-            adjectives.append(self.phrase("bald"))
-        if age in ("child", "teenager") and (gender, age) in _NOUNS and not self.phrases.get(
-                f"gender={gender}"):
-            noun = _NOUNS[(gender, age)]
-        elif gender is not None:
-            noun = self.phrase("gender", gender)
+    def _subject(self, values: Mapping[str, object]) -> str:
+        """"smiling young woman", "teenage boy", "bald man", "person"."""
+        gender, age = values.get("gender"), values.get("age_group")
+        # Children and teenagers are girls and boys, unless the user renamed the noun.
+        kid = age in ("child", "teenager") and f"gender={gender}" not in self.phrases
+        if kid:
+            noun = {"female": "girl", "male": "boy"}.get(gender) or (
+                "child" if age == "child" else "person")
         else:
-            noun = "child" if age == "child" else "person"
-        subject = " ".join(adjectives + [noun])
-        article = "an" if subject[:1].lower() in "aeio" else "a"
+            noun = self.phrase("gender", gender) if gender is not None else "person"
+        words = [self.phrase("smiling")] if values.get("smiling") is True else []
+        if age is not None and not (kid and age == "child"):
+            words.append(self.phrase("age_group", age))
+        if values.get("bald") is True:
+            words.append(self.phrase("bald"))
+        return " ".join(words + [noun])
 
+    def _positive_text(self, values: Mapping[str, object]) -> str:
+        subject = self._subject(values)
+        article = "an" if subject[:1].lower() in "aeio" else "a"
+        hair = [self.phrase(n, values[n]) for n in ("hair_style", "hair_color") if n in values]
         with_items, wearing_items, view = [], [], ""
         for name, value in values.items():
             spec = VOCABULARY[name]
-            if spec.slot == "with" and value is True:
+            if name in ("hair_color", "hair_style"):
+                # Texture and colour make one phrase, placed where the first of them is.
+                if hair:
+                    with_items.append(" ".join(hair + ["hair"]))
+                    hair = []
+            elif spec.slot in ("with", "hair") and value is True:
                 with_items.append(self.phrase(name))
             elif spec.slot == "wearing" and value is True:
                 wearing_items.append(self.phrase(name))
-            elif name == "hair_color" or (name == "hair_style" and "hair_color" not in values):
-                words = [self.phrase("hair_style", values["hair_style"])] if "hair_style" in values else []
-                if "hair_color" in values:
-                    words.append(self.phrase("hair_color", values["hair_color"]))
-                with_items.append(" ".join(words + ["hair"]))
-            elif name == "bangs" and value is True:
-                with_items.append(self.phrase("bangs"))
             elif name == "head_pose" and value != "frontal":
                 view = self.phrase("head_pose", value)
         prefix = self.grayscale_prefix if values.get("grayscale") is True else self.prefix
