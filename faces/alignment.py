@@ -255,13 +255,16 @@ def similarity_align(image: np.ndarray, landmarks5: np.ndarray, template: str = 
 
 
 def paste_back(image: np.ndarray, face: np.ndarray, matrix: np.ndarray, *,
-               soft_mask: bool = True, feather: float = 0.05) -> np.ndarray:
+               soft_mask: bool = True, feather: float = 0.05,
+               face_mask: np.ndarray | None = None) -> np.ndarray:
     """Put ``face`` (a crop, possibly restored) back into ``image`` and return a new image.
 
     ``matrix`` is the 2x3 image->crop transform of the crop *at the size of ``face``*
     (from ``similarity_align`` or ``ffhq_matrix``; if the face was resized, scale the
     matrix rows by the same factor). With ``soft_mask`` the crop border is eroded and
-    feathered over ``feather`` x crop size so no seam shows.
+    feathered over ``feather`` x crop size so no seam shows. ``face_mask``: an optional
+    (S, S) weight in [0, 1] on the crop (e.g. ``faces.parsing.FaceParser.mask``) that
+    replaces the crop-shaped mask, so only the face proper is pasted.
     """
     import cv2
 
@@ -275,8 +278,15 @@ def paste_back(image: np.ndarray, face: np.ndarray, matrix: np.ndarray, *,
     fh, fw = face.shape[:2]
     warped = cv2.warpAffine(face, inv, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mask = np.ones((fh, fw), dtype=np.float32)
-    if soft_mask:
+    if face_mask is not None:
+        mask = np.asarray(face_mask, dtype=np.float32)
+        if mask.shape != (fh, fw):
+            raise ValueError(f"face_mask shape {mask.shape} does not match the face {fh}x{fw}")
+        if not np.all((mask >= 0) & (mask <= 1)):
+            raise ValueError("face_mask values must lie in [0, 1]")
+    else:
+        mask = np.ones((fh, fw), dtype=np.float32)
+    if soft_mask and face_mask is None:
         edge = max(1, int(round(feather * min(fh, fw))))
         # Keep a margin at the crop edge at zero, then blur, so the weight falls to 0
         # strictly inside the crop and the transition is smooth.

@@ -14,6 +14,14 @@ from reface_core.assets import AssetNotFoundError  # noqa: E402
 from conftest import make_rgb  # noqa: E402
 
 
+def _skip_if_present(asset: str) -> None:
+    """The missing-weights tests only mean something where the user has no weights."""
+    from reface_core.assets import find
+
+    if find(asset) is not None:
+        pytest.skip(f"{asset} is installed on this machine")
+
+
 # ---------------------------------------------------------------------- RetinaFace
 
 @pytest.fixture(scope="module")
@@ -83,6 +91,7 @@ def test_retinaface_wrong_architecture_is_a_clear_error(retinaface_weights):
 
 
 def test_retinaface_without_weights_raises_asset_not_found():
+    _skip_if_present("retinaface-resnet50")
     det = faces.get_detector("retinaface")
     with pytest.raises(AssetNotFoundError, match="retinaface-resnet50"):
         det.detect(make_rgb(64, 64))
@@ -138,6 +147,7 @@ def test_scrfd_missing_file_is_asset_not_found(tmp_path):
     det = faces.get_detector("scrfd", model_path=str(tmp_path / "none.onnx"))
     with pytest.raises(AssetNotFoundError, match="insightface-antelopev2"):
         det.detect(make_rgb(64, 64))
+    _skip_if_present("insightface-buffalo_l")
     with pytest.raises(AssetNotFoundError, match="insightface-buffalo_l"):
         faces.get_detector("scrfd", pack="buffalo_l").detect(make_rgb(64, 64))
 
@@ -180,5 +190,45 @@ def test_arcface_crop_puts_ffhq_landmarks_on_the_arcface_template(arcface_path):
 
 
 def test_arcface_without_weights_raises_asset_not_found():
+    _skip_if_present("insightface-antelopev2")
     with pytest.raises(AssetNotFoundError, match="insightface-antelopev2"):
         faces.get_embedder("arcface-antelopev2").embed([make_rgb(128, 128)])
+
+
+# ---------------------------------------------------------------------- ParseNet masks
+
+def test_parsing_mask_and_paste_back_with_it(tmp_path):
+    from facexlib.parsing.parsenet import ParseNet
+
+    from faces.parsing import FaceParser
+
+    torch.manual_seed(0)
+    path = tmp_path / "parsenet_tiny.pth"
+    torch.save(ParseNet(in_size=64, out_size=64, parsing_ch=19).state_dict(), path)
+    parser = FaceParser(model_path=str(path), size=64)
+    face = make_rgb(96, 96, seed=3)
+    lab = parser.labels(face)
+    assert lab.shape == (96, 96) and lab.max() < 19
+    m = parser.mask(face)
+    assert m.shape == (96, 96) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
+    assert m[0].max() == 0 and m[:, -1].max() == 0  # never touches the crop border
+
+    img = make_rgb(200, 200, seed=4)
+    crop, mat = faces.similarity_align(img, np.array([[80, 90], [120, 90], [100, 110], [85, 130],
+                                                      [115, 130]], np.float32), "ffhq", 96)
+    white = np.full_like(crop, 255)
+    assert np.array_equal(faces.paste_back(img, white, mat, face_mask=np.zeros((96, 96), np.float32)), img)
+    full = faces.paste_back(img, white, mat, face_mask=np.ones((96, 96), np.float32))
+    assert full[100, 100].min() == 255
+    with pytest.raises(ValueError, match="does not match"):
+        faces.paste_back(img, white, mat, face_mask=np.ones((10, 10), np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        faces.paste_back(img, white, mat, face_mask=np.full((96, 96), 2, np.float32))
+
+
+def test_parsing_without_weights_raises_asset_not_found():
+    from faces.parsing import FaceParser
+
+    _skip_if_present("facexlib-parsenet")
+    with pytest.raises(AssetNotFoundError, match="facexlib-parsenet"):
+        FaceParser().mask(make_rgb(64, 64))
