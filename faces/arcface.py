@@ -27,7 +27,7 @@ def _model(path: str):
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         model = ArcFaceONNX(model_file=path, session=session)
-    except Exception as e:
+    except Exception as e:  # onnxruntime/insightface raise many types; name the file
         raise ValueError(f"{path}: not a usable ArcFace ONNX model ({e})") from None
     shape = model.input_shape
     if len(shape) != 4 or shape[2] != shape[3] or not isinstance(shape[2], int):

@@ -26,7 +26,7 @@ def _model(path: str, input_size: tuple[int, int], nms_threshold: float):
     try:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         model = SCRFD(model_file=path, session=session)
-    except Exception as e:
+    except Exception as e:  # onnxruntime/insightface raise many types; name the file
         raise ValueError(f"{path}: not a usable SCRFD ONNX model ({e})") from None
     if not model.use_kps:
         raise ValueError(f"{path}: this SCRFD model has no keypoint outputs; a *_bnkps model is needed")

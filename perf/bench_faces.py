@@ -17,7 +17,6 @@ measured in the same run on the same inputs and the speed-up (baseline / ours):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     # landmarks ---------------------------------------------------------------------------
     boxes = [[d.box for d in ds] for ds in dets]
     for kind in ("68", "5"):
-        t, _ = timed(lambda: [predict_landmarks(im, b, kind) for im, b in zip(images, boxes) if b],
+        t, _ = timed(lambda kind=kind: [predict_landmarks(im, b, kind) for im, b in zip(images, boxes) if b],
                      args.repeats)
         row(f"landmarks dlib-{kind}", t, n)
 

@@ -124,7 +124,7 @@ def test_hog_finds_every_face_without_false_positives(hog_results):
     for dets in hog_results.values():
         for d in dets:
             assert d.landmarks68.shape == (68, 2) and d.landmarks5.shape == (5, 2)
-            x0, y0, x1, y1 = d.box
+            x0, _, x1, _ = d.box
             # The landmarks sit on the face the box found.
             assert x0 - d.size * 0.3 <= d.landmarks5[:, 0].min() and d.landmarks5[:, 0].max() <= x1 + d.size * 0.3
             assert d.landmarks5[0, 0] < d.landmarks5[1, 0]  # left eye is left in the image
