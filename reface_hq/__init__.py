@@ -11,11 +11,23 @@ Public API (imports are light; models load lazily inside the stages)::
 
 __version__ = "0.1.0"
 
-from .build import BuildConfig, build, read_exclusion  # noqa: E402
-from .dataset import FaceReferenceDataset, load_manifest, to_hf_dataset, verify  # noqa: E402
-from .export import export, push_to_hub  # noqa: E402
-from .sources import FolderSource, HFSource, URLListSource, parse_source  # noqa: E402
+from .build import BuildConfig, build, read_exclusion
+from .dataset import FaceReferenceDataset, load_manifest, to_hf_dataset, verify
+from .export import export, push_to_hub
+from .sources import FolderSource, HFSource, URLListSource, parse_source
 
-__all__ = ["BuildConfig", "build", "read_exclusion", "FaceReferenceDataset", "load_manifest",
-           "to_hf_dataset", "verify", "export", "push_to_hub", "FolderSource", "HFSource",
-           "URLListSource", "parse_source"]
+__all__ = [
+           "BuildConfig",
+           "FaceReferenceDataset",
+           "FolderSource",
+           "HFSource",
+           "URLListSource",
+           "build",
+           "export",
+           "load_manifest",
+           "parse_source",
+           "push_to_hub",
+           "read_exclusion",
+           "to_hf_dataset",
+           "verify",
+]

@@ -11,8 +11,8 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import schema
 from .dedupe import Dedupe

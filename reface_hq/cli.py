@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
@@ -120,13 +119,16 @@ def cmd_stats(args) -> int:
         return 0
     print(f"{mpath.parent}: {stats['faces_kept']} faces, {stats['identities']} identities, "
           f"{stats['photos_in']} source photos")
-    for stage, reasons in stats["dropped"].items():
-        for reason, n in sorted(reasons.items()):
+    order = ["source", "download", "decode", "detect_align", "quality", "fingerprint",
+             "embed", "dedupe", "identity", "split", "output"]
+    stages = sorted(stats["dropped"], key=lambda s: (order.index(s) if s in order else 99, s))
+    for stage in stages:
+        for reason, n in sorted(stats["dropped"][stage].items()):
             print(f"  dropped at {stage:<13} {reason:<20} {n}")
     # Straight from the Parquet file with DuckDB: the manifest needs no code of ours.
     con = duckdb.connect()
-    q = (f"SELECT split, count(*) AS faces, count(DISTINCT identity) AS identities "
-         f"FROM read_parquet(?) GROUP BY split ORDER BY split")
+    q = ("SELECT split, count(*) AS faces, count(DISTINCT identity) AS identities "
+         "FROM read_parquet(?) GROUP BY split ORDER BY split")
     for split, faces, ids in con.execute(q, [str(mpath)]).fetchall():
         print(f"  {split:<6} {faces} faces, {ids} identities")
     return 0

@@ -25,7 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reface_core.atomic import atomic_path, safe_child, write_bytes_atomic, write_json_atomic
+from reface_core.atomic import (
+    atomic_path,
+    safe_child,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 from . import schema
 
@@ -250,6 +255,7 @@ class FaceReferenceDataset:
 
     def _tensor(self, k: int):
         import torch
+
         from reface_core.imageio import load_image
         img = load_image(self.root / self.items[k]["image_path"])
         if self.size is not None and img.shape[0] != self.size:

@@ -41,7 +41,12 @@ import urllib.parse
 from pathlib import Path
 
 from reface_core.atomic import write_bytes_atomic
-from reface_core.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, open_image
+from reface_core.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageTooLargeError,
+    open_image,
+)
 
 from . import schema
 from .stage import Stage
@@ -199,7 +204,7 @@ class Downloader:
                 return Downloaded(url, current, data, status, ctype)
             except DownloadError:
                 raise
-            except (socket.timeout, TimeoutError) as e:
+            except TimeoutError as e:
                 raise DownloadError("timeout", f"timed out after {timeout:.1f}s ({e})",
                                     retry=True) from None
             except ssl.SSLError as e:

@@ -26,8 +26,8 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +39,7 @@ from .stage import Stage
 
 
 def _chain_key(previous: str, part: str) -> str:
-    return hashlib.sha256(f"{previous}|{part}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{previous}|{part}".encode()).hexdigest()
 
 
 def _shard_name(i: int) -> str:

@@ -72,8 +72,11 @@ def export_parquet(rows: list[dict], root: Path, out: Path, shard_rows: int = 50
                         records[c].append(r.get(c))
             ds = datasets.Dataset.from_dict(records, features=features)
             name = f"{split}-{i:05d}-of-{n:05d}.parquet"
+            import pyarrow.parquet as pq
+            # The Arrow table carries the HF features in its schema metadata, so the
+            # Image column decodes on load_dataset("parquet", ...).
             with atomic_path(data / name) as tmp:
-                ds.to_parquet(str(tmp))
+                pq.write_table(ds.data.table, tmp)
             files[split].append(f"data/{name}")
     return files
 

@@ -143,7 +143,7 @@ class IdentityGroup:
             name = _identity_name(key)
             kept = []
             for i, v in zip(members, vecs):
-                d = float(1.0 - v @ centre)
+                d = max(0.0, float(1.0 - v @ centre))  # rounding gives -1e-7
                 row = dict(rows[i], identity=name, identity_distance=d)
                 if d > self.max_distance:
                     out[i] = schema.drop(row, self.name, "identity_outlier",
@@ -188,7 +188,7 @@ class SplitByIdentity:
     def __call__(self, rows: list[dict]) -> list[dict]:
         identities = sorted({r["identity"] for r in rows if schema.is_ok(r)})
         ranked = sorted(identities, key=lambda s: hashlib.sha256(
-            f"{self.seed}:{s}".encode("utf-8")).hexdigest())
+            f"{self.seed}:{s}".encode()).hexdigest())
         n_test = round(len(identities) * self.test_fraction)
         if self.test_fraction > 0 and len(identities) >= 2:
             n_test = max(1, n_test)

@@ -14,7 +14,8 @@ import dataclasses
 import hashlib
 import json
 import threading
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from . import schema
 

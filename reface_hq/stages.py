@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from reface_core.imageio import (DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError,
-                                 load_image, save_image)
+from reface_core.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+    save_image,
+)
 
 from . import schema
 from .stage import Stage, process_cache

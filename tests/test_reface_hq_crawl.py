@@ -6,12 +6,13 @@ import http.server
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 from PIL import Image
 
-from conftest import make_rgb
 from reface_hq import schema
 from reface_hq.download import Download, Downloader, DownloadError, vet_host
 from reface_hq.sources import URLListSource
@@ -113,9 +114,9 @@ def test_crawl_good_land_bad_recorded_with_reasons(server, tmp_path):
     for good in ("good1.png", "good2.jpg", "redirect", "octet"):
         r = by[good]
         assert r["status"] == "ok", (good, r["error"])
-        assert r["local_path"] and open(r["local_path"], "rb").read()
+        assert r["local_path"] and Path(r["local_path"]).read_bytes()
         assert r["width"] > 0 and r["license"] == "CC-BY-4.0"
-    assert open(by["good1.png"]["local_path"], "rb").read() == GOOD1
+    assert Path(by["good1.png"]["local_path"]).read_bytes() == GOOD1
     expected = {"missing.png": "http_404", "slow.jpg": "timeout", "truncated.jpg": "corrupt_image",
                 "page.html": "not_an_image", "big.png": "file_too_large",
                 "bomb.png": "image_too_large", "x.png": "bad_url"}

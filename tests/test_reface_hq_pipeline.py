@@ -8,20 +8,30 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
-
 from conftest import make_rgb
+
 from reface_core.imageio import save_image
 from reface_hq import schema
 from reface_hq.build import read_exclusion
 from reface_hq.dedupe import Dedupe
 from reface_hq.executor import LocalExecutor, RayExecutor, get_executor
 from reface_hq.identity import IdentityGroup, SplitByIdentity, cluster
-from reface_hq.sources import FolderSource, HFSource, SourceError, URLListSource, parse_source
+from reface_hq.sources import (
+    FolderSource,
+    HFSource,
+    SourceError,
+    URLListSource,
+    parse_source,
+)
 from reface_hq.stage import Stage
-from reface_hq.stages import Decode, Quality, colorfulness, is_grayscale, laplacian_variance
-
+from reface_hq.stages import (
+    Decode,
+    Quality,
+    colorfulness,
+    is_grayscale,
+    laplacian_variance,
+)
 
 # --- schema and the stage protocol ----------------------------------------------------
 
@@ -129,7 +139,7 @@ def test_ray_executor_runs_the_same_stage_functions(tmp_path):
     local, _ = LocalExecutor(shard_size=2, progress=False).run(stages, rows, tmp_path / "w")
     remote, reports = RayExecutor(shard_size=2, num_cpus=1, progress=False).run(
         stages, rows, tmp_path / "w")
-    key = lambda r: r["row_id"]  # noqa: E731
+    key = lambda r: r["row_id"]
     assert sorted(remote, key=key) == sorted(local, key=key)
     assert reports[0].dropped == {"source_too_small": 2, "decode_error": 1}
 
