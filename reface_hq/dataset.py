@@ -81,9 +81,16 @@ def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
             p.unlink()
         elif p.is_dir() and not any(p.iterdir()):
             p.rmdir()
+    # Bytes of excluded photos that the build itself wrote (HF source copies, crops of a
+    # photo excluded after an earlier build) are deleted; user files are never touched.
+    work = config.work.resolve()
     for r in rows:
-        if r.get("status") == "excluded" and r.get("aligned_path"):
-            Path(r["aligned_path"]).unlink(missing_ok=True)
+        if r.get("status") != "excluded":
+            continue
+        for key in ("aligned_path", "local_path"):
+            p = Path(r[key]).resolve() if r.get(key) else None
+            if p is not None and work in p.parents:
+                p.unlink(missing_ok=True)
 
     dropped = sorted((r for r in rows if not schema.is_ok(r) and r.get("status") != "excluded"),
                      key=lambda r: (r["row_id"], r.get("face_index") or -1))
@@ -95,10 +102,17 @@ def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
     write_json_atomic(out / "build.json", {
         "config": config.to_json(), "complete": True, "reface_hq": reface_hq.__version__,
         "python": platform.python_version(),
-        "map_stages": {s.name: s.config() for s in config.map_stages()
-                       if s.name not in ("download", "detect_align")},
+        "map_stages": {s.name: _public_config(s) for s in config.map_stages()},
         "global_stages": {s.name: s.config() for s in config.global_stages()}})
     return stats
+
+
+def _public_config(stage) -> dict:
+    """A stage's config for build.json: no machine paths, no exclusion entries."""
+    cfg = {k: v for k, v in stage.config().items() if k != "folder"}
+    if "exclusion" in cfg:
+        cfg["exclusion"] = len(cfg["exclusion"])
+    return cfg
 
 
 def compute_stats(rows: list[dict], kept: list[dict], config, *, timings=None,

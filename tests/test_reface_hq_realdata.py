@@ -181,6 +181,9 @@ def test_excluded_photos_appear_in_no_output(built, data_root, tmp_path):
     blobs = b"".join(p.read_bytes() for p in exp.rglob("*") if p.is_file())
     assert EXCLUDED_ORIGIN.encode() not in blobs and sha.encode() not in blobs
     assert not any("00052_3" in p.name for p in (out / "images").rglob("*"))
+    published = [p for p in out.rglob("*") if p.is_file() and ".work" not in p.parts]
+    text = b"".join(p.read_bytes() for p in published)
+    assert EXCLUDED_ORIGIN.encode() not in text and sha.encode() not in text
     # The exported shards load with datasets and webdataset.
     import datasets
     ds = datasets.load_dataset("parquet", data_dir=str(exp / "data"))
