@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import presets as P
-from .ops import OPS, quantize, to_tensor, to_uint8
+from .ops import KNOWN_OPS, OPS, quantize, resize_many, to_tensor, to_uint8
 from .sampling import sample_record
 
 JPEG_BACKENDS = ("auto", "libjpeg", "torch")
@@ -42,16 +42,18 @@ def _check_records(records: Sequence[dict], size: tuple[int, int]) -> None:
             raise ValueError(f"record for image {r.get('image_id')!r} was sampled for input size "
                              f"{r['input_size']}, but the image is {list(size)}")
         for op in r["ops"]:
-            if op.get("op") != "one_of" and op.get("op") not in OPS:
+            if op.get("op") not in KNOWN_OPS:
                 raise ValueError(f"record for image {r.get('image_id')!r} has unknown op {op.get('op')!r}")
 
 
-def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto") -> torch.Tensor:
+def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply one record per sample to ``x`` ``(B, 3, H, W)`` float in [0, 1].
 
     ``jpeg``: ``"libjpeg"`` (exact, CPU round trip), ``"torch"`` (differentiable model on
     the tensor's device) or ``"auto"`` (libjpeg for CPU tensors, torch otherwise).
-    Returns the LQ batch on ``x``'s device, on the 8-bit grid.
+    Returns the LQ batch on ``x``'s device, on the 8-bit grid (written into ``out`` when
+    given, a tensor of the output shape that does not need gradients).
     """
     if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ValueError(f"expected a float (B, 3, H, W) tensor, got "
@@ -62,30 +64,57 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto") 
         raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
     _check_records(records, tuple(x.shape[-2:]))
     backend = ("libjpeg" if x.device.type == "cpu" else "torch") if jpeg == "auto" else jpeg
-    cur = [x[i:i + 1] for i in range(x.shape[0])]
-    # While every sample went through the same ops, ``whole`` is the batch tensor the
-    # entries of ``cur`` are views of, so a full-batch op needs no concatenation.
+    n_img = x.shape[0]
+    # ``whole`` holds the batch while all samples share one size (``cur`` are its views);
+    # once sizes diverge (per-sample resizes), samples live in ``cur`` until a resize to a
+    # common size brings them back together.
     whole: torch.Tensor | None = x
+    cur = [x[i:i + 1] for i in range(n_img)]
+    owned = False  # whether ``whole`` may be written in place (never the caller's tensor)
     op_lists = [r["ops"] for r in records]
     for j in range(max((len(o) for o in op_lists), default=0)):
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, ops in enumerate(op_lists):
             if j < len(ops) and ops[j].get("applied", True) and ops[j]["op"] != "one_of":
-                groups[(ops[j]["op"], tuple(cur[i].shape[-2:]))].append(i)
-        for (name, _), idx in groups.items():
-            if whole is not None and len(idx) == len(cur):
-                batch = whole
+                e = ops[j]
+                key = (("resize", tuple(e["size"]), e["mode"]) if e["op"] == "resize"
+                       else (e["op"], tuple(cur[i].shape[-2:])))
+                groups[key].append(i)
+        for key, idx in groups.items():
+            entries = [op_lists[i][j] for i in idx]
+            full = len(idx) == n_img
+            if key[0] == "resize":
+                res = resize_many([cur[i] for i in idx], key[1], key[2])
             else:
-                batch = cur[idx[0]] if len(idx) == 1 else torch.cat([cur[i] for i in idx])
-            out = OPS[name](batch, [op_lists[i][j] for i in idx], backend)
-            for n, i in enumerate(idx):
-                cur[i] = out[n] if isinstance(out, list) else out[n:n + 1]
-            whole = out if len(idx) == len(cur) and not isinstance(out, list) else None
-    sizes = {tuple(c.shape[-2:]) for c in cur}
-    if len(sizes) > 1:
-        raise ValueError(f"records end at different sizes {sorted(sizes)}; batch images of one preset")
-    return quantize(whole if whole is not None else torch.cat(cur))
-
+                if whole is not None:
+                    batch = whole if full else whole[idx]
+                else:
+                    batch = torch.cat([cur[i] for i in idx]) if len(idx) > 1 else cur[idx[0]]
+                res = OPS[key[0]](batch, entries, backend)
+            if full:
+                whole, owned = res, True
+                cur = [whole[i:i + 1] for i in range(n_img)]
+            elif whole is not None and res.shape[-2:] == whole.shape[-2:]:
+                if not owned:
+                    whole, owned = whole.clone(), True
+                whole[idx] = res  # only the subset is copied, the batch stays whole
+                cur = [whole[i:i + 1] for i in range(n_img)]
+            else:
+                whole = None
+                for n, i in enumerate(idx):
+                    cur[i] = res[n:n + 1]
+    if whole is None:
+        sizes = {tuple(c.shape[-2:]) for c in cur}
+        if len(sizes) > 1:
+            raise ValueError(f"records end at different sizes {sorted(sizes)}; batch images of one preset")
+        whole, owned = torch.cat(cur), True
+    if out is not None and not whole.requires_grad:
+        if out.shape != whole.shape:
+            raise ValueError(f"out has shape {tuple(out.shape)}, the result is {tuple(whole.shape)}")
+        return torch.clamp(whole, 0, 1, out=out).mul_(255.0).round_().div_(255.0)
+    if owned and not whole.requires_grad:
+        return whole.clamp_(0, 1).mul_(255.0).round_().div_(255.0)  # in place: no new buffer
+    return quantize(whole)
 
 @contextlib.contextmanager
 def _one_thread():
@@ -123,7 +152,7 @@ class Degrader:
     def __call__(self, image: np.ndarray, seed: int, image_id: str) -> tuple[np.ndarray, dict]:
         x = to_tensor(image)
         record = self.sample(seed, image_id, tuple(x.shape[-2:]))
-        with _one_thread():
+        with _one_thread():  # (torch ops at 2+ threads crawl on a busy CPU: see above)
             lq = to_uint8(apply_records(x, [record], jpeg="libjpeg"))
         return lq, record
 
@@ -139,20 +168,25 @@ class BatchDegrader:
     """Batched degradation on the tensor's device, for data loaders and training steps.
 
     ``jpeg``: see :func:`apply_records`; use ``"torch"`` for a differentiable pipeline.
-    ``threads``: CPU threads over chunks of the batch (default: torch's thread count).
+    ``threads``: CPU threads over chunks of the batch (default: torch's thread count);
+    ``chunk``: images per CPU chunk (CUDA batches run whole).
 
     >>> deg = BatchDegrader("mgfr-medium")
     >>> lq, records = deg(hq_batch, seed=step, image_ids=[f"{i}" for i in batch_indices])
     """
 
-    def __init__(self, preset: str | P.Preset = "gfpgan", jpeg: str = "auto", threads: int | None = None):
+    def __init__(self, preset: str | P.Preset = "gfpgan", jpeg: str = "auto", threads: int | None = None,
+                 chunk: int = 2):
         if jpeg not in JPEG_BACKENDS:
             raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.preset = P.get_preset(preset)
         self.jpeg = jpeg
         self.threads = threads
+        self.chunk = int(chunk)
 
     def sample(self, seed: int, image_ids: Sequence[str], size: tuple[int, int]) -> list[dict]:
         return [sample_record(self.preset, seed, i, size) for i in image_ids]
@@ -173,14 +207,23 @@ class BatchDegrader:
         if len(records) != (x.shape[0] if torch.is_tensor(x) and x.ndim == 4 else -1):
             return apply_records(x, records, jpeg=self.jpeg)  # raises the clear error
         with _one_thread() as threads:
-            workers = min(self.threads or threads, x.shape[0])
-            if workers <= 1:
-                return apply_records(x, records, jpeg=self.jpeg)
-            # On CPU the batch is split into one contiguous chunk per thread; every op
-            # releases the GIL (torch, OpenCV, NumPy), so chunks run in parallel with no
-            # OpenMP barriers, and each chunk is batched as usual.
-            bounds = np.linspace(0, x.shape[0], workers + 1).astype(int)
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(lambda ab: apply_records(x[ab[0]:ab[1]], records[ab[0]:ab[1]], jpeg=self.jpeg),
-                                      zip(bounds[:-1], bounds[1:])))
-            return torch.cat(parts)
+            workers = self.threads or threads
+            # CPU batches run in chunks of a few images, spread over threads: every op
+            # releases the GIL (torch, OpenCV, NumPy), so chunks run in parallel without
+            # OpenMP barriers; and chunk-sized buffers (a few MB) are recycled by the
+            # allocator and stay in cache, where whole-batch buffers would be fresh
+            # memory-mapped pages on every call.
+            starts = list(range(0, x.shape[0], self.chunk))
+            oh, ow = records[0]["output_size"] if records else x.shape[-2:]
+            # NumPy allocates large buffers on huge pages: far fewer page faults than a
+            # fresh torch buffer of the same size.
+            result = torch.from_numpy(np.empty((x.shape[0], 3, oh, ow), dtype=np.float32)).to(x.dtype)
+            run = lambda a: apply_records(x[a:a + self.chunk], records[a:a + self.chunk], jpeg=self.jpeg,
+                                          out=result[a:a + self.chunk])
+            if workers <= 1 or len(starts) == 1:
+                for a in starts:
+                    run(a)
+            else:
+                with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+                    list(pool.map(run, starts))
+            return result

@@ -19,12 +19,34 @@ _INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": 
 SUPPORTED_OPS = ("blur", "motion", "resize", "noise", "jpeg", "color_shift", "gray", "color_jitter")
 
 
+_TV_GRAY = np.array([0.2989, 0.587, 0.114], np.float32)  # torchvision's grayscale weights
+
+
+def _color_jitter(img: np.ndarray, op: dict) -> np.ndarray:
+    """torchvision's adjust_brightness/contrast/saturation/hue on an HWC float image."""
+    for fn in op["order"]:
+        f = np.float32(op[fn])
+        if fn == "brightness":
+            img = np.clip(img * f, 0, 1)
+        elif fn == "contrast":
+            mean = np.float32((img @ _TV_GRAY).mean())
+            img = np.clip(f * img + (1 - f) * mean, 0, 1)
+        elif fn == "saturation":
+            gray = (img @ _TV_GRAY)[..., None]
+            img = np.clip(f * img + (1 - f) * gray, 0, 1)
+        else:
+            hsv = cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = np.mod(hsv[..., 0] + f * 360.0, 360.0)
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return img
+
+
 def reference_apply(image: np.ndarray, record: dict) -> np.ndarray:
     """Apply a ``gfpgan``-family record to an RGB ``uint8`` image with OpenCV, per image.
 
     Supports Gaussian noise, bilinear/bicubic resizes, colour shift, gray, and
-    ``color_jitter`` through torchvision on a per-image tensor, as GFPGAN itself does.
-    Poisson noise and sinc filters (Real-ESRGAN) are not part of it.
+    ``color_jitter`` (torchvision's formulas, in NumPy/OpenCV). Poisson noise and sinc
+    filters (Real-ESRGAN) are not part of it.
     """
     img = image.astype(np.float32) / 255.0
     for op in record["ops"]:
@@ -52,12 +74,7 @@ def reference_apply(image: np.ndarray, record: dict) -> np.ndarray:
             g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
             img = np.repeat(g[..., None], 3, axis=2)
         elif name == "color_jitter":
-            import torch
-            import torchvision.transforms.functional as TF
-            t = torch.from_numpy(np.ascontiguousarray(np.clip(img, 0, 1).transpose(2, 0, 1)))
-            for fn in op["order"]:
-                t = getattr(TF, f"adjust_{fn}")(t, op[fn])
-            img = t.numpy().transpose(1, 2, 0)
+            img = _color_jitter(np.clip(img, 0, 1), op)
         else:
             raise ValueError(f"the OpenCV reference does not implement op {name!r} "
                              f"(supported: {', '.join(SUPPORTED_OPS)})")
