@@ -162,7 +162,8 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
 def gaussian_noise_field(seed: int, shape: tuple[int, int, int], sigma: float) -> torch.Tensor:
     """The noise of a record: N(0, sigma/255) from PCG64(seed), float32, on the CPU."""
     z = np.random.Generator(np.random.PCG64(int(seed))).standard_normal(shape, dtype=np.float32)
-    return torch.from_numpy(z).mul_(float(sigma) / 255.0)
+    z *= np.float32(float(sigma) / 255.0)
+    return torch.from_numpy(z)
 
 
 def to_gray(x: torch.Tensor, weights=GRAY_WEIGHTS) -> torch.Tensor:
@@ -214,17 +215,23 @@ def resize_many(xs: list[torch.Tensor], size: tuple[int, int], mode: str) -> tor
 
 
 def _op_noise(x, entries, backend):
+    c, h, w = x.shape[1:]
     fields = []
     for i, e in enumerate(entries):
-        c, h, w = x.shape[1:]
         if e["type"] == "gaussian":
             f = gaussian_noise_field(e["seed"], (1 if e["gray"] else c, h, w), e["sigma"])
         elif e["type"] == "poisson":
             f = poisson_noise(x[i:i + 1], e["seed"], e["scale"], e["gray"])[0]
         else:
             raise ValueError(f"unknown noise type {e['type']!r}")
-        fields.append(f.expand(c, h, w))
-    noise = torch.stack(fields).to(device=x.device, dtype=x.dtype)
+        fields.append(f)
+    if x.device.type == "cpu" and not x.requires_grad and x.dtype == torch.float32:
+        out = x.detach().numpy().copy()
+        for i, f in enumerate(fields):  # NumPy in place: no temporaries, no OpenMP
+            np.add(out[i], f.numpy(), out=out[i])
+        np.clip(out, 0, 1, out=out)
+        return torch.from_numpy(out)
+    noise = torch.stack([f.expand(c, h, w) for f in fields]).to(device=x.device, dtype=x.dtype)
     return (x + noise).clamp_(0, 1)
 
 
@@ -303,9 +310,12 @@ def _op_color_jitter(x, entries, backend):
     # torch on full-size images); elsewhere vectorised over samples sharing an order.
     if x.device.type == "cpu" and not x.requires_grad and x.dtype == torch.float32:
         out = np.empty(tuple(x.shape), dtype=np.float32)
+        xn = x.detach().numpy()
         for i, e in enumerate(entries):
-            hwc = np.ascontiguousarray(x[i].detach().numpy().transpose(1, 2, 0)).clip(0, 1)
-            out[i] = _jitter_cpu(hwc, e).transpose(2, 0, 1)
+            # cv2.merge / cv2.split interleave channels far faster than strided transposes.
+            hwc = np.clip(cv2.merge([xn[i, 0], xn[i, 1], xn[i, 2]]), 0, 1)
+            for ch, plane in enumerate(cv2.split(_jitter_cpu(hwc, e))):
+                out[i, ch] = plane
         return torch.from_numpy(out)
     out = [None] * len(entries)
     by_order: dict[tuple, list[int]] = {}

@@ -140,15 +140,18 @@ def test_same_preset_seed_and_id_give_the_same_bytes_and_replay_exactly(name, fa
     assert other.tobytes() != lq.tobytes()
 
 
-def test_replay_does_not_depend_on_the_thread_setting(faces):
-    lq, rec = Degrader("gfpgan")(faces[2], seed=3, image_id="t")
-    before = torch.get_num_threads()
+@pytest.mark.parametrize("name", ["gfpgan", "realesrgan"])
+def test_replay_does_not_depend_on_the_thread_setting(name, faces):
+    lq, rec = Degrader(name)(faces[2], seed=3, image_id="t")
+    before, cv_before = torch.get_num_threads(), cv2.getNumThreads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
+            cv2.setNumThreads(n)
             assert Degrader.replay(faces[2], rec).tobytes() == lq.tobytes()
     finally:
         torch.set_num_threads(before)
+        cv2.setNumThreads(cv_before)
 
 
 @pytest.mark.parametrize("name", ["gfpgan", "mgfr-severe", "realesrgan"])
@@ -223,3 +226,21 @@ def test_input_errors_are_clear(faces):
         BatchDegrader("gfpgan", jpeg="pil")
     with pytest.raises(ValueError, match="unknown op 'sharpen'"):
         apply_records(torch.rand(1, 3, 128, 128), [{**rec, "ops": [{"op": "sharpen"}]}])
+
+
+@pytest.mark.parametrize("name", ["gfpgan", "realesrgan"])
+def test_torch_op_implementations_match_the_cpu_ones(name, faces):
+    """On CUDA (or with autograd) blur, resize, noise and colour jitter run as torch ops
+    instead of OpenCV/NumPy; a CPU tensor that requires grad takes that same code path, so
+    this checks the CUDA implementations against the CPU ones without a GPU."""
+    x = torch.cat([ops.to_tensor(f) for f in faces])
+    deg = BatchDegrader(name, jpeg="torch")
+    records = deg.sample(2, [f"g{i}" for i in range(len(faces))], tuple(x.shape[-2:]))
+    for r in records:  # Poisson noise is re-drawn from its input (see the agreement test)
+        for op in r["ops"]:
+            if op.get("type") == "poisson":
+                op.update(type="gaussian", sigma=5.0)
+    cpu = apply_records(x, records, jpeg="torch")
+    torch_ops = apply_records(x.clone().requires_grad_(True), records, jpeg="torch").detach()
+    diff = (cpu - torch_ops).abs() * 255
+    assert diff.mean() < 0.5 and (diff <= 1.5).float().mean() > 0.99
