@@ -61,6 +61,9 @@ def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
     from tqdm.auto import tqdm
 
     out = Path(config.out)
+    # The done-marker goes first and comes back last: a kill in between leaves no
+    # build.json, so verify reports the folder as unfinished until a rerun completes.
+    (out / "build.json").unlink(missing_ok=True)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     kept = sorted((r for r in rows if schema.is_ok(r)), key=lambda r: (r["identity"], r["face_id"]))
