@@ -283,23 +283,30 @@ def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tenso
 
 
 def _jitter_cpu(img: np.ndarray, e: dict) -> np.ndarray:
-    """One sample's colour jitter in NumPy/OpenCV (HWC float32 in [0, 1]): the same
-    formulas as the torch version, with OpenCV's float HSV conversion for the hue."""
+    """One sample's colour jitter in OpenCV, in place on ``img`` (HWC float32 in [0, 1]):
+    the torch version's formulas, with OpenCV's float HSV conversion for the hue. Every
+    step writes into existing buffers: fresh image-sized arrays cost more in page faults
+    than the arithmetic."""
     w = np.asarray([_TV_GRAY], np.float32)
+    gray = np.empty(img.shape[:2], np.float32)
+    tmp = np.empty_like(img)
     for name in e["order"]:
-        f = np.float32(e[name])
+        f = float(e[name])
         if name == "brightness":
-            img = img * f
+            cv2.multiply(img, (f, f, f, f), dst=img)
         elif name == "contrast":
-            img = cv2.addWeighted(img, float(f), img, 0.0, float((1 - f) * cv2.transform(img, w).mean()))
+            mean = float(cv2.transform(img, w, dst=gray).mean())
+            cv2.addWeighted(img, f, img, 0.0, (1 - f) * mean, dst=img)
         elif name == "saturation":
-            gray = cv2.cvtColor(cv2.transform(img, w), cv2.COLOR_GRAY2RGB)
-            img = cv2.addWeighted(img, float(f), gray, float(1 - f), 0.0)
+            cv2.cvtColor(cv2.transform(img, w, dst=gray), cv2.COLOR_GRAY2RGB, dst=tmp)
+            cv2.addWeighted(img, f, tmp, 1 - f, 0.0, dst=img)
         else:
-            hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)  # H in degrees
-            hsv[..., 0] += f * 360.0
-            hsv[..., 0] %= 360.0
-            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+            cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=tmp)  # H in degrees
+            h = tmp[..., 0]
+            h += np.float32(f * 360.0)  # |f| <= 0.5: one wrap at most
+            np.subtract(h, np.float32(360.0), out=h, where=h >= 360.0)
+            np.add(h, np.float32(360.0), out=h, where=h < 0.0)
+            cv2.cvtColor(tmp, cv2.COLOR_HSV2RGB, dst=img)
         np.clip(img, 0, 1, out=img)
     return img
 
