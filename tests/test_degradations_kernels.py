@@ -270,3 +270,11 @@ def test_flatten_record_names_columns_by_op_and_occurrence():
     row = flatten_record(sample_record("realesrgan", 3, "a", (256, 256)))
     assert "jpeg.quality" in row and "jpeg_2.quality" in row
     assert "blur.kernel_type" in row and "noise.applied" in row
+
+
+def test_package_exports_the_public_api():
+    import degradations
+    from degradations import BatchDegrader, Degrader, get_preset, sample_record  # noqa: F401
+    assert set(degradations.__all__) >= {"Degrader", "BatchDegrader", "apply_records", "get_preset"}
+    with pytest.raises(AttributeError):
+        degradations.nothing_here
