@@ -293,6 +293,7 @@ class Download(Stage):
             return schema.drop(row, self.name, "excluded", "URL is on the exclusion list")
         # Retry jitter from a per-URL seeded generator: reruns back off the same way.
         rng = random.Random(f"{self.seed}:{url}")
+        got = None
         try:
             got = downloader.fetch(url, rng=rng)
             if hashlib.sha256(got.data).hexdigest() in excluded:
@@ -301,7 +302,8 @@ class Download(Stage):
             width, height = downloader.validate(got.data, url)
         except DownloadError as e:
             out = schema.drop(row, self.name, e.reason, str(e))
-            out.update(http_status=e.http_status, content_type=e.content_type)
+            out.update(http_status=got.http_status if got else e.http_status,
+                       content_type=got.content_type if got else e.content_type)
             return out
         ext = _EXT.get(got.content_type) or Path(urllib.parse.urlsplit(url).path).suffix.lower()
         if not ext or len(ext) > 6 or not ext[1:].isalnum():

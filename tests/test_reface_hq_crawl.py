@@ -81,7 +81,10 @@ def server():
         "/octet": (200, "application/octet-stream", _png(make_rgb(40, 40, seed=5)), {}),
         "/flaky": (503, "text/plain", b"busy", {}),
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 64   # the default backlog of 5 drops concurrent connects
+
+    httpd = Server(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -272,3 +272,69 @@ def test_optional_caption_stage_annotates_the_manifest(data_root, tmp_path):
     genders = {json.loads(a)["gender"]["value"] for a in man.attributes}
     assert genders <= {"male", "female"} and genders
     assert verify(tmp_path / "ds") == []
+
+
+def test_build_from_a_crawled_url_list(data_root, tmp_path):
+    """A URL list served on 127.0.0.1: real faces land in the dataset, every bad URL is a
+    status row with its reason in dropped.parquet, nothing crashes."""
+    import http.server
+    import threading
+    photos = sorted((data_root / "identities_512" / "00027" / "conditioning").glob("*.png"))[:4]
+    routes = {f"/p{i}.png": ("image/png", p.read_bytes()) for i, p in enumerate(photos)}
+    routes["/page.html"] = ("text/html", b"<html>not a photo</html>")
+    routes["/cut.png"] = ("image/png", photos[0].read_bytes()[:5000])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path == "/slow.png":
+                time.sleep(2.0)
+            if self.path not in routes:
+                self.send_response(404)
+                self.end_headers()
+                return
+            ctype, body = routes[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 64   # the downloader opens 8 connections at once
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        urls = [f"{base}{p}" for p in [*[f"/p{i}.png" for i in range(len(photos))],
+                                        "/page.html", "/cut.png", "/missing.png", "/slow.png"]]
+        (tmp_path / "urls.jsonl").write_text("".join(
+            json.dumps({"url": u, "identity": "person27", "license": "CC-BY-NC-4.0"}) + "\n"
+            for u in urls))
+        from reface_hq.cli import main
+        common = ["--source", str(tmp_path / "urls.jsonl"), "--min-photos", "2",
+                  "--download-timeout", "0.5", "--download-retries", "0", "--musiq", "off",
+                  "--no-progress", "--test-fraction", "0"]
+        assert main(["build", *common, "--out", str(tmp_path / "ds"),
+                     "--allow-private-addresses"]) == 0
+        # Without the flag the loopback server is refused, URL by URL.
+        assert main(["build", *common, "--out", str(tmp_path / "refused")]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    man = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
+    dropped = pd.read_parquet(tmp_path / "ds" / "dropped.parquet").set_index("origin")
+    assert sorted(man.origin) == urls[:4]
+    assert set(man.license) == {"CC-BY-NC-4.0"} and man.identity.nunique() == 1
+    reasons = {u.rsplit("/", 1)[1]: dropped.loc[u, "status"] for u in urls[4:]}
+    assert reasons == {"page.html": "not_an_image", "cut.png": "corrupt_image",
+                       "missing.png": "http_404", "slow.png": "timeout"}
+    assert dropped.loc[urls[6], "http_status"] == 404
+    assert dropped.loc[urls[5], "http_status"] == 200   # fetched fine, failed to decode
+    assert verify(tmp_path / "ds") == []
+    refused = pd.read_parquet(tmp_path / "refused" / "dropped.parquet")
+    assert len(refused) == len(urls) and set(refused.status) == {"blocked_address"}
+    assert pd.read_parquet(tmp_path / "refused" / "manifest.parquet").empty
