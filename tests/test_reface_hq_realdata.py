@@ -338,3 +338,19 @@ def test_build_from_a_crawled_url_list(data_root, tmp_path):
     refused = pd.read_parquet(tmp_path / "refused" / "dropped.parquet")
     assert len(refused) == len(urls) and set(refused.status) == {"blocked_address"}
     assert pd.read_parquet(tmp_path / "refused" / "manifest.parquet").empty
+
+
+@pytest.mark.slow
+def test_ray_executor_builds_the_same_dataset(data_root, tmp_path):
+    pytest.importorskip("ray", reason="Ray Data is an optional extra: pip install '.[ray]'")
+    src = [FolderSource(str(data_root / "identities_512"), identity="folder",
+                        include=r"^00027/conditioning/00027_1")]
+    local = BuildConfig(sources=src, out=str(tmp_path / "local"), min_photos=2, **FAST)
+    remote = BuildConfig(sources=src, out=str(tmp_path / "ray"), min_photos=2,
+                         executor="ray", **FAST)
+    build(local)
+    stats = build(remote)
+    assert stats["faces_kept"] >= 2
+    a = pq.read_table(tmp_path / "local" / "manifest.parquet")
+    b = pq.read_table(tmp_path / "ray" / "manifest.parquet")
+    assert a.equals(b)
