@@ -64,6 +64,9 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
         raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
     _check_records(records, tuple(x.shape[-2:]))
     backend = ("libjpeg" if x.device.type == "cpu" else "torch") if jpeg == "auto" else jpeg
+    if x.dtype != torch.float32:  # the ops compute in float32; the result takes x's dtype
+        out_dtype = x.dtype
+        return apply_records(x.float(), records, jpeg=backend).to(out_dtype)
     n_img = x.shape[0]
     # ``whole`` holds the batch while all samples share one size (``cur`` are its views);
     # once sizes diverge (per-sample resizes), samples live in ``cur`` until a resize to a
@@ -217,7 +220,9 @@ class BatchDegrader:
             oh, ow = records[0]["output_size"] if records else x.shape[-2:]
             # NumPy allocates large buffers on huge pages: far fewer page faults than a
             # fresh torch buffer of the same size.
-            result = torch.from_numpy(np.empty((x.shape[0], 3, oh, ow), dtype=np.float32)).to(x.dtype)
+            if x.dtype != torch.float32:
+                return self.apply(x.float(), records).to(x.dtype)
+            result = torch.from_numpy(np.empty((x.shape[0], 3, oh, ow), dtype=np.float32))
             run = lambda a: apply_records(x[a:a + self.chunk], records[a:a + self.chunk], jpeg=self.jpeg,
                                           out=result[a:a + self.chunk])
             if workers <= 1 or len(starts) == 1:

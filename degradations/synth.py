@@ -166,6 +166,8 @@ def _remove_stale_temporaries(out: Path) -> int:
 
 def _iter_results(jobs: list[Job], preset: Preset, seed: int, out: Path, workers: int) -> Iterator[dict]:
     init = (preset.to_dict(), int(seed), str(out))
+    if not jobs:
+        return
     if workers <= 1:
         _init_worker(*init, threads=max(1, _torch_threads()))
         for job in jobs:
@@ -222,11 +224,13 @@ def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Pre
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     jobs = list_inputs(input)
-    if limit is not None:
-        jobs = jobs[:int(limit)]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    # An output folder inside the input folder must not feed its own LQ images back in.
+    jobs = [j for j in jobs if out not in Path(j.path).resolve().parents]
+    if limit is not None:
+        jobs = jobs[:int(limit)]
     _check_run(out, preset, seed)
     _remove_stale_temporaries(out)
     todo = [j for j in jobs if not output_paths(out, j.image_id)[1].exists()]

@@ -236,3 +236,12 @@ def test_cli_on_real_faces_killed_and_resumed(data_root, tmp_path):
     assert len(df) == len(files) and df["image_id"].is_unique and (df["status"] == "ok").all()
     assert len(list((out / "lq").rglob("*.png"))) == len(files)
     assert (df["output_height"] == 512).all()
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
+    src = tmp_path / "hq"
+    _images(src, 3)
+    for _ in range(2):
+        counts = synth(src, src / "lq_out", preset="mgfr-mild", seed=0, progress=False)
+    assert counts["total"] == 3 and counts["skipped"] == 3
+    assert len(_table(src / "lq_out")) == 3

@@ -244,3 +244,13 @@ def test_torch_op_implementations_match_the_cpu_ones(name, faces):
     torch_ops = apply_records(x.clone().requires_grad_(True), records, jpeg="torch").detach()
     diff = (cpu - torch_ops).abs() * 255
     assert diff.mean() < 0.5 and (diff <= 1.5).float().mean() > 0.99
+
+
+def test_batched_front_end_keeps_the_input_dtype(faces):
+    x = torch.cat([ops.to_tensor(f) for f in faces[:2]])
+    ref, recs = BatchDegrader("gfpgan")(x, seed=0, image_ids=["a", "b"])
+    for dt in (torch.float64, torch.bfloat16):
+        y = BatchDegrader("gfpgan").apply(x.to(dt), recs)
+        assert y.dtype == dt and y.shape == ref.shape
+        if dt == torch.float64:  # float32 inside: the same values
+            assert torch.equal(y.float(), ref)
