@@ -114,7 +114,7 @@ def test_manifest_ids_cannot_escape_the_output_folder(tmp_path):
 @pytest.mark.slow
 def test_synth_killed_midway_resumes_without_duplicates_or_losses(tmp_path):
     src = tmp_path / "hq"
-    n = 60
+    n = 120  # enough work that the kill lands midway even on a fast, idle machine
     _images(src, n, size=256)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(src), "--output", str(out),
@@ -213,7 +213,7 @@ def test_mgfr_presets_lower_psnr_in_order_on_real_faces(data_root):
 @pytest.mark.slow
 def test_cli_on_real_faces_killed_and_resumed(data_root, tmp_path):
     """The CLI over identities_512 faces from a CSV manifest, killed midway and rerun."""
-    files = sorted((data_root / "identities_512").rglob("*.png"))[:40]
+    files = sorted((data_root / "identities_512").rglob("*.png"))[:80]
     rows = [{"image_path": str(p), "face_id": p.relative_to(data_root).with_suffix("").as_posix()} for p in files]
     manifest = tmp_path / "faces.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
