@@ -64,8 +64,11 @@ class Stage:
         return out
 
     def safe_process_row(self, row: dict) -> list[dict]:
+        from reface_core.assets import AssetNotFoundError
         try:
             return self.process_row(row)
+        except AssetNotFoundError:
+            raise   # a missing model is the run's problem, not this row's
         except self.expected_errors as e:
             return [schema.drop(row, self.name, f"{self.name}_error",
                                 f"{type(e).__name__}: {e}")]

@@ -81,6 +81,7 @@ class Decode(Stage):
     name = "decode"
     min_source_side: int = 128
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 200_000_000
     exclusion: tuple[str, ...] = ()
 
     def process_row(self, row: dict) -> list[dict]:
@@ -90,6 +91,10 @@ class Decode(Stage):
         path = row.get("local_path")
         if not path or not Path(path).is_file():
             return [schema.drop(row, self.name, "missing_file", f"{path!r} does not exist")]
+        size = Path(path).stat().st_size
+        if size > self.max_bytes:
+            return [schema.drop(row, self.name, "file_too_large",
+                                f"{size:,} bytes exceeds max_bytes {self.max_bytes:,}")]
         data = Path(path).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         if sha in excluded:

@@ -78,6 +78,8 @@ def server():
         "/big.png": (200, "image/png", BIG, {}),
         "/bomb.png": (200, "image/png", BOMB, {}),
         "/redirect": (302, None, b"", {"headers": {"Location": "/good1.png"}}),
+        "/to-internal": (302, None, b"", {"headers": {
+            "Location": "http://127.0.0.2:9/admin.png"}}),
         "/octet": (200, "application/octet-stream", _png(make_rgb(40, 40, seed=5)), {}),
         "/flaky": (503, "text/plain", b"busy", {}),
     }
@@ -172,3 +174,25 @@ def test_exclusion_by_url_and_by_content_hash(server, tmp_path):
     out = stage(rows)
     assert [r["status"] for r in out] == ["excluded", "excluded"]
     assert not list(tmp_path.iterdir())
+
+
+def test_redirect_to_a_private_address_is_refused(server, monkeypatch):
+    """Every hop is checked: a public-looking first hop that redirects inside is refused."""
+    import ipaddress
+
+    import reface_hq.download as D
+    # Treat 127.0.0.1 (the test server) as public and 127.0.0.2 as the internal target.
+    monkeypatch.setattr(D, "_blocked", lambda ip: ip == ipaddress.ip_address("127.0.0.2"))
+    assert _dl(allow_private=False).fetch(f"{server}/good1.png").data == GOOD1
+    with pytest.raises(DownloadError) as e:
+        _dl(allow_private=False).fetch(f"{server}/to-internal")
+    assert e.value.reason == "blocked_address" and "127.0.0.2" in str(e.value)
+
+
+def test_decode_refuses_oversized_files(tmp_path):
+    from reface_hq.stages import Decode
+    (tmp_path / "big.png").write_bytes(GOOD1 + bytes(5000))
+    row = schema.new_row(row_id="b", source="s", origin="big.png",
+                         local_path=str(tmp_path / "big.png"))
+    out = Decode(max_bytes=1000)([row])[0]
+    assert out["status"] == "file_too_large" and "max_bytes" in out["error"]

@@ -510,3 +510,12 @@ def test_cli_help_and_clear_errors(tmp_path, capsys):
     assert "neither a folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "no manifest.parquet" in capsys.readouterr().err
+
+
+def test_missing_detector_weights_raise_not_status_rows(tmp_path):
+    from reface_core.assets import AssetNotFoundError
+    from reface_hq.stages import DetectAlign
+    path = save_image(tmp_path / "a.png", make_rgb(200, 200))
+    row = schema.new_row(row_id="a", source="t", origin="a.png", local_path=str(path))
+    with pytest.raises(AssetNotFoundError, match="retinaface"):
+        DetectAlign(folder=str(tmp_path / "al"), detector="retinaface")([row])
