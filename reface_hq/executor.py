@@ -136,6 +136,9 @@ class LocalExecutor:
                     write_shard(in_dir, i, part, {"rows_in": len(part), "rows_out": len(part)})
             write_json_atomic(in_dir / "_SUCCESS.json", {"shards": n_shards, "rows": len(rows)})
 
+        # Rows entering each shard of the current stage (progress is shown in rows).
+        sizes = [len(rows[i * self.shard_size:(i + 1) * self.shard_size])
+                 for i in range(n_shards)]
         reports: list[StageReport] = []
         pool = None
         try:
@@ -145,22 +148,23 @@ class LocalExecutor:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 _clean_temporaries(out_dir)
                 todo = [i for i in range(n_shards) if not shard_done(out_dir, i)]
-                bar = tqdm(total=n_shards, initial=n_shards - len(todo), unit="shard",
-                           desc=f"{s}/{len(stages)} {stage.name}", disable=not self.progress)
+                bar = tqdm(total=sum(sizes), initial=sum(sizes) - sum(sizes[i] for i in todo),
+                           unit="row", desc=f"{s}/{len(stages)} {stage.name}",
+                           disable=not self.progress)
                 if todo and self.workers > 1 and len(todo) > 1:
                     if pool is None:
                         pool = cf.ProcessPoolExecutor(
                             max_workers=self.workers,
                             mp_context=multiprocessing.get_context("spawn"))
-                    futures = [pool.submit(_run_shard, stage, str(in_dir), str(out_dir), i)
-                               for i in todo]
+                    futures = {pool.submit(_run_shard, stage, str(in_dir), str(out_dir), i): i
+                               for i in todo}
                     for fut in cf.as_completed(futures):
                         fut.result()
-                        bar.update(1)
+                        bar.update(sizes[futures[fut]])
                 else:
                     for i in todo:
                         _run_shard(stage, str(in_dir), str(out_dir), i)
-                        bar.update(1)
+                        bar.update(sizes[i])
                 bar.close()
                 infos = [json.loads((out_dir / f"{_shard_name(i)}.done.json").read_text())
                          for i in range(n_shards)]
@@ -177,6 +181,7 @@ class LocalExecutor:
                     reused_shards=n_shards - len(todo))
                 write_json_atomic(out_dir / "_SUCCESS.json", dataclasses.asdict(report))
                 reports.append(report)
+                sizes = [info["rows_out"] for info in infos]
                 in_dir = out_dir
         finally:
             if pool is not None:
