@@ -103,8 +103,8 @@ def cmd_build(args) -> int:
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
-          + ", ".join(f"{stage}/{reason} {n}" for stage, reasons in stats["dropped"].items()
-                      for reason, n in reasons.items()))
+          + (", ".join(f"{stage}/{reason} {n}" for stage, reasons in stats["dropped"].items()
+                       for reason, n in reasons.items()) or "none"))
     return 0
 
 
