@@ -50,7 +50,7 @@ def phash_bits(hexes: list[str]) -> np.ndarray:
 
 
 def near_pairs(phashes: np.ndarray, emb: np.ndarray, max_distance: int, min_cosine: float,
-               chunk: int = 2048) -> list[tuple[int, int]]:
+               chunk: int = 256) -> list[tuple[int, int]]:
     """All pairs (i < j) within both thresholds, in chunks (memory O(chunk * n))."""
     n = len(phashes)
     pairs: list[tuple[int, int]] = []

@@ -44,15 +44,48 @@ def robust_centre(emb: np.ndarray, max_distance: float, iterations: int = 2) -> 
     return centre
 
 
-def cluster(emb: np.ndarray, threshold: float) -> np.ndarray:
-    """Cluster labels 0..k-1 (average linkage, cosine distance, cut at ``threshold``)."""
-    if len(emb) == 1:
-        return np.zeros(1, dtype=int)
+def _average_linkage(emb: np.ndarray, threshold: float) -> np.ndarray:
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import pdist
+    if len(emb) == 1:
+        return np.zeros(1, dtype=int)
     dist = np.clip(pdist(emb, metric="cosine"), 0.0, 2.0)
-    labels = fcluster(linkage(dist, method="average"), t=threshold, criterion="distance")
-    return labels - 1
+    return fcluster(linkage(dist, method="average"), t=threshold, criterion="distance") - 1
+
+
+def cluster(emb: np.ndarray, threshold: float, chunk: int = 1024) -> np.ndarray:
+    """Cluster labels 0..k-1: average linkage on cosine distance, cut at ``threshold``.
+
+    Every average-linkage cluster cut at t is connected in the graph of pairs closer than
+    t (each merge of mean distance <= t has a pair <= t), so linkage runs per connected
+    component of that graph: the same labels, without the n^2 distance matrix of the
+    whole set (20k faces would need 1.6 GB).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(emb)
+    if n <= 1:
+        return np.zeros(n, dtype=int)
+    unit = _unit(np.asarray(emb, dtype=np.float64))
+    rows, cols = [], []
+    for a in range(0, n, chunk):
+        sim = unit[a:a + chunk] @ unit.T
+        ii, jj = np.nonzero(1.0 - sim <= threshold)
+        rows.append(ii + a)
+        cols.append(jj)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+    n_comp, comp = connected_components(graph, directed=False)
+    labels = np.empty(n, dtype=int)
+    next_label = 0
+    for k in range(n_comp):
+        idx = np.nonzero(comp == k)[0]
+        sub = _average_linkage(unit[idx], threshold)
+        labels[idx] = sub + next_label
+        next_label += int(sub.max()) + 1
+    # Number clusters by first member so the labels do not depend on component order.
+    order = {}
+    return np.array([order.setdefault(lab, len(order)) for lab in labels], dtype=int)
 
 
 @dataclasses.dataclass

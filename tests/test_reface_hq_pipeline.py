@@ -519,3 +519,16 @@ def test_missing_detector_weights_raise_not_status_rows(tmp_path):
     row = schema.new_row(row_id="a", source="t", origin="a.png", local_path=str(path))
     with pytest.raises(AssetNotFoundError, match="retinaface"):
         DetectAlign(folder=str(tmp_path / "al"), detector="retinaface")([row])
+
+
+def test_component_wise_clustering_equals_plain_average_linkage():
+    from reface_hq.identity import _average_linkage
+    _, people = _people(12, 6, dim=16, spread=0.6, seed=5)
+    emb = np.stack([e for _, e in people])
+    for t in (0.05, 0.15, 0.3):
+        a = cluster(emb, t, chunk=7)
+        b = _average_linkage(emb, t)
+        # Same partition (labels may be numbered differently).
+        pairs = lambda lab: {(i, j) for i in range(len(lab)) for j in range(i)  # noqa: E731
+                             if lab[i] == lab[j]}
+        assert pairs(a) == pairs(b)
