@@ -147,6 +147,11 @@ class BuildConfig:
 
 
 def source_rows(config: BuildConfig) -> list[dict]:
+    names = [s.name for s in config.sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"several sources are named {twice}: source names keep photo ids "
+                         "apart, give each a distinct name (SPEC?name=...)")
     rows, seen = [], set()
     for src in config.sources:
         for row in src.rows(config.work):

@@ -532,3 +532,13 @@ def test_component_wise_clustering_equals_plain_average_linkage():
         pairs = lambda lab: {(i, j) for i in range(len(lab)) for j in range(i)  # noqa: E731
                              if lab[i] == lab[j]}
         assert pairs(a) == pairs(b)
+
+
+def test_sources_with_the_same_name_are_refused(tmp_path, capsys):
+    from reface_hq.cli import main
+    for d in ("a/photos", "b/photos"):
+        save_image(tmp_path / d / "x.png", make_rgb(40, 40))
+    args = ["build", "--out", str(tmp_path / "o"), "--source", str(tmp_path / "a" / "photos"),
+            "--source", str(tmp_path / "b" / "photos")]
+    assert main(args) == 2
+    assert "several sources are named ['photos']" in capsys.readouterr().err
