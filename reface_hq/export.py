@@ -34,14 +34,13 @@ _META_COLUMNS = ("face_id", "identity", "split", "source", "origin", "license", 
 
 
 def _features():
+    """HF features: a decoded ``image`` plus every manifest column with its Arrow type."""
     import datasets
-    feats = {"image": datasets.Image()}
-    for col in schema.MANIFEST_COLUMNS:
-        if col == "image_path":
-            continue
-        feats[col] = datasets.Features.from_arrow_schema(
-            __import__("pyarrow").schema([schema.ROW_SCHEMA.field(col)]))[col]
-    return datasets.Features(feats)
+    import pyarrow as pa
+    columns = [c for c in schema.MANIFEST_COLUMNS if c != "image_path"]
+    typed = datasets.Features.from_arrow_schema(
+        pa.schema([schema.ROW_SCHEMA.field(c) for c in columns]))
+    return datasets.Features({"image": datasets.Image(), **typed})
 
 
 def _clean_folder(folder: Path, pattern: str) -> None:
@@ -51,6 +50,7 @@ def _clean_folder(folder: Path, pattern: str) -> None:
 
 def export_parquet(rows: list[dict], root: Path, out: Path, shard_rows: int = 500) -> dict:
     import datasets
+    import pyarrow.parquet as pq
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     _clean_folder(data, "*.parquet")
@@ -72,7 +72,6 @@ def export_parquet(rows: list[dict], root: Path, out: Path, shard_rows: int = 50
                         records[c].append(r.get(c))
             ds = datasets.Dataset.from_dict(records, features=features)
             name = f"{split}-{i:05d}-of-{n:05d}.parquet"
-            import pyarrow.parquet as pq
             # The Arrow table carries the HF features in its schema metadata, so the
             # Image column decodes on load_dataset("parquet", ...).
             with atomic_path(data / name) as tmp:
