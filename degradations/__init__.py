@@ -13,7 +13,8 @@ _EXPORTS = {
     "get_preset": "presets", "list_presets": "presets", "Preset": "presets", "PRESETS": "presets",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["PRESETS", "BatchDegrader", "Degrader", "Preset", "apply_records", "flatten_record",
+           "get_preset", "list_presets", "sample_record"]
 
 
 def __getattr__(name):

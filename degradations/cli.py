@@ -38,6 +38,7 @@ def _cmd_presets(args) -> int:
 
 def _cmd_replay(args) -> int:
     from reface_core.imageio import load_image, save_image
+
     from .pipeline import Degrader
     from .synth import pixel_sha256
     path = Path(args.record)

@@ -51,7 +51,7 @@ def run_demo(data: Path, out: Path) -> str:
         replayed += pixel_sha256(lq) == row["lq_sha256"]
 
     ids = list(hq)
-    batch, records = BatchDegrader("gfpgan")(torch.cat([to_tensor(hq[i]) for i in ids]), seed=0, image_ids=ids)
+    batch, _ = BatchDegrader("gfpgan")(torch.cat([to_tensor(hq[i]) for i in ids]), seed=0, image_ids=ids)
     same = sum(pixel_sha256(to_uint8(batch[n])) == table.set_index("image_id").loc[i, "lq_sha256"]
                for n, i in enumerate(ids))
 

@@ -15,7 +15,7 @@ smooth ``round(x) + (x - round(x))**3`` of Shin & Song's differentiable JPEG.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -102,7 +102,7 @@ def jpeg_torch(x: torch.Tensor, quality: Sequence[int] | torch.Tensor, rounding:
         raise ValueError(f"jpeg_torch got {len(qs)} qualities for a batch of {x.shape[0]}")
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     dev = x.device
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     # The encoder sees 8-bit pixels; edges are replicated to whole 16x16 MCUs as libjpeg does.
     v = _round(x.to(dtype).clamp(0, 1) * 255.0, rounding)
     ph, pw = (-h) % 16, (-w) % 16

@@ -105,7 +105,7 @@ def motion(size: int, length: float, angle: float) -> np.ndarray:
         raise ValueError(f"motion length must be >= 0, got {length}")
     length = min(float(length), size - 1.0)
     k = np.zeros((size, size), dtype=np.float64)
-    n = max(2, int(math.ceil(length * 8)) + 1)
+    n = max(2, math.ceil(length * 8) + 1)
     t = np.linspace(-length / 2, length / 2, n)
     xs = size // 2 + t * math.cos(angle)
     ys = size // 2 - t * math.sin(angle)  # image rows grow downwards

@@ -20,7 +20,7 @@ Why the choices:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -78,7 +78,7 @@ def _cv2_correlate(x: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
     OpenCV's real DFT (packed CCS spectra) is about twice as fast as pocketfft or torch's
     CPU FFT at these sizes and is deterministic for any thread count.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     out = np.empty_like(x)
     work: dict = {}  # DFT-sized buffers, reused across planes: fresh pages are costly
     for i, kern in enumerate(kernels):
@@ -107,7 +107,7 @@ def _cv2_correlate(x: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
 
 def _torch_correlate(x: torch.Tensor, kernels: list[np.ndarray]) -> torch.Tensor:
     """The same correlation with ``torch.fft`` (CUDA, or CPU tensors that need gradients)."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     k = max(kk.shape[0] for kk in kernels)
     # Smaller kernels are zero-padded to the largest: the same filter, one batched FFT.
     stack = np.zeros((n, k, k), dtype=np.float64)

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 PI = math.pi
 RESIZE_MODES = ("area", "bilinear", "bicubic", "nearest")
@@ -58,7 +58,7 @@ class Blur:
     ``sinc_prob`` the kernel is a circular low-pass instead, its cutoff drawn from
     ``sinc_omega_small`` for sizes below 13 and ``sinc_omega_large`` otherwise.
     """
-    kernel_size: Union[int, tuple[int, ...]] = 41
+    kernel_size: int | tuple[int, ...] = 41
     kernel_list: tuple[str, ...] = ("iso", "aniso")
     kernel_prob: tuple[float, ...] = (0.5, 0.5)
     sigma_x: tuple[float, float] = (0.1, 10.0)
@@ -105,7 +105,7 @@ class Sinc:
         for s in self.kernel_size:
             if int(s) != s or s < 1 or s % 2 == 0:
                 raise ValueError(f"sinc kernel_size values must be odd positive integers, got {s!r}")
-        lo, hi = _pair("sinc omega", self.omega, 1e-6)
+        _, hi = _pair("sinc omega", self.omega, 1e-6)
         if hi > PI:
             raise ValueError(f"sinc omega must not exceed pi, got {hi}")
         _prob("sinc prob", self.prob)
@@ -123,7 +123,7 @@ class MotionBlur:
     def __post_init__(self):
         if self.kernel_size % 2 == 0 or self.kernel_size < 1:
             raise ValueError(f"motion kernel_size must be odd and positive, got {self.kernel_size}")
-        lo, hi = _pair("motion length", self.length, 0.0)
+        _, hi = _pair("motion length", self.length, 0.0)
         if hi > self.kernel_size - 1:
             raise ValueError(f"motion length {hi} does not fit kernel_size {self.kernel_size}")
         _pair("motion angle", self.angle)
@@ -311,7 +311,7 @@ class Preset:
                 "out_scale": self.out_scale, "stages": [_stage_to_dict(s) for s in self.stages]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preset":
+    def from_dict(cls, d: dict) -> Preset:
         if not isinstance(d, dict) or "name" not in d or "stages" not in d:
             raise ValueError("a preset must be a mapping with at least 'name' and 'stages'")
         unknown = set(d) - {"name", "description", "source", "out_scale", "stages"}
@@ -539,7 +539,7 @@ def load_preset_file(path: str | Path) -> Preset:
         raise ValueError(f"preset file {path}: {e}") from None
 
 
-def get_preset(name_or_path: Union[str, Path, Preset]) -> Preset:
+def get_preset(name_or_path: str | Path | Preset) -> Preset:
     """A registered preset by name, a ``Preset``, or a user preset file (.yaml/.yml/.json)."""
     if isinstance(name_or_path, Preset):
         return name_or_path

@@ -67,6 +67,8 @@ def reference_apply(image: np.ndarray, record: dict) -> np.ndarray:
         elif name == "jpeg":
             u8 = np.clip(np.round(np.clip(img, 0, 1) * 255.0), 0, 255).astype(np.uint8)
             ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [int(cv2.IMWRITE_JPEG_QUALITY), int(op["quality"])])
+            if not ok:
+                raise RuntimeError(f"OpenCV failed to JPEG-encode a {u8.shape} image")
             img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
         elif name == "color_shift":
             img = np.clip(img + np.asarray(op["shift"], np.float32) / 255.0, 0, 1)

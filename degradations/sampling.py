@@ -130,7 +130,7 @@ def _sample_stage(st, rng, size: list[int], ctx: dict, out: list[dict]) -> list[
                         "scale": _uniform(rng, st.poisson_scale), "gray": bool(gray), "seed": _noise_seed(rng)})
     elif isinstance(st, P.Jpeg):
         # Integer quality in [lo, hi], uniform: libjpeg takes integers only.
-        lo, hi = int(round(st.quality[0])), int(round(st.quality[1]))
+        lo, hi = round(st.quality[0]), round(st.quality[1])
         out.append({"op": "jpeg", "applied": True, "quality": int(rng.integers(lo, hi + 1))})
     elif isinstance(st, P.ColorShift):
         out.append({"op": "color_shift", "applied": True,

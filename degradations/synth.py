@@ -20,9 +20,9 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 import numpy as np
 

@@ -28,15 +28,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-from degradations.ops import to_tensor  # noqa: E402
-from degradations.pipeline import BatchDegrader, Degrader  # noqa: E402
-from degradations.presets import get_preset, list_presets  # noqa: E402
-from degradations.reference import reference_apply  # noqa: E402
-from degradations.sampling import sample_record  # noqa: E402
+from degradations.ops import to_tensor
+from degradations.pipeline import BatchDegrader, Degrader
+from degradations.presets import get_preset, list_presets
+from degradations.reference import reference_apply
+from degradations.sampling import sample_record
 
 
 def load_faces(n: int, size: int = 512) -> list[np.ndarray]:

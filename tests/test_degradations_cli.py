@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_rgb
+
 from degradations.cli import main
 from degradations.pipeline import Degrader
 from degradations.synth import list_inputs, pixel_sha256, synth
@@ -37,7 +37,7 @@ def _table(out: Path) -> pd.DataFrame:
 
 def test_synth_writes_one_lq_and_one_row_per_input_and_is_reproducible(tmp_path):
     src = tmp_path / "hq"
-    paths = _images(src, 6)
+    _images(src, 6)
     out = tmp_path / "out"
     assert main(["synth", "--input", str(src), "--output", str(out), "--preset", "mgfr-medium",
                  "--seed", "3", "--quiet"]) == 0

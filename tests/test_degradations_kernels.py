@@ -277,4 +277,4 @@ def test_package_exports_the_public_api():
     from degradations import BatchDegrader, Degrader, get_preset, sample_record  # noqa: F401
     assert set(degradations.__all__) >= {"Degrader", "BatchDegrader", "apply_records", "get_preset"}
     with pytest.raises(AttributeError):
-        degradations.nothing_here
+        _ = degradations.nothing_here

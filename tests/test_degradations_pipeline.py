@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_rgb
+
 from degradations import ops
 from degradations.jpeg import jpeg_libjpeg, jpeg_torch, quality_tables
 from degradations.kernels import gaussian, make_kernel
