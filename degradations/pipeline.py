@@ -193,7 +193,9 @@ class BatchDegrader:
 
     ``jpeg``: see :func:`apply_records`; use ``"torch"`` for a differentiable pipeline.
     ``threads``: CPU threads over chunks of the batch (default: torch's thread count);
-    ``chunk``: images per CPU chunk (CUDA batches run whole).
+    ``chunk``: images per CPU chunk (CUDA batches run whole). While a CPU batch runs, torch's
+    intra-op thread count is set to 1 process-wide (and restored after), so run it from
+    the data-loading side rather than beside CPU training threads.
 
     >>> deg = BatchDegrader("mgfr-medium")
     >>> lq, records = deg(hq_batch, seed=step, image_ids=[f"{i}" for i in batch_indices])
