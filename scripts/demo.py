@@ -48,10 +48,22 @@ def step_photos(args) -> str:
     return f"loaded {n} real photos ({pixels / 1e6:.1f} MP) through the safe loader, {bad} rejected"
 
 
-# Steps run in this order; later packages add theirs here.
+def _package_step(module: str):
+    """The ``run_demo(data, out)`` of a package, imported only when its step runs."""
+    def run(args) -> str:
+        import importlib
+        return importlib.import_module(module).run_demo(args.data, args.out)
+    return run
+
+
+# Steps run in this order: what each package does on the real photos.
 STEPS = [
     ("assets", step_assets),
     ("photos", step_photos),
+    ("faces", _package_step("faces.demo")),                # detect, align, embed, verify
+    ("reface_hq", _package_step("reface_hq.demo")),        # build, verify, export a dataset
+    ("captioning", _package_step("captioning.demo")),      # attributes and prompts
+    ("degradations", _package_step("degradations.demo")),  # seeded LQ synthesis, replay
 ]
 
 

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reface_core.imageio import (ImageLoadError, ImageTooLargeError, load_image, save_image,
-                                 iter_image_files)
+from reface_core.imageio import (
+    ImageLoadError,
+    ImageTooLargeError,
+    iter_image_files,
+    load_image,
+    save_image,
+)
 from tests.conftest import make_rgb
 
 
