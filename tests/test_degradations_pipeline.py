@@ -37,7 +37,7 @@ def faces() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("ktype,kw", [("aniso", dict(sigma_x=4.0, sigma_y=1.0, theta=0.5)),
                                       ("sinc", dict(omega=1.2)), ("motion", dict(length=9.0, angle=0.3))])
-@pytest.mark.parametrize("hw", [(64, 48), (9, 12), (128, 128)])
+@pytest.mark.parametrize("hw", [(64, 48), (9, 12), (128, 128), (25, 55)])  # 25, 55: odd DFT sizes
 def test_fft_blur_equals_opencv_filter2d(ktype, kw, hw):
     img = make_rgb(*hw, seed=1).astype(np.float32) / 255
     k = make_kernel(ktype, 21, **kw)
@@ -48,6 +48,15 @@ def test_fft_blur_equals_opencv_filter2d(ktype, kw, hw):
     # the torch.fft path (CUDA / autograd) computes the same correlation
     got_t = ops._torch_correlate(x, [k])[0].numpy().transpose(1, 2, 0)
     np.testing.assert_allclose(got_t, expected, atol=2e-5)
+
+
+def test_asymmetric_kernels_take_the_general_path():
+    img = make_rgb(40, 36, seed=3).astype(np.float32) / 255
+    k = np.zeros((7, 7))
+    k[3, 3:] = [0.4, 0.3, 0.2, 0.1]  # a one-sided smear
+    expected = cv2.filter2D(img, -1, k.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    np.testing.assert_allclose(ops.filter2d(x, [k])[0].numpy().transpose(1, 2, 0), expected, atol=2e-5)
 
 
 def test_blur_batches_mix_kernel_sizes():
