@@ -37,7 +37,7 @@ def faces() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("ktype,kw", [("aniso", dict(sigma_x=4.0, sigma_y=1.0, theta=0.5)),
                                       ("sinc", dict(omega=1.2)), ("motion", dict(length=9.0, angle=0.3))])
-@pytest.mark.parametrize("hw", [(64, 48), (9, 12), (128, 128), (25, 55)])  # 25, 55: odd DFT sizes
+@pytest.mark.parametrize("hw", [(64, 48), (9, 12), (128, 128), (25, 55), (25, 12), (12, 25)])  # odd DFT sizes too
 def test_fft_blur_equals_opencv_filter2d(ktype, kw, hw):
     img = make_rgb(*hw, seed=1).astype(np.float32) / 255
     k = make_kernel(ktype, 21, **kw)
