@@ -278,7 +278,8 @@ class FaceReferenceDataset:
         if self.size is not None and img.shape[0] != self.size:
             import cv2
             img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+        # load_image may hand back a read-only view; torch wants a writable buffer.
+        return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float() / 255.0
 
     def references_of(self, index: int) -> list[int]:
         item = self.items[index]

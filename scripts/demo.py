@@ -56,6 +56,28 @@ def _package_step(module: str):
     return run
 
 
+def step_training_pairs(args) -> str:
+    """The data flow into MGFR training: caption the built Reface-HQ manifest, then
+    synthesize seeded LQ inputs for its faces from the same manifest."""
+    import pandas as pd
+
+    import captioning
+    from degradations.synth import synth
+
+    manifest = args.out / "reface_hq" / "dataset" / "manifest.parquet"
+    if not manifest.is_file():
+        raise SystemExit(f"{manifest} is missing: run the reface_hq step first")
+    report = captioning.annotate(manifest, backends=("offline",), progress=False)
+    table = pd.read_parquet(manifest)
+    counts = synth(manifest, args.out / "training_pairs" / "lq", preset="mgfr-medium", seed=0,
+                   workers=2, progress=False)
+    example = table.iloc[0]
+    return (f"captioned {report.ok}/{len(table)} Reface-HQ faces (e.g. {example['identity']}: "
+            f"{example['prompt']!r}); mgfr-medium LQ inputs: {counts['ok']} new, "
+            f"{counts['skipped']} already done, {counts['error']} failed, parameters in "
+            f"{Path(counts['table']).name} -> {args.out / 'training_pairs'}")
+
+
 # Steps run in this order: what each package does on the real photos.
 STEPS = [
     ("assets", step_assets),
@@ -64,6 +86,7 @@ STEPS = [
     ("reface_hq", _package_step("reface_hq.demo")),        # build, verify, export a dataset
     ("captioning", _package_step("captioning.demo")),      # attributes and prompts
     ("degradations", _package_step("degradations.demo")),  # seeded LQ synthesis, replay
+    ("training_pairs", step_training_pairs),                # dataset -> captions -> LQ pairs
 ]
 
 
