@@ -10,7 +10,6 @@ Preprocessing (mean/std, RGB order) is insightface's ``ArcFaceONNX``.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
@@ -50,14 +49,10 @@ class ArcFaceEmbedder(FaceEmbedder):
         self._dim: int | None = None
 
     def _path(self) -> str:
-        from reface_core.assets import AssetNotFoundError, get_asset, resolve
+        from reface_core.assets import resolve_member
 
-        if self.model_path is not None:
-            p = Path(self.model_path).expanduser()
-            if not p.is_file():
-                raise AssetNotFoundError(get_asset(f"insightface-{self.pack}"), [("explicit path", p)])
-            return str(p)
-        return str(resolve(f"insightface-{self.pack}") / PACK_FILES[self.pack])
+        return str(resolve_member(f"insightface-{self.pack}", PACK_FILES[self.pack],
+                                  self.model_path))
 
     @property
     def dim(self) -> int:  # known once the model is loaded (512 for the released packs)

@@ -9,7 +9,6 @@ wrapper adds the common interface.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
@@ -56,17 +55,10 @@ class ScrfdDetector(FaceDetector):
         self.config.update(pack=pack, input_size=list(size), nms_threshold=self.nms_threshold)
 
     def _path(self) -> str:
-        from reface_core.assets import resolve
+        from reface_core.assets import resolve_member
 
-        if self.model_path is not None:
-            p = Path(self.model_path).expanduser()
-            if not p.is_file():
-                # Same error type and wording as the resolver for a wrong explicit path.
-                from reface_core.assets import AssetNotFoundError, get_asset
-
-                raise AssetNotFoundError(get_asset(f"insightface-{self.pack}"), [("explicit path", p)])
-            return str(p)
-        return str(resolve(f"insightface-{self.pack}") / PACK_FILES[self.pack])
+        return str(resolve_member(f"insightface-{self.pack}", PACK_FILES[self.pack],
+                                  self.model_path))
 
     def _detect_raw(self, image, min_score):
         model = _model(self._path(), self.input_size, self.nms_threshold)

@@ -221,6 +221,24 @@ def resolve(name: str, path: str | os.PathLike | None = None, *,
     raise AssetNotFoundError(asset, candidate_paths(asset, path))
 
 
+def resolve_member(name: str, member: str, path: str | os.PathLike | None = None, *,
+                   allow_download: bool | None = None) -> Path:
+    """One file inside folder asset ``name`` (an ONNX file of an insightface pack, say).
+
+    ``path`` may name that file itself or a folder holding it; without ``path`` the
+    folder asset is resolved in the usual order.
+    """
+    asset = get_asset(name)
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / member
+        if not p.is_file():
+            raise AssetNotFoundError(asset, [("explicit path", p)])
+        return p
+    return resolve(name, allow_download=allow_download) / member
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

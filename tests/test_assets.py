@@ -125,3 +125,18 @@ def test_cli_missing_verify_fails(capsys):
     assert "MISSING" in capsys.readouterr().err
     assert assets_main(["verify", "dlib-landmarks-5"]) == 0
     assert assets_main(["where", "nope"]) == 2
+
+
+def test_resolve_member_of_folder_asset(tmp_path, monkeypatch):
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    for f in ("w600k_r50.onnx", "det_10g.onnx"):
+        (pack / f).write_bytes(b"x")
+    # an explicit file, an explicit folder, then the resolver's own search
+    assert A.resolve_member("insightface-buffalo_l", "det_10g.onnx", pack / "det_10g.onnx") == \
+        pack / "det_10g.onnx"
+    assert A.resolve_member("insightface-buffalo_l", "det_10g.onnx", pack) == pack / "det_10g.onnx"
+    with pytest.raises(A.AssetNotFoundError, match="explicit path"):
+        A.resolve_member("insightface-buffalo_l", "det_10g.onnx", tmp_path / "none.onnx")
+    monkeypatch.setenv("REFACE_ASSET_INSIGHTFACE_BUFFALO_L", str(pack))
+    assert A.resolve_member("insightface-buffalo_l", "w600k_r50.onnx") == pack / "w600k_r50.onnx"
