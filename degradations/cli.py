@@ -46,9 +46,11 @@ def _cmd_replay(args) -> int:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"record {path}: cannot read as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"record {path}: expected a JSON object, got {type(data).__name__}")
     # A synth record file wraps the sampled record with its input path and pixel hash.
     record = data.get("record", data)
-    if "ops" not in record:
+    if not isinstance(record, dict) or "ops" not in record:
         raise ValueError(f"record {path}: no 'ops' (not a degradation record)")
     hq = args.hq or data.get("input")
     if not hq:
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ValueError as e:  # input problems: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output path below a file, a full disk: the message names the path
+        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
         return 2
 
 

@@ -218,9 +218,10 @@ class BatchDegrader:
         return [sample_record(self.preset, seed, i, size) for i in image_ids]
 
     def __call__(self, x: torch.Tensor, seed: int, image_ids: Sequence[str]) -> tuple[torch.Tensor, list[dict]]:
-        if not torch.is_tensor(x) or x.ndim != 4:
-            raise ValueError(f"expected a (B, 3, H, W) tensor, got {type(x).__name__} "
-                             f"of shape {tuple(getattr(x, 'shape', ()))}")
+        if not torch.is_tensor(x) or x.ndim != 4 or not x.is_floating_point():
+            # An integer batch (0-255) cast to float would be degraded as if it were in [0, 1].
+            raise ValueError(f"expected a float (B, 3, H, W) tensor in [0, 1], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} of shape {tuple(getattr(x, 'shape', ()))}")
         if len(image_ids) != x.shape[0]:
             raise ValueError(f"got {len(image_ids)} image ids for a batch of {x.shape[0]}")
         records = self.sample(seed, [str(i) for i in image_ids], tuple(x.shape[-2:]))
@@ -228,8 +229,8 @@ class BatchDegrader:
 
     def apply(self, x: torch.Tensor, records: Sequence[dict]) -> torch.Tensor:
         """Apply stored records (one per sample) to a batch."""
-        if not (torch.is_tensor(x) and x.device.type == "cpu"):
-            return apply_records(x, records, jpeg=self.jpeg)
+        if not (torch.is_tensor(x) and x.device.type == "cpu" and x.is_floating_point()):
+            return apply_records(x, records, jpeg=self.jpeg)  # checks x, raises the clear error
         if len(records) != (x.shape[0] if torch.is_tensor(x) and x.ndim == 4 else -1):
             return apply_records(x, records, jpeg=self.jpeg)  # raises the clear error
         with _one_thread() as threads:

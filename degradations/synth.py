@@ -87,10 +87,18 @@ def list_inputs(source: str | os.PathLike) -> list[Job]:
         df = df[df["status"] == "ok"]
     base = src.parent
     jobs, seen = [], set()
-    for _, row in df.iterrows():
-        rel = str(row[col])
+    for n, (_, row) in enumerate(df.iterrows()):
+        # A null cell would otherwise become the path or id "nan"/"None".
+        rel = _cell_text(row[col])
+        if not rel:
+            raise ValueError(f"manifest {src}: row {n} has no {col}")
         p = Path(rel) if Path(rel).is_absolute() else base / rel
-        image_id = str(row["face_id"]) if "face_id" in df.columns else PurePosixPath(rel).with_suffix("").as_posix()
+        if "face_id" in df.columns:
+            image_id = _cell_text(row["face_id"])
+            if not image_id:
+                raise ValueError(f"manifest {src}: row {n} ({rel}) has no face_id")
+        else:
+            image_id = PurePosixPath(rel).with_suffix("").as_posix()
         if image_id in seen:
             raise ValueError(f"manifest {src}: image id {image_id!r} appears twice")
         seen.add(image_id)
@@ -98,6 +106,14 @@ def list_inputs(source: str | os.PathLike) -> list[Job]:
     if not jobs:
         raise ValueError(f"manifest {src} has no usable rows")
     return jobs
+
+
+def _cell_text(value) -> str:
+    """A manifest cell as text; empty for null cells (None, NaN, pandas NA)."""
+    import pandas as pd
+    if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):
+        return ""
+    return str(value).strip()
 
 
 def output_paths(out: Path, image_id: str) -> tuple[Path, Path]:
@@ -223,8 +239,12 @@ def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Pre
     preset = get_preset(preset)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     jobs = list_inputs(input)
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     # An output folder inside the input folder must not feed its own LQ images back in.

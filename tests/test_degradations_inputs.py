@@ -1,0 +1,76 @@
+"""Bad input to ``degradations`` gives one clear error (no traceback, no silent wrong work)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_rgb
+
+from degradations import BatchDegrader
+from degradations.cli import main
+from degradations.synth import list_inputs, synth
+from reface_core.imageio import save_image
+
+
+@pytest.fixture
+def two_images(tmp_path):
+    src = tmp_path / "hq"
+    for i in range(2):
+        save_image(src / f"img_{i}.png", make_rgb(32, 32, seed=i))
+    return src
+
+
+def test_output_that_is_a_file_is_a_clear_error(tmp_path, two_images, capsys):
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    assert main(["synth", "--input", str(two_images), "--output", str(target), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(target) in err and "not a folder" in err
+    assert "Traceback" not in err
+
+
+def test_replay_output_below_a_file_is_a_clear_error(tmp_path, two_images, capsys):
+    out = tmp_path / "out"
+    assert main(["synth", "--input", str(two_images), "--output", str(out), "--quiet"]) == 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    rc = main(["replay", str(out / "records" / "img_0.json"), "--output", str(blocker / "lq.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and str(blocker) in err
+
+
+def test_negative_limit_is_refused_not_sliced(tmp_path, two_images):
+    # jobs[:-1] would silently process all inputs but the last.
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        synth(two_images, tmp_path / "out", limit=-1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("column,value", [("image_path", None), ("face_id", None), ("face_id", "")])
+def test_manifest_rows_with_empty_path_or_id_are_named(tmp_path, two_images, column, value):
+    rows = {"image_path": ["hq/img_0.png", "hq/img_1.png"], "face_id": ["a", "b"]}
+    rows[column][1] = value
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=rf"m\.parquet: row 1 .*has no {column}"):
+        list_inputs(tmp_path / "m.parquet")
+
+
+def test_replay_of_a_json_that_is_not_an_object(tmp_path, capsys):
+    for i, content in enumerate(([1, 2], {"record": 5}, "text")):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(content))
+        assert main(["replay", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: record ") and str(path) in err
+
+
+def test_batch_degrader_refuses_integer_tensors():
+    deg = BatchDegrader("mgfr-mild")
+    x = torch.from_numpy(np.stack([make_rgb(32, 32, seed=0)])).permute(0, 3, 1, 2).contiguous()
+    with pytest.raises(ValueError, match="float"):
+        deg(x, seed=0, image_ids=["a"])
+    records = deg.sample(0, ["a"], (32, 32))
+    with pytest.raises(ValueError, match="float"):
+        deg.apply(x, records)
