@@ -47,7 +47,7 @@ def _cmd_replay(args) -> int:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"record {path}: cannot read as JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"record {path}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(f"record {path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004 - input error: main prints it as one line
     # A synth record file wraps the sampled record with its input path and pixel hash.
     record = data.get("record", data)
     if not isinstance(record, dict) or "ops" not in record:
