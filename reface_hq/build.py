@@ -167,13 +167,19 @@ def build(config: BuildConfig) -> dict:
     from .dataset import write_dataset
 
     t0 = time.perf_counter()
-    rows = source_rows(config)
+    for folder, what in ((Path(config.out), "output"), (config.work, "work")):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{what} folder {folder} exists and is not a folder")
+    # Every stage is built (and its config checked) before any work starts: a bad global
+    # stage option must not surface only after detection and embedding have run.
+    map_stages, global_stages = config.map_stages(), config.global_stages()
     executor = get_executor(config.executor, shard_size=config.shard_size,
                             progress=config.progress,
                             **({"workers": config.workers} if config.executor == "local" else {}))
-    rows, reports = executor.run(config.map_stages(), rows, config.work)
+    rows = source_rows(config)
+    rows, reports = executor.run(map_stages, rows, config.work)
     timings = {r.name: r.seconds for r in reports}
-    for stage in config.global_stages():
+    for stage in global_stages:
         t = time.perf_counter()
         rows = stage(rows)
         timings[stage.name] = round(time.perf_counter() - t, 3)

@@ -110,10 +110,21 @@ def cmd_build(args) -> int:
 
 def cmd_stats(args) -> int:
     import duckdb
+    import pyarrow.parquet as pq
 
-    from .dataset import manifest_path, read_stats
+    from .dataset import DatasetError, manifest_path, read_stats
     mpath = manifest_path(args.dataset)
     stats = read_stats(mpath.parent)
+    missing = [k for k in ("faces_kept", "identities", "photos_in", "dropped") if k not in stats]
+    if missing:
+        raise DatasetError(f"{mpath.parent / 'stats.json'}: not a build's stats (no {missing})")
+    try:
+        columns = pq.read_schema(mpath).names
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{mpath}: cannot read as Parquet ({e})") from None
+    lacking = [c for c in ("split", "identity") if c not in columns]
+    if lacking:
+        raise DatasetError(f"{mpath}: manifest lacks columns {lacking}")
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
@@ -204,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (SourceError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a path below a file, a full disk: the message names the path
+        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
+              file=sys.stderr)
         return 2
 
 

@@ -302,4 +302,10 @@ def read_stats(path: str | os.PathLike) -> dict:
     p = p / "stats.json" if p.is_dir() else p
     if not p.is_file():
         raise DatasetError(f"{path}: no stats.json")
-    return json.loads(p.read_text())
+    try:
+        stats = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{p}: cannot read as JSON ({e})") from None
+    if not isinstance(stats, dict):
+        raise DatasetError(f"{p}: expected a JSON object, got {type(stats).__name__}")
+    return stats

@@ -172,6 +172,11 @@ def export(path: str | os.PathLike, out: str | os.PathLike, *, shard_rows: int =
            exclusion: frozenset[str] | set[str] = frozenset(), formats=("parquet", "webdataset"),
            name: str | None = None) -> dict:
     """Export a built dataset; returns {format: {split: [files]}}. Card written last."""
+    if int(shard_rows) < 1:
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {out} exists and is not a folder")
     root = manifest_path(path).parent
     problems = verify(root)
     if problems:
@@ -181,7 +186,6 @@ def export(path: str | os.PathLike, out: str | os.PathLike, *, shard_rows: int =
     # pyarrow keeps nulls as None (pandas would turn null ints into NaN floats).
     rows = [r for r in pq.read_table(manifest_path(root)).to_pylist()
             if not is_excluded(r, exclusion)]
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = {}
     if "parquet" in formats:

@@ -201,11 +201,18 @@ class HFSource:
             if not files:
                 raise SourceError(f"dataset {self.path}: no Parquet files and no "
                                   "save_to_disk dataset found")
+            import pyarrow.parquet as pq
+            if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+                raise SourceError(f"dataset {self.path}: the Parquet files hold no rows")
             return datasets.load_dataset("parquet", data_files=files, split="train")
         except SourceError:
             raise
-        except (ValueError, OSError, FileNotFoundError) as e:
-            raise SourceError(f"dataset {self.path}: cannot load with datasets ({e})") from None
+        except (ValueError, OSError, FileNotFoundError,
+                datasets.exceptions.DatasetGenerationError) as e:
+            # DatasetGenerationError's own message is generic; its cause says what failed.
+            cause = e.__cause__ or e
+            raise SourceError(f"dataset {self.path}: cannot load with datasets "
+                              f"({type(cause).__name__}: {cause})") from None
 
     def rows(self, work_dir: Path | None = None) -> list[dict]:
         import datasets
@@ -291,6 +298,12 @@ def parse_source(spec: str):
         if key not in fields or key in ("root", "path"):
             raise SourceError(f"source {spec!r}: unknown option {key!r} for a {kind} source "
                               f"(options: {sorted(k for k in fields if k not in ('root', 'path'))})")
-        kwargs[key] = int(value) if key == "folder_level" else value
+        if key == "folder_level":
+            try:
+                value = int(value)
+            except ValueError:
+                raise SourceError(f"source {spec!r}: folder_level must be an integer, "
+                                  f"got {value!r}") from None
+        kwargs[key] = value
     first = "root" if kind == "folder" else "path"
     return cls(**{first: str(path)}, **kwargs)

@@ -142,6 +142,11 @@ class DetectAlign(Stage):
     def __post_init__(self):
         if self.output_size not in (256, 512, 1024):
             raise ValueError(f"output_size must be 256, 512 or 1024, got {self.output_size}")
+        # Checked here, not at first use: process_row turns a ValueError into a status row,
+        # so a misspelt name would drop every photo as "detect_align_error" and exit 0.
+        from faces.detection import DETECTORS, get_detector
+        if self.detector not in DETECTORS:
+            get_detector(self.detector)  # raises the "did you mean" error
 
     def _detector(self):
         from faces.detection import get_detector
@@ -294,6 +299,14 @@ class Embed(Stage):
     name = "embed"
     embedder: str = "dlib"
     batch_size: int = 16
+
+    def __post_init__(self):
+        # Fail before the build spends minutes on the stages before this one.
+        from faces.embedding import EMBEDDERS, get_embedder
+        if self.embedder not in EMBEDDERS:
+            get_embedder(self.embedder)  # raises the "did you mean" error
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def _embedder(self):
         from faces.embedding import get_embedder

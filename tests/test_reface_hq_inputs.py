@@ -1,0 +1,106 @@
+"""Bad input to ``reface_hq`` fails at once with one clear line (no traceback, no wasted build)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import make_rgb
+
+from reface_core.imageio import save_image
+from reface_hq.build import BuildConfig, build
+from reface_hq.cli import main
+from reface_hq.export import export
+from reface_hq.sources import FolderSource, HFSource, SourceError, parse_source
+from reface_hq.stages import DetectAlign, Embed
+
+
+@pytest.fixture
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    for person in ("alice", "bob"):
+        save_image(root / person / "a.png", make_rgb(40, 40, seed=len(person)))
+    return root
+
+
+def _stage_folders(work):
+    return sorted(p.name for p in work.iterdir()) if work.exists() else []
+
+
+@pytest.mark.parametrize("option", [{"detector": "dlib-hgo"}, {"embedder": "dlb"},
+                                    {"test_fraction": 2.0}, {"min_photos": 0}])
+def test_bad_stage_options_fail_before_any_stage_runs(tmp_path, photos, option):
+    # An unknown detector used to drop every photo as detect_align_error and exit 0; an
+    # unknown embedder or a bad split option surfaced only after the map stages had run.
+    config = BuildConfig(sources=[FolderSource(str(photos), identity="folder")],
+                         out=str(tmp_path / "out"), progress=False, **option)
+    with pytest.raises(ValueError, match="detector|embedder|test_fraction|min_photos"):
+        build(config)
+    assert _stage_folders(config.work) == []
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_stage_names_are_checked_when_built():
+    with pytest.raises(ValueError, match="unknown face detector 'nope'"):
+        DetectAlign(detector="nope")
+    with pytest.raises(ValueError, match="did you mean dlib"):
+        Embed(embedder="dlb")
+    with pytest.raises(ValueError, match="batch_size"):
+        Embed(batch_size=0)
+
+
+def test_cli_unknown_detector_exits_2_naming_it(tmp_path, photos, capsys):
+    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"),
+               "--detector", "nope", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: unknown face detector 'nope'")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--work-dir"])
+def test_output_or_work_folder_that_is_a_file(tmp_path, photos, capsys, flag):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    folders = {"--out": str(tmp_path / "o"), flag: str(taken)}
+    args = ["build", "--source", str(photos), "--no-progress"]
+    for name, value in folders.items():
+        args += [name, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a folder" in err and str(taken) in err
+
+
+def test_export_checks_its_options_and_output(tmp_path, capsys):
+    with pytest.raises(ValueError, match="shard_rows must be >= 1"):
+        export(tmp_path / "ds", tmp_path / "exp", shard_rows=0)
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert main(["export", str(tmp_path), "--out", str(taken)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_stats_on_a_malformed_dataset_is_a_clear_error(tmp_path, capsys):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    pd.DataFrame({"foo": [1]}).to_parquet(ds / "manifest.parquet")
+    (ds / "stats.json").write_text("{}")
+    assert main(["stats", str(ds)]) == 2
+    assert "not a build's stats" in capsys.readouterr().err
+    (ds / "stats.json").write_text(json.dumps(
+        {"faces_kept": 1, "identities": 1, "photos_in": 1, "dropped": {}}))
+    assert main(["stats", str(ds)]) == 2
+    assert "manifest lacks columns ['split', 'identity']" in capsys.readouterr().err
+    (ds / "stats.json").write_text("{broken")
+    assert main(["stats", str(ds)]) == 2
+    assert "cannot read as JSON" in capsys.readouterr().err
+
+
+def test_source_spec_with_a_non_integer_folder_level(photos):
+    with pytest.raises(SourceError, match="folder_level must be an integer, got 'x'"):
+        parse_source(f"{photos}?identity=folder&folder_level=x")
+
+
+def test_hf_source_with_an_empty_parquet_file(tmp_path):
+    pd.DataFrame({"image": pd.Series([], dtype=object)}).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(SourceError, match="empty.parquet.*no rows"):
+        HFSource(str(tmp_path / "empty.parquet")).rows(tmp_path / "work")
