@@ -154,11 +154,20 @@ class Downloader:
     def _fetch_once(self, url: str, start: float) -> Downloaded:
         current = url
         for _hop in range(self.max_redirects + 1):
-            parts = urllib.parse.urlsplit(current)
+            # A malformed URL (bad IPv6 literal, port out of range, a host label IDNA
+            # cannot encode) is this URL's status row, not an exception that ends the build.
+            try:
+                parts = urllib.parse.urlsplit(current)
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError as e:
+                raise DownloadError("bad_url", f"{current!r} is not a valid URL ({e})") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise DownloadError("bad_url", f"{current!r} is not an http(s) URL with a host")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = vet_host(parts.hostname, port, allow_private=self.allow_private)
+            try:
+                address = vet_host(parts.hostname, port, allow_private=self.allow_private)
+            except UnicodeError as e:
+                raise DownloadError("bad_url", f"{current!r}: host {parts.hostname!r} is not "
+                                    f"a valid host name ({e})") from None
             remaining = self.deadline - (time.monotonic() - start)
             if remaining <= 0:
                 raise DownloadError("timeout", f"deadline of {self.deadline}s exceeded")

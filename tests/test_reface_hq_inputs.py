@@ -104,3 +104,15 @@ def test_hf_source_with_an_empty_parquet_file(tmp_path):
     pd.DataFrame({"image": pd.Series([], dtype=object)}).to_parquet(tmp_path / "empty.parquet")
     with pytest.raises(SourceError, match="empty.parquet.*no rows"):
         HFSource(str(tmp_path / "empty.parquet")).rows(tmp_path / "work")
+
+
+@pytest.mark.parametrize("url", ["http://" + "a" * 70 + ".example/x.jpg",
+                                 "http://example.com:99999/x.jpg", "http://[bad/x.jpg"])
+def test_malformed_url_is_a_status_row_not_a_crash(tmp_path, url):
+    # These raised ValueError/UnicodeError out of the download stage and ended the build.
+    from reface_hq import schema
+    from reface_hq.download import Download
+    row = schema.new_row(row_id="r", source="urls", origin=url)
+    out = Download(folder=str(tmp_path / "dl"), retries=0)([row])
+    assert len(out) == 1 and out[0]["status"] == "bad_url" and out[0]["dropped_at"] == "download"
+    assert url in out[0]["error"]
