@@ -154,7 +154,10 @@ class URLListSource:
             if not url or url in seen:
                 continue
             seen.add(url)
-            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            try:
+                scheme = urllib.parse.urlsplit(url).scheme.lower()
+            except ValueError:  # e.g. "http://[bad": one bad line is a status row
+                scheme = ""
             row = schema.new_row(
                 row_id=schema.stable_id(self.name, url), source=self.name, origin=url,
                 license=_text(rec.get(self.license_column)),
@@ -163,6 +166,8 @@ class URLListSource:
                 row = schema.drop(row, "source", "bad_url",
                                   f"{url!r} is not an http(s) URL")
             out.append(row)
+        if not out:
+            raise SourceError(f"URL list {self.path}: no URLs in column {self.url_column!r}")
         return out
 
 

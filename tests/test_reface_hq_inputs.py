@@ -116,3 +116,13 @@ def test_malformed_url_is_a_status_row_not_a_crash(tmp_path, url):
     out = Download(folder=str(tmp_path / "dl"), retries=0)([row])
     assert len(out) == 1 and out[0]["status"] == "bad_url" and out[0]["dropped_at"] == "download"
     assert url in out[0]["error"]
+
+
+def test_url_list_with_no_urls_or_a_malformed_url(tmp_path):
+    from reface_hq.sources import URLListSource
+    (tmp_path / "none.csv").write_text("url,identity\n,alice\n")
+    with pytest.raises(SourceError, match="none.csv: no URLs in column 'url'"):
+        URLListSource(str(tmp_path / "none.csv")).rows()
+    (tmp_path / "bad.csv").write_text("url\nhttp://[bad/x.jpg\nhttps://example.com/a.jpg\n")
+    rows = URLListSource(str(tmp_path / "bad.csv")).rows()
+    assert [r["status"] for r in rows] == ["bad_url", "ok"]
