@@ -20,8 +20,8 @@ from .alignment import (align_ffhq, ffhq_matrix, ffhq_quad, ffhq_template, paste
                         similarity_align, similarity_matrix, transform_points)
 from .attributes import (AttributePredictor, FaceAttributes, available_attribute_predictors,
                          get_attribute_predictor)
-from .detection import (FaceDetection, FaceDetector, available_detectors, get_detector,
-                        predict_landmarks)
+from .detection import (FaceDetection, FaceDetector, ModelLoadError, available_detectors,
+                        get_detector, predict_landmarks)
 from .embedding import FaceEmbedder, available_embedders, check_same_embedder, get_embedder
 
 
@@ -30,7 +30,7 @@ __all__ = [
     "get_attribute_predictor", "FaceDetection", "FaceDetector", "FaceEmbedder",
     "align_ffhq", "available_detectors", "available_embedders", "check_same_embedder",
     "detect_and_align", "ffhq_matrix", "ffhq_quad", "ffhq_template", "get_detector",
-    "get_embedder", "paste_back", "predict_landmarks", "similarity_align",
+    "get_embedder", "ModelLoadError", "paste_back", "predict_landmarks", "similarity_align",
     "similarity_matrix", "transform_points",
 ]
 

@@ -13,6 +13,7 @@ import functools
 
 import numpy as np
 
+from .detection import ModelLoadError
 from .embedding import FaceEmbedder
 
 PACK_FILES = {"antelopev2": "glintr100.onnx", "buffalo_l": "w600k_r50.onnx"}
@@ -27,10 +28,10 @@ def _model(path: str):
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         model = ArcFaceONNX(model_file=path, session=session)
     except Exception as e:  # onnxruntime/insightface raise many types; name the file
-        raise ValueError(f"{path}: not a usable ArcFace ONNX model ({e})") from None
+        raise ModelLoadError(f"{path}: not a usable ArcFace ONNX model ({e})") from None
     shape = model.input_shape
     if len(shape) != 4 or shape[2] != shape[3] or not isinstance(shape[2], int):
-        raise ValueError(f"{path}: expected a square NCHW input, got {shape}")
+        raise ModelLoadError(f"{path}: expected a square NCHW input, got {shape}")
     return model
 
 

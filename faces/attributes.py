@@ -65,7 +65,12 @@ def _session(path: str):
     # Small networks: one thread each keeps them from fighting other work for cores.
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own error types; name the file
+        from .detection import ModelLoadError
+
+        raise ModelLoadError(f"{path}: not a usable ONNX model ({e})") from None
 
 
 def _prepare(chips: list[np.ndarray]) -> np.ndarray:

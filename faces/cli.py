@@ -21,31 +21,90 @@ from reface_core.assets_cli import add_subcommands as add_asset_commands
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
 
 
-def _inputs(paths: list[str]) -> Iterator[tuple[Path, str]]:
-    """(file, name relative to its argument) for every image named or found in a folder."""
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _crop_size(text: str) -> int:
+    value = int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text}")
+    return value
+
+
+class InputError(ValueError):
+    """A command-line input or output path is unusable; the message names it."""
+
+
+def _inputs(paths: list[str], out: Path) -> list[tuple[Path, str]]:
+    """(file, name relative to its argument) for every image named or found in a folder.
+
+    Files under the output folder are left out, so ``-o`` inside an input folder does not
+    make a rerun process the run's own outputs. Two inputs with the same relative name
+    would share one record (the second silently taking the first's result): refused.
+    """
     from reface_core.imageio import iter_image_files
 
+    out = out.resolve()
+    items: list[tuple[Path, str]] = []
     for arg in paths:
         p = Path(arg)
+        if not p.exists():
+            raise InputError(f"input {arg}: no such file or folder")
         if p.is_dir():
-            for f in iter_image_files(p):
-                yield f, f.relative_to(p).as_posix()
+            items += [(f, f.relative_to(p).as_posix()) for f in iter_image_files(p)]
         else:
-            # A missing or unreadable file still gets a record (status "failed").
-            yield p, p.name
+            # An unreadable file still gets a record (status "failed").
+            items.append((p, p.name))
+    items = [(f, rel) for f, rel in items if out not in f.resolve().parents]
+    seen: dict[str, Path] = {}
+    for f, rel in items:
+        if rel in seen and seen[rel].resolve() != f.resolve():
+            raise InputError(f"inputs {seen[rel]} and {f} both map to the output name {rel!r}; "
+                             "pass their common parent folder instead, or run them separately")
+        seen.setdefault(rel, f)
+    # The same file named twice is done once.
+    return list({rel: (f, rel) for f, rel in items}.values())
 
 
-def _run(args, work: Callable[[Path], dict], *, command: str) -> int:
-    """Apply ``work`` to every input with resume, status records and a progress bar."""
+def _out_folder(arg: str) -> Path:
+    out = Path(arg)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {arg}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"output folder {arg}: cannot create it ({e.strerror})") from None
+    return out
+
+
+def _settings(**parts) -> dict:
+    """Everything that changes a record, in JSON form (so a reloaded record compares equal)."""
+    return json.loads(json.dumps(parts, sort_keys=True, default=str))
+
+
+def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dict,
+         items: list[tuple[Path, str]] | None = None) -> int:
+    """Apply ``work`` to every input with resume, status records and a progress bar.
+
+    A record counts as done only when it was made with the same ``settings``: rerunning
+    into the same folder with another detector, embedder or size redoes the inputs instead
+    of mixing results of two settings.
+    """
     from tqdm.auto import tqdm
 
     from reface_core.assets import AssetNotFoundError
     from reface_core.atomic import safe_child, write_json_atomic, write_text_atomic
     from reface_core.imageio import ImageLoadError
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    items = list(_inputs(args.inputs))
+    from .detection import ModelLoadError
+
+    out = _out_folder(args.out)
+    if items is None:
+        items = _inputs(args.inputs, out)
     if not items:
         print(f"error: no images found in {args.inputs}", file=sys.stderr)
         return 2
@@ -58,20 +117,20 @@ def _run(args, work: Callable[[Path], dict], *, command: str) -> int:
             continue
         if record_path.exists() and not args.overwrite:
             try:
-                records.append(json.loads(record_path.read_text()))
+                old = json.loads(record_path.read_text())
+            except ValueError:
+                old = None  # unreadable record: redo it
+            if isinstance(old, dict) and old.get("settings") == settings:
+                records.append(old)
                 done += 1
                 continue
-            except ValueError:
-                pass  # unreadable record: redo it
-        record = {"input": str(src), "name": rel}
+        record = {"input": str(src), "name": rel, "settings": settings}
         try:
             record.update(work(src, rel))
             record["status"] = "ok"
-        except AssetNotFoundError:
-            raise  # a missing model fails every input: stop and say how to get it
-        except (ImageLoadError, OSError) as e:
-            record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        except ValueError as e:
+        except (AssetNotFoundError, ModelLoadError):
+            raise  # a missing or broken model fails every input: stop and say why
+        except (ImageLoadError, OSError, ValueError) as e:
             record.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_json_atomic(record_path, record)
         records.append(record)
@@ -82,6 +141,10 @@ def _run(args, work: Callable[[Path], dict], *, command: str) -> int:
     print(f"{command}: {len(records)} images ({done} already done), {n_faces} faces, "
           f"{failed} failed -> {out / (command + '.jsonl')}")
     return 0 if failed < len(records) else 1
+
+
+def _detection_settings(args, det) -> dict:
+    return {"detector": det.config, "min_score": args.min_score, "min_size": args.min_size}
 
 
 def _detector(args):
@@ -121,27 +184,36 @@ def cmd_detect(args) -> int:
         return {"width": image.shape[1], "height": image.shape[0], "detector": det.config,
                 "faces": [d.to_dict() for d in found]}
 
-    return _run(args, work, command="detect")
+    return _run(args, work, command="detect", settings=_settings(**_detection_settings(args, det)))
 
 
 def cmd_align(args) -> int:
     from reface_core.atomic import safe_child
     from reface_core.imageio import save_image
 
+    from collections import Counter
+
     det = _detector(args)
-    out = Path(args.out)
+    out = _out_folder(args.out)
+    items = _inputs(args.inputs, out)
+    # Crops are named after the input without its suffix; inputs that differ only in the
+    # suffix (a.jpg, a.png) keep it, so their crops do not overwrite each other.
+    stems = Counter(rel.rsplit(".", 1)[0] for _, rel in items)
 
     def work(src, rel):
         _, crops = _faces_of(args, det, src)
+        stem = rel.rsplit(".", 1)[0]
+        stem = stem if stems[stem] == 1 else rel
         faces = []
         for k, c in enumerate(crops):
-            name = f"{rel.rsplit('.', 1)[0]}_{k:02d}.{args.format}"
+            name = f"{stem}_{k:02d}.{args.format}"
             save_image(safe_child(out, name), c.image)
             faces.append({"file": name, **c.detection.to_dict(),
                           "matrix": c.matrix.round(6).tolist()})
         return {"size": args.size, "faces": faces}
 
-    return _run(args, work, command="align")
+    return _run(args, work, command="align", items=items, settings=_settings(
+        **_detection_settings(args, det), size=args.size, format=args.format))
 
 
 def cmd_embed(args) -> int:
@@ -163,7 +235,9 @@ def cmd_embed(args) -> int:
              **({} if c.detection is None else {"box": c.detection.box.tolist()})}
             for c, v in zip(crops, vecs)]}
 
-    rc = _run(args, work, command="embed")
+    rc = _run(args, work, command="embed", settings=_settings(
+        embedder=emb.name, embedder_config=emb.config, aligned=args.aligned, size=args.size,
+        **({} if det is None else _detection_settings(args, det))))
     if rc == 2:
         return rc
     # Gather every vector into one array file next to the records.
@@ -176,9 +250,14 @@ def cmd_embed(args) -> int:
             names.append(r["name"])
             faces_idx.append(k)
             vectors.append(f["embedding"])
+    if vectors:
+        array = np.array(vectors, dtype=np.float32)
+    else:  # no face at all: an empty (0, dim) array, not a reshape error
+        dim = emb.dim if isinstance(type(emb).__dict__.get("dim"), int) else 0
+        array = np.zeros((0, dim), dtype=np.float32)
     with atomic_path(Path(args.out) / "embeddings.npz") as tmp:
         np.savez(tmp, names=np.array(names, dtype=str), face=np.array(faces_idx, dtype=np.int64),
-                 vectors=np.array(vectors, dtype=np.float32).reshape(len(vectors), -1),
+                 vectors=array,
                  embedder=np.array(emb.name))
     return rc
 
@@ -196,7 +275,9 @@ def cmd_attributes(args) -> int:
             {**a.to_dict(), **({} if c.detection is None else {"box": c.detection.box.tolist()})}
             for c, a in zip(crops, attrs)]}
 
-    return _run(args, work, command="attributes")
+    return _run(args, work, command="attributes", settings=_settings(
+        predictor=pred.name, predictor_config=getattr(pred, "config", {}), aligned=args.aligned,
+        size=args.size, **({} if det is None else _detection_settings(args, det))))
 
 
 def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool = False,
@@ -214,13 +295,13 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
         p.add_argument("--model-path", help="detector weights file (else the asset resolver)")
         p.add_argument("--min-score", type=float, default=None,
                        help="confidence threshold (default: the detector's own)")
-        p.add_argument("--min-size", type=float, default=0, help="drop faces smaller than this (px)")
+        p.add_argument("--min-size", type=_non_negative, default=0, help="drop faces smaller than this (px)")
         p.add_argument("--max-side", type=int, default=None,
                        help="downscale larger images to this side before detecting (0: never)")
         p.add_argument("--upsample", type=int, default=None,
                        help="dlib detectors: pyramid upsampling steps (finds smaller faces)")
     if align or aligned_flag:
-        p.add_argument("--size", type=int, default=512, help="FFHQ-aligned crop size (default 512)")
+        p.add_argument("--size", type=_crop_size, default=512, help="FFHQ-aligned crop size (default 512)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -35,6 +35,14 @@ DETECTORS: dict[str, str] = {
 }
 
 
+class ModelLoadError(ValueError):
+    """A model file exists but cannot be loaded (corrupt, wrong format, wrong network).
+
+    Distinct from per-image errors so that batch jobs stop on it instead of recording the
+    same failure for every input (and then skipping those inputs on resume).
+    """
+
+
 @dataclass
 class FaceDetection:
     """One detected face, in pixel coordinates of the image given to ``detect``."""
@@ -147,14 +155,23 @@ def _dlib():
     return dlib
 
 
+def load_dlib_model(loader, path: str, what: str):
+    """``loader(path)`` with dlib's RuntimeError on a bad file turned into ModelLoadError."""
+    try:
+        return loader(path)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ModelLoadError(f"{path}: not a usable {what} ({reason})") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _shape_predictor(path: str):
-    return _dlib().shape_predictor(path)
+    return load_dlib_model(_dlib().shape_predictor, path, "dlib landmark predictor")
 
 
 @functools.lru_cache(maxsize=4)
 def _cnn_model(path: str):
-    return _dlib().cnn_face_detection_model_v1(path)
+    return load_dlib_model(_dlib().cnn_face_detection_model_v1, path, "dlib CNN face detector")
 
 
 @functools.lru_cache(maxsize=1)

@@ -109,7 +109,9 @@ def check_same_embedder(name_a: str, name_b: str) -> None:
 def _dlib_recognizer(path: str):
     import dlib
 
-    return dlib.face_recognition_model_v1(path)
+    from .detection import load_dlib_model
+
+    return load_dlib_model(dlib.face_recognition_model_v1, path, "dlib face descriptor model")
 
 
 class DlibEmbedder(FaceEmbedder):

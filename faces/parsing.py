@@ -25,13 +25,14 @@ def _network(path: str, size: int, device: str):
     import torch
     from facexlib.parsing.parsenet import ParseNet
 
+    from .detection import ModelLoadError
     from .retinaface import load_state_dict
 
     net = ParseNet(in_size=size, out_size=size, parsing_ch=19)
     try:
         net.load_state_dict(load_state_dict(path), strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit ParseNet-{size}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"{path}: weights do not fit ParseNet-{size}: {str(e).splitlines()[0]}") from None
     return net.eval().to(torch.device(device))
 
 

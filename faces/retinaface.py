@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from .detection import FaceDetector
+from .detection import FaceDetector, ModelLoadError
 
 _ASSETS = {"resnet50": "retinaface-resnet50", "mobile0.25": "retinaface-mobilenet0.25"}
 
@@ -32,11 +32,11 @@ def load_state_dict(path: str) -> dict:
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # an unsafe or corrupt pickle: refuse, name the file
-            raise ValueError(f"{path}: not a loadable weights-only torch checkpoint ({e})") from None
+            raise ModelLoadError(f"{path}: not a loadable weights-only torch checkpoint ({e})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
+        raise ModelLoadError(f"{path}: expected a state dict, got {type(sd).__name__}")
     # Checkpoints saved from DataParallel prefix every key with "module.".
     return {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
 
@@ -54,7 +54,7 @@ def _network(path: str, network: str, device: str):
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit RetinaFace-{network}: "
+        raise ModelLoadError(f"{path}: weights do not fit RetinaFace-{network}: "
                          f"{str(e).splitlines()[0]}") from None
     return model.eval()
 

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from .detection import FaceDetector
+from .detection import FaceDetector, ModelLoadError
 
 PACK_FILES = {"antelopev2": "scrfd_10g_bnkps.onnx", "buffalo_l": "det_10g.onnx"}
 
@@ -26,9 +26,9 @@ def _model(path: str, input_size: tuple[int, int], nms_threshold: float):
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         model = SCRFD(model_file=path, session=session)
     except Exception as e:  # onnxruntime/insightface raise many types; name the file
-        raise ValueError(f"{path}: not a usable SCRFD ONNX model ({e})") from None
+        raise ModelLoadError(f"{path}: not a usable SCRFD ONNX model ({e})") from None
     if not model.use_kps:
-        raise ValueError(f"{path}: this SCRFD model has no keypoint outputs; a *_bnkps model is needed")
+        raise ModelLoadError(f"{path}: this SCRFD model has no keypoint outputs; a *_bnkps model is needed")
     model.prepare(-1, input_size=input_size, nms_thresh=nms_threshold)
     return model
 

@@ -129,3 +129,71 @@ def test_run_demo_on_real_photos(tmp_path, data_root):
     assert summary["verification"]["roc_auc"] >= 0.99
     assert len(list((tmp_path / "faces" / "aligned").glob("*.png"))) == 10
     assert load_image(tmp_path / "faces" / "pasted_back.png").shape[2] == 3
+
+
+def test_unusable_paths_are_one_line_errors(tmp_path, capsys):
+    save_image(tmp_path / "a.png", make_rgb(64, 64))
+    (tmp_path / "file").write_text("x")
+    assert main(["detect", str(tmp_path / "a.png"), "-o", str(tmp_path / "file"), "-q"]) == 2
+    assert "output folder" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "nothere"), "-o", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "nothere" in err and "no such file" in err
+    for bad in (["--min-size", "-5"], ["--size", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["align", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), *bad])
+        assert e.value.code == 2
+    # Bad options never leave per-image "failed" records behind to be skipped on resume.
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.json"))
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, capsys):
+    for person in ("p1", "p2"):
+        save_image(tmp_path / person / "img1.png", make_rgb(64, 64, seed=len(person)))
+    rc = main(["detect", str(tmp_path / "p1"), str(tmp_path / "p2"), "-o", str(tmp_path / "o"), "-q"])
+    assert rc == 2 and "both map to the output name 'img1.png'" in capsys.readouterr().err
+    # Their common parent keeps the names apart.
+    assert main(["detect", str(tmp_path), "-o", str(tmp_path / "o"), "-q"]) == 0
+    assert sorted(_records(tmp_path / "o", "detect")) == ["p1/img1.png", "p2/img1.png"]
+
+
+def test_rerun_with_other_settings_redoes_and_own_outputs_are_not_inputs(tmp_path, capsys):
+    save_image(tmp_path / "a.png", make_rgb(120, 160, seed=1))
+    out = tmp_path / "out"   # inside the input folder
+    assert main(["embed", str(tmp_path), "-o", str(out), "-q"]) == 0
+    z = np.load(out / "embeddings.npz")   # no face anywhere: an empty array, not a crash
+    assert z["vectors"].shape == (0, 128)
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path), "-o", str(out), "-q"]) == 0
+    assert "1 images (1 already done)" in capsys.readouterr().out
+    assert main(["embed", str(tmp_path), "-o", str(out), "--min-size", "20", "-q"]) == 0
+    assert "1 images (0 already done)" in capsys.readouterr().out
+    assert _records(out, "embed")["a.png"]["settings"]["min_size"] == 20
+
+
+def test_a_broken_model_file_stops_the_run_without_records(tmp_path, capsys):
+    save_image(tmp_path / "a.png", make_rgb(64, 64))
+    weights = tmp_path / "weights.dat"
+    weights.write_bytes(b"not a model")
+    for detector in ("dlib-cnn", "retinaface"):
+        rc = main(["detect", str(tmp_path / "a.png"), "-o", str(tmp_path / detector),
+                   "--detector", detector, "--model-path", str(weights), "-q"])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "weights.dat" in err and "Traceback" not in err
+        assert not list((tmp_path / detector).glob("*.json"))
+
+
+@pytest.mark.realdata
+def test_crops_of_inputs_differing_in_suffix_do_not_collide(tmp_path, data_root):
+    src = tmp_path / "photos"
+    src.mkdir()
+    image = load_image(data_root / "unaligned_named/examples/obama_small.jpg")
+    save_image(src / "a.png", image)
+    save_image(src / "a.jpg", image[:, ::-1].copy())
+    out = tmp_path / "crops"
+    assert main(["align", str(src), "-o", str(out), "--size", "64", "-q"]) == 0
+    recs = _records(out, "align")
+    files = {recs[n]["faces"][0]["file"] for n in ("a.png", "a.jpg")}
+    assert files == {"a.png_00.png", "a.jpg_00.png"}
+    assert all((out / f).is_file() for f in files)
