@@ -53,7 +53,8 @@ def _add_build(sub) -> None:
     p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
     p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
-    p.add_argument("--min-musiq", type=float, help="drop faces with a lower MUSIQ score")
+    p.add_argument("--min-musiq", type=float, help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
+                        "without them the build stops with the asset error)")
     p.add_argument("--max-identity-distance", type=float, default=0.12,
                    help="cosine distance from an identity's centre beyond which a photo is dropped")
     p.add_argument("--cluster-threshold", type=float, default=0.08,

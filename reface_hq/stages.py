@@ -229,21 +229,25 @@ class Quality(Stage):
     def __post_init__(self):
         if self.musiq not in ("auto", "off", "on"):
             raise ValueError(f"musiq must be 'auto', 'off' or 'on', got {self.musiq!r}")
+        if self.min_musiq is not None and self.musiq == "off":
+            raise ValueError(f"min_musiq={self.min_musiq} needs MUSIQ scores, but musiq is 'off'")
 
     def _musiq(self):
         if self.musiq == "off":
             return None
+        # A MUSIQ threshold without the model would keep every face without a word.
+        required = self.musiq == "on" or self.min_musiq is not None
         from reface_core.assets import AssetNotFoundError, resolve
 
         def factory():
             try:
                 path = resolve("pyiqa-musiq-koniq", self.musiq_path)
             except AssetNotFoundError:
-                if self.musiq == "on":
+                if required:
                     raise
                 return None
             return MusiqScorer(str(path))
-        return process_cache(f"musiq:{self.musiq_path}:{self.musiq}", factory)
+        return process_cache(f"musiq:{self.musiq_path}:{self.musiq}:{required}", factory)
 
     def process(self, rows: list[dict]) -> list[dict]:
         # A missing model is a configuration error for the whole run, not a bad row:

@@ -126,3 +126,18 @@ def test_url_list_with_no_urls_or_a_malformed_url(tmp_path):
     (tmp_path / "bad.csv").write_text("url\nhttp://[bad/x.jpg\nhttps://example.com/a.jpg\n")
     rows = URLListSource(str(tmp_path / "bad.csv")).rows()
     assert [r["status"] for r in rows] == ["bad_url", "ok"]
+
+
+def test_musiq_threshold_without_the_model_is_an_error_not_ignored(tmp_path):
+    # With musiq="auto" and no weights, min_musiq used to keep every face silently.
+    from reface_core.assets import AssetNotFoundError
+    from reface_hq import schema
+    from reface_hq.stages import Quality
+    path = str(save_image(tmp_path / "a.png", make_rgb(64, 64)))
+    row = schema.new_row(row_id="a", source="t", origin="a", aligned_path=path, face_size=300.0)
+    missing = str(tmp_path / "no-musiq.pth")
+    assert Quality(musiq_path=missing, min_sharpness=0)([row])[0]["status"] == "ok"
+    with pytest.raises(AssetNotFoundError, match="pyiqa-musiq-koniq"):
+        Quality(musiq_path=missing, min_sharpness=0, min_musiq=40.0)([row])
+    with pytest.raises(ValueError, match="musiq is 'off'"):
+        Quality(musiq="off", min_musiq=40.0)
