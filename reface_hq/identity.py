@@ -14,7 +14,8 @@ cosine distance, cut at ``cluster_threshold``, scipy), then the same outlier cle
 Identities with fewer than ``min_photos`` faces are dropped (``too_few_photos``).
 
 Names: a hinted identity is ``<source>-<hint>``, a cluster ``cluster-<NNNNN>`` numbered
-by its smallest face_id, both made safe as folder names.
+by its smallest face_id, both made safe as folder names (a hint that had to be changed
+for that, e.g. one in a non-Latin script, gets a short digest of the original appended).
 """
 
 from __future__ import annotations
@@ -195,7 +196,15 @@ class IdentityGroup:
 
 def _identity_name(key: str) -> str:
     kind, _, rest = key.partition(":")
-    return f"cluster-{rest}" if kind == "cluster" else safe_name(f"{kind}-{rest}")
+    if kind == "cluster":
+        return f"cluster-{rest}"
+    raw = f"{kind}-{rest}"
+    name = safe_name(raw)
+    if name != raw:
+        # safe_name is lossy ("José" and "Josè", or any two names in a non-Latin script,
+        # map to one string); a digest of the original keeps different people apart.
+        name = f"{name[:90]}-{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:8]}"
+    return name
 
 
 @dataclasses.dataclass

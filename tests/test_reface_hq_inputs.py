@@ -141,3 +141,32 @@ def test_musiq_threshold_without_the_model_is_an_error_not_ignored(tmp_path):
         Quality(musiq_path=missing, min_sharpness=0, min_musiq=40.0)([row])
     with pytest.raises(ValueError, match="musiq is 'off'"):
         Quality(musiq="off", min_musiq=40.0)
+
+
+def test_identity_hints_that_differ_only_in_unsafe_characters_stay_apart():
+    # "刘德华" and "张学友" both became "s-" (and "José"/"Josè" both "s-Jos"): two people
+    # filed as one identity, sharing a folder, a split and each other's references.
+    import numpy as np
+
+    from reface_hq import schema
+    from reface_hq.identity import IdentityGroup
+    rng = np.random.default_rng(0)
+    rows = []
+    for p, hint in enumerate(["刘德华", "张学友", "José", "Josè", "plain"]):
+        centre = rng.normal(size=16)
+        for k in range(3):
+            e = centre + 0.01 * rng.normal(size=16)
+            rows.append(schema.new_row(row_id=f"r{p}{k}", face_id=f"r{p}{k}-0", face_index=0,
+                                       source="s", origin=f"o/{p}/{k}", identity_hint=hint,
+                                       embedding=list(e / np.linalg.norm(e))))
+    out = IdentityGroup(min_photos=3)(rows)
+    assert all(r["status"] == "ok" for r in out)
+    names = [r["identity"] for r in out]
+    assert len(set(names)) == 5
+    assert names[-1] == "s-plain"  # names that are already safe do not change
+    assert all(schema_safe(n) for n in names)
+
+
+def schema_safe(name: str) -> bool:
+    from reface_hq.sources import safe_name
+    return safe_name(name) == name
