@@ -232,6 +232,32 @@ def compact(out: str | os.PathLike) -> Path:
     return target
 
 
+def _pending(jobs: list[Job], out: Path) -> list[Job]:
+    """Jobs without a finished record. A record made from another input file under the
+    same image id (a second input folder or manifest pointed at this output folder) is an
+    error: skipping it would leave that other image's LQ in place of this one's."""
+    todo, clashes = [], []
+    for job in jobs:
+        rec_path = output_paths(out, job.image_id)[1]
+        if not rec_path.exists():
+            todo.append(job)
+            continue
+        try:
+            made_from = json.loads(rec_path.read_text()).get("input")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            todo.append(job)  # unreadable: redo it, compact() would leave it out of the table
+            continue
+        if made_from is None or Path(made_from).resolve() != Path(job.path).resolve():
+            clashes.append((job, made_from))
+    if clashes:
+        job, made_from = clashes[0]
+        raise ValueError(
+            f"output folder {out} already holds {len(clashes)} image ids made from other "
+            f"inputs (e.g. {job.image_id!r} from {made_from}, now {job.path}); use a new "
+            "output folder")
+    return todo
+
+
 def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Preset = "gfpgan",
           seed: int = 0, workers: int = 1, limit: int | None = None, progress: bool = True) -> dict:
     """Degrade every input image; resumable. Returns counts and the table path."""
@@ -253,7 +279,7 @@ def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Pre
         jobs = jobs[:int(limit)]
     _check_run(out, preset, seed)
     _remove_stale_temporaries(out)
-    todo = [j for j in jobs if not output_paths(out, j.image_id)[1].exists()]
+    todo = _pending(jobs, out)
     counts = {"total": len(jobs), "skipped": len(jobs) - len(todo), "ok": 0, "error": 0}
     bar = tqdm(total=len(todo), desc=f"synth {preset.name}", unit="img", disable=not progress)
     for row in _iter_results(todo, preset, seed, out, workers):

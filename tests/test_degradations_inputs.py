@@ -74,3 +74,26 @@ def test_batch_degrader_refuses_integer_tensors():
     records = deg.sample(0, ["a"], (32, 32))
     with pytest.raises(ValueError, match="float"):
         deg.apply(x, records)
+
+
+def test_rerun_with_another_input_under_the_same_ids_is_refused(tmp_path, two_images):
+    # Same preset and seed, another folder with the same file names: its images used to be
+    # "already done" and the output kept the first folder's LQ images.
+    other = tmp_path / "other"
+    for i in range(2):
+        save_image(other / f"img_{i}.png", make_rgb(32, 32, seed=10 + i))
+    out = tmp_path / "out"
+    synth(two_images, out, preset="mgfr-mild", progress=False)
+    with pytest.raises(ValueError, match=r"already holds 2 image ids made from other inputs"):
+        synth(other, out, preset="mgfr-mild", progress=False)
+    # The same input again is a plain resume.
+    assert synth(two_images, out, preset="mgfr-mild", progress=False)["skipped"] == 2
+
+
+def test_unreadable_record_is_redone_not_lost_from_the_table(tmp_path, two_images):
+    out = tmp_path / "out"
+    synth(two_images, out, preset="mgfr-mild", progress=False)
+    (out / "records" / "img_1.json").write_text("{broken")
+    counts = synth(two_images, out, preset="mgfr-mild", progress=False)
+    assert counts["ok"] == 1 and counts["skipped"] == 1
+    assert sorted(pd.read_parquet(out / "params.parquet")["image_id"]) == ["img_0", "img_1"]
