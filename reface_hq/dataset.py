@@ -231,7 +231,8 @@ def to_hf_dataset(path: str | os.PathLike, split: str | None = None):
             raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
         df = df[df["split"] == split]
     df = df.reset_index(drop=True)
-    df.insert(0, "image", [str(root / p) for p in df["image_path"]])
+    # Paths come from the manifest file: keep them inside the dataset folder.
+    df.insert(0, "image", [str(safe_child(root, p)) for p in df["image_path"]])
     ds = datasets.Dataset.from_pandas(df, preserve_index=False)
     return ds.cast_column("image", datasets.Image())
 
@@ -250,6 +251,8 @@ class FaceReferenceDataset:
                  n_references: int = 1, size: int | None = None, seed: int = 0):
         if n_references < 1:
             raise ValueError(f"n_references must be >= 1, got {n_references}")
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
         df = load_manifest(path)
         self.root = manifest_path(path).parent
         if split is not None:
@@ -274,7 +277,8 @@ class FaceReferenceDataset:
         import torch
 
         from reface_core.imageio import load_image
-        img = load_image(self.root / self.items[k]["image_path"])
+        # Paths come from the manifest file: keep them inside the dataset folder.
+        img = load_image(safe_child(self.root, self.items[k]["image_path"]))
         if self.size is not None and img.shape[0] != self.size:
             import cv2
             img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)

@@ -170,3 +170,20 @@ def test_identity_hints_that_differ_only_in_unsafe_characters_stay_apart():
 def schema_safe(name: str) -> bool:
     from reface_hq.sources import safe_name
     return safe_name(name) == name
+
+
+def test_loaders_keep_manifest_paths_inside_the_dataset(tmp_path):
+    from reface_hq.dataset import FaceReferenceDataset, to_hf_dataset
+    ds = tmp_path / "ds"
+    save_image(tmp_path / "outside.png", make_rgb(16, 16))
+    save_image(ds / "images" / "p" / "b.png", make_rgb(16, 16, seed=1))
+    pd.DataFrame({"face_id": ["a", "b"], "image_path": ["../outside.png", "images/p/b.png"],
+                  "identity": ["p", "p"], "split": ["train", "train"]}).to_parquet(
+        ds / "manifest.parquet")
+    tds = FaceReferenceDataset(ds)
+    with pytest.raises(ValueError, match="escapes"):
+        tds[0]
+    with pytest.raises(ValueError, match="escapes"):
+        to_hf_dataset(ds)
+    with pytest.raises(ValueError, match="split must be"):
+        FaceReferenceDataset(ds, split="validation")
