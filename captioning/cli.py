@@ -253,10 +253,21 @@ def cmd_prompt(args) -> int:
     from .attributes import attributes_from_json
     data: dict = {}
     if args.attributes:
-        text = args.attributes
+        text, where = args.attributes, "--attributes"
         if text.startswith("@"):
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        data.update(json.loads(text) if text.strip() else {})
+            where = f"--attributes {text}"
+            try:
+                text = Path(text[1:]).read_text(encoding="utf-8")
+            except OSError as e:
+                raise ValueError(f"{where}: cannot read the file ({e.strerror})") from None
+        try:
+            parsed = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{where}: expected a JSON object of attributes, got "
+                             f"{type(parsed).__name__}")
+        data.update(parsed)
     for pair in args.pairs:
         name, sep, value = pair.partition("=")
         if not sep:

@@ -30,7 +30,7 @@ from reface_core.atomic import atomic_path
 
 from .attributes import attributes_from_json, attributes_to_json
 from .extractors import FaceSample
-from .pipeline import OUTPUT_COLUMNS, Captioner
+from .pipeline import OUTPUT_COLUMNS, Captioner, fingerprint_of
 
 KEY_COLUMNS = ("face_id", "image_path", "path")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
@@ -153,6 +153,28 @@ def _is_set(value) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)
 
 
+def _recorded_config(table) -> dict | None:
+    """The ``Captioner.config()`` an earlier run recorded in the Parquet metadata, if any."""
+    raw = (table.schema.metadata or {}).get(b"captioning")
+    if raw is None:
+        return None
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _rebuild_prompts(captioner: Captioner, row: dict, values: dict, i: int) -> None:
+    """New prompt settings applied to a face annotated before (no model runs)."""
+    prompts = captioner.prompt_builder.build(attributes_from_json(row["attributes"]))
+    values["prompt"][i] = prompts.positive
+    values["negative_attribute_prompt"][i] = prompts.negative_attribute
+    values["negative_quality_prompt"][i] = prompts.negative_quality
+    if row.get("caption_source") == "template":
+        values["caption"][i] = prompts.positive
+
+
 def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
                       batch_size: int = 16, overwrite: bool = False, restart: bool = False,
                       retry_failed: bool = False, limit: int | None = None,
@@ -187,9 +209,35 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
         dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ManifestError(f"{manifest}: column {key_column!r} has duplicate values, e.g. "
                             f"{dupes}; faces must be identifiable to resume")
+    for extractor in captioner.extractors:
+        missing = [c for c in extractor.required_columns if c not in columns]
+        if missing:
+            raise ManifestError(f"{manifest}: backend {extractor.name!r} reads column(s) "
+                                f"{missing}, which the manifest lacks; columns are "
+                                f"{', '.join(columns)}")
     eligible = [i for i, r in enumerate(rows) if r.get("status", "ok") == "ok"]
 
     fingerprint = captioner.fingerprint()
+    # Rows annotated by an earlier run are skipped; that is only right when that run used the
+    # same backends. A Parquet manifest records its settings, so a change is caught here
+    # instead of leaving old and new annotations mixed.
+    previous = _recorded_config(table)
+    rebuild_prompts = False
+    if previous is not None and not overwrite and any(
+            _is_set(rows[i].get("caption_status")) for i in eligible):
+        changed_merge = (len(captioner.extractors) > 1
+                         and list(previous.get("precedence", [])) != list(captioner.precedence))
+        if fingerprint_of(previous) != fingerprint or changed_merge:
+            now = json.loads(json.dumps(captioner.config(), sort_keys=True))
+            differ = sorted(k for k in set(previous) | set(now)
+                            if k != "prompts" and previous.get(k) != now.get(k))
+            raise ManifestError(
+                f"{manifest}: annotated before with other settings ({', '.join(differ)} "
+                f"differ: was {', '.join(f'{k}={json.dumps(previous.get(k))}' for k in differ)}); "
+                "pass --overwrite to redo its faces with the new ones")
+        # Prompt settings alone changed: prompts are rebuilt from the stored attributes.
+        rebuild_prompts = previous.get("prompts") != json.loads(
+            json.dumps(captioner.config()["prompts"], sort_keys=True))
     ppath = progress_path(manifest)
     if restart and ppath.exists():
         ppath.unlink()
@@ -235,6 +283,8 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
     for i in eligible:
         item = done.get(keys[i])
         if item is None:
+            if rebuild_prompts and _is_set(rows[i].get("attributes")):
+                _rebuild_prompts(captioner, rows[i], values, i)
             continue
         processed += keys[i] in todo_keys
         ann = captioner.finish(keys[i], {b: attributes_from_json(a)

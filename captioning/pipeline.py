@@ -74,6 +74,11 @@ class Captioner:
             raise ValueError("the captioner needs at least one backend")
         if len(set(names)) != len(names):
             raise ValueError(f"backends must have distinct names, got {names}")
+        from .extractors import EXTRACTORS
+        unknown = [b for b in precedence if b not in EXTRACTORS and b not in names]
+        if unknown:
+            raise ValueError(f"precedence names unknown backend(s) {unknown}; "
+                             f"backends are {', '.join(EXTRACTORS)}")
         self.extractors = list(extractors)
         self.prompt_builder = prompt_builder or PromptBuilder()
         self.precedence = tuple(precedence)
@@ -92,10 +97,7 @@ class Captioner:
     def fingerprint(self) -> str:
         """Settings that change extracted attributes (prompt settings excluded: prompts are
         rebuilt from stored attributes, so changing them never needs re-extraction)."""
-        cfg = self.config()
-        cfg.pop("prompts")
-        cfg.pop("precedence")
-        return json.dumps(cfg, sort_keys=True)
+        return fingerprint_of(self.config())
 
     def _align(self, image):
         """(crop, detection) of the largest face in ``image``, or None."""
@@ -175,6 +177,12 @@ class Captioner:
         per_backend, captions, errors = self.extract(samples)
         return [self.finish(s.key, p, c, e)
                 for s, p, c, e in zip(samples, per_backend, captions, errors)]
+
+
+def fingerprint_of(config: dict) -> str:
+    """``Captioner.fingerprint`` of a recorded ``Captioner.config()`` (e.g. from a manifest)."""
+    cfg = {k: v for k, v in config.items() if k not in ("prompts", "precedence")}
+    return json.dumps(cfg, sort_keys=True)
 
 
 def build_captioner(backends: Sequence[str] = ("offline",), *, prompt_builder=None,

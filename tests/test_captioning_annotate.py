@@ -285,3 +285,50 @@ def test_python_entry_point_used_by_the_dataset_builder(tmp_path):
     assert report.ok == 3
     assert pq.read_table(path).column("prompt").to_pylist()[:3] == [
         "a photo of a man", "a photo of a woman", "a photo of a woman"]
+
+
+def test_bad_device_and_precedence_are_clear_errors(capsys):
+    import torch
+
+    from captioning.extractors.vlm import pick_device
+
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+    with pytest.raises(ValueError, match=r"unknown backend\(s\) \['ofline'\]"):
+        captioner(precedence=["labels", "ofline"])
+    for bad, what in (("[1, 2]", "expected a JSON object"), ("{bad", "not valid JSON")):
+        assert main(["prompt", "--attributes", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --attributes") and what in err and "Traceback" not in err
+
+
+def test_a_label_column_the_manifest_lacks_is_refused(tmp_path):
+    path = make_dataset(tmp_path)
+    labels = get_extractor("labels", columns=["gender", "hair=hair_color"])
+    with pytest.raises(ManifestError, match=r"reads column\(s\) \['hair'\]"):
+        annotate_manifest(path, Captioner([PixelBackend(), labels]), progress=False)
+    assert not progress_path(path).exists()
+
+
+def test_rerun_with_other_settings_is_refused_and_prompt_changes_apply(tmp_path):
+    path = make_dataset(tmp_path)
+    annotate_manifest(path, captioner(), progress=False)
+    # Other backend settings would leave old and new annotations mixed: refused.
+    with pytest.raises(ManifestError, match="detector differ.*--overwrite"):
+        annotate_manifest(path, captioner(detector="dlib-cnn"), progress=False)
+    # Prompt settings alone: applied to every annotated face from its stored attributes.
+    backend = PixelBackend()
+    other_prompts = Captioner([backend, get_extractor("labels", columns=["gender"])],
+                              prompt_builder=PromptBuilder(tokenizer="words", prefix="a portrait of"))
+    report = annotate_manifest(path, other_prompts, progress=False)
+    assert backend.seen == [] and report.processed == 0 and report.ok == 7
+    rows = pq.read_table(path).to_pylist()[:7]
+    assert all(r["caption"] == r["prompt"] for r in rows)
+    # Colour photos take the new prefix (grayscale ones have their own).
+    assert all(r["prompt"].startswith("a portrait of ") for r in rows[0::2])
+    # --overwrite accepts the new backend settings.
+    assert annotate_manifest(path, captioner(detector="dlib-cnn"), overwrite=True,
+                             progress=False).processed == 7

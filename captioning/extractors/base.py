@@ -84,6 +84,9 @@ class AttributeExtractor(abc.ABC):
     def extract(self, samples: Sequence[FaceSample]) -> list[ExtractionResult]:
         """One result per sample, in order."""
 
+    #: Manifest columns this backend reads; a manifest without one is refused up front.
+    required_columns: tuple[str, ...] = ()
+
     def config(self) -> dict:
         """JSON-able settings that change results (recorded to make resume safe)."""
         return {"name": self.name}

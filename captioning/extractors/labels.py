@@ -183,6 +183,7 @@ class LabelsExtractor(AttributeExtractor):
                 raise ValueError(f"label column {entry!r}: {attribute!r} is not a vocabulary "
                                  f"attribute (see `python -m captioning vocabulary`)")
             self._columns.append((column, attribute or None))
+        self.required_columns = tuple(column for column, _ in self._columns)
         self._table: dict[str, dict[str, int]] = {}
         if celeba_file is not None:
             table = read_celeba_attributes(celeba_file)
