@@ -332,3 +332,15 @@ def test_rerun_with_other_settings_is_refused_and_prompt_changes_apply(tmp_path)
     # --overwrite accepts the new backend settings.
     assert annotate_manifest(path, captioner(detector="dlib-cnn"), overwrite=True,
                              progress=False).processed == 7
+
+
+def test_one_crop_the_classifiers_cannot_take_fails_only_its_row(tmp_path):
+    path = make_dataset(tmp_path)
+    save_image(tmp_path / "images/id1/face001.png", np.zeros((48, 32, 3), np.uint8))
+    offline = Captioner([get_extractor("offline", measures=["age", "gender", "grayscale"])],
+                        prompt_builder=PromptBuilder(tokenizer="words"))
+    report = annotate_manifest(path, offline, batch_size=4, progress=False)
+    assert report.ok == 6 and report.failed == 1
+    row = pq.read_table(path).to_pylist()[1]
+    assert row["caption_status"] == "failed"
+    assert "face001.png" in row["caption_error"] and "square" in row["caption_error"]

@@ -100,15 +100,23 @@ class OfflineExtractor(AttributeExtractor):
                 "roll": AttributeValue(pose.roll, c, self.name)}, None
 
     def extract(self, samples: Sequence[FaceSample]) -> list[ExtractionResult]:
+        from faces.embedding import as_face_batch
+
         results = [ExtractionResult(error=s.error) for s in samples]
         ready = [i for i, s in enumerate(samples) if s.error is None]
         crops: dict[int, np.ndarray] = {}
         for i in ready:
             s = samples[i]
             try:
-                crops[i] = s.face if s.face is not None else s.load()
+                crop = s.face if s.face is not None else s.load()
+                # Checked one by one: a crop the classifiers cannot take (not square, too
+                # small) fails its own row instead of the whole batch.
+                as_face_batch([crop])
+                crops[i] = crop
             except ValueError as e:  # ImageLoadError is a ValueError naming the file
-                results[i].error = str(e)
+                message = str(e).removeprefix("face 0: ")
+                where = str(s.path or s.key)
+                results[i].error = message if where in message else f"{where}: {message}"
         ready = [i for i in ready if i in crops]
         if "age" in self.measures or "gender" in self.measures:
             for start in range(0, len(ready), self.batch_size):
