@@ -157,7 +157,12 @@ def _prompt_builder(args):
     tokenizer = args.tokenizer
     if tokenizer not in ("auto", "clip", "words") and Path(tokenizer).is_dir():
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # transformers raises many types, with multi-line messages
+            reason = " ".join(str(e).split())[:200]
+            raise ValueError(f"--tokenizer {tokenizer}: not a loadable Hugging Face tokenizer "
+                             f"folder ({type(e).__name__}: {reason})") from None
     elif tokenizer not in ("auto", "clip", "words"):
         raise ValueError(f"--tokenizer {tokenizer!r}: not auto, clip, words or a folder")
     return PromptBuilder(tokenizer=tokenizer, max_tokens=args.max_tokens,

@@ -344,3 +344,11 @@ def test_one_crop_the_classifiers_cannot_take_fails_only_its_row(tmp_path):
     row = pq.read_table(path).to_pylist()[1]
     assert row["caption_status"] == "failed"
     assert "face001.png" in row["caption_error"] and "square" in row["caption_error"]
+
+
+def test_a_tokenizer_folder_that_does_not_load_is_a_one_line_error(tmp_path, capsys):
+    folder = tmp_path / "not_a_tokenizer"
+    folder.mkdir()
+    assert main(["prompt", "gender=male", "--tokenizer", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --tokenizer {folder}") and "\n" not in err
