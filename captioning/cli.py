@@ -220,6 +220,8 @@ def cmd_caption(args) -> int:
     from .attributes import attributes_to_json
     from .extractors import FaceSample
     for img in args.images:
+        if img.is_dir():
+            raise ValueError(f"{img}: is a folder; name image files (or annotate a manifest)")
         if not img.is_file():
             raise ValueError(f"{img}: no such image file")
     captioner = _captioner(args)

@@ -55,6 +55,9 @@ def _inputs(paths: list[str], out: Path) -> list[tuple[Path, str]]:
         if not p.exists():
             raise InputError(f"input {arg}: no such file or folder")
         if p.is_dir():
+            if p.resolve() == out:
+                raise InputError(f"input folder {arg} is also the output folder; write the "
+                                 "outputs elsewhere (a subfolder is fine)")
             items += [(f, f.relative_to(p).as_posix()) for f in iter_image_files(p)]
         else:
             # An unreadable file still gets a record (status "failed").

@@ -139,6 +139,8 @@ def test_unusable_paths_are_one_line_errors(tmp_path, capsys):
     assert main(["detect", str(tmp_path / "nothere"), "-o", str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "nothere" in err and "no such file" in err
+    assert main(["detect", str(tmp_path), "-o", str(tmp_path), "-q"]) == 2
+    assert "is also the output folder" in capsys.readouterr().err
     for bad in (["--min-size", "-5"], ["--size", "0"]):
         with pytest.raises(SystemExit) as e:
             main(["align", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), *bad])
