@@ -148,8 +148,8 @@ def dataset_card(rows: list[dict], stats: dict, build: dict, files: dict, name: 
               "## How it was built", "",
               "Built with `python -m reface_hq build`: decode and validate -> detect and "
               "FFHQ-align -> quality filter (face size in the source, sharpness, colour, "
-              "optional MUSIQ) -> exact and near-duplicate removal -> identity embedding -> "
-              "identity grouping and cleaning -> split by identity. Exclusion-list entries "
+              "optional MUSIQ) -> perceptual hash and identity embedding -> exact and "
+              "near-duplicate removal -> identity grouping and cleaning -> split by identity. Exclusion-list entries "
               "are removed at every output.", "",
               "Rows dropped per stage and why:", "",
               "| stage | reason | rows |", "|---|---|---|"]

@@ -187,3 +187,12 @@ def test_loaders_keep_manifest_paths_inside_the_dataset(tmp_path):
         to_hf_dataset(ds)
     with pytest.raises(ValueError, match="split must be"):
         FaceReferenceDataset(ds, split="validation")
+
+
+def test_dataset_card_lists_the_stages_in_the_order_they_run():
+    # Near-duplicate removal compares embeddings, so the card must not put it first.
+    from reface_hq.export import dataset_card
+    card = dataset_card([], {"dropped": {}}, {"config": {}}, {"train": [], "test": []}, "x")
+    built = card[card.index("## How it was built"):]
+    assert built.index("embedding") < built.index("near-duplicate removal") \
+        < built.index("identity grouping") < built.index("split by identity")
