@@ -19,7 +19,7 @@ def run_demo(data: Path, out: Path) -> str:
 
     from reface_core.imageio import iter_image_files
 
-    from .manifest import annotate_manifest
+    from .manifest import ManifestError, annotate_manifest, read_manifest, write_manifest
     from .attributes import attributes_from_json
     from .pipeline import build_captioner
 
@@ -34,7 +34,15 @@ def run_demo(data: Path, out: Path) -> str:
              "image_path": Path(os.path.relpath(f, folder)).as_posix(), "identity": f.stem,
              "split": "test", "source": "celeba_hq_1024", "origin": str(f.relative_to(root)),
              "status": "ok", "folder_gender": f.parent.name} for f in files]
-    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    fresh = pa.Table.from_pylist(rows)
+    # A manifest of these very photos from an earlier run is kept, so a rerun resumes
+    # (annotate skips the faces done) instead of redoing every photo.
+    try:
+        keep = read_manifest(manifest).column("face_id").to_pylist() == fresh.column("face_id").to_pylist()
+    except (ManifestError, KeyError):
+        keep = False
+    if not keep:
+        write_manifest(fresh, manifest)
 
     t0 = time.perf_counter()
     # CelebA-HQ photos are aligned but not to FFHQ's template: detect and re-align them.

@@ -144,3 +144,19 @@ def test_aligned_crops_get_pose_and_consistent_gender_per_identity(data_root):
     consistent = sum(max(v.count(g) for g in set(v)) for v in by_identity.values())
     print(f"\ngender consistent within identity on {consistent}/{len(crops)} crops")
     assert consistent >= 0.95 * len(crops)
+
+
+@pytest.mark.slow
+def test_run_demo_reruns_resume_without_redoing_photos(data_root, tmp_path, monkeypatch):
+    from captioning.demo import run_demo
+    from captioning.extractors.offline import OfflineExtractor
+
+    first = run_demo(data_root, tmp_path)
+    assert first.startswith("captioned 56/56 CelebA-HQ photos")
+    assert "agrees with the folder labels on 56/56" in first
+
+    def must_not_run(self, samples):
+        raise AssertionError("a rerun of the demo redid annotated photos")
+
+    monkeypatch.setattr(OfflineExtractor, "extract", must_not_run)
+    assert run_demo(data_root, tmp_path).startswith("captioned 56/56 CelebA-HQ photos")
