@@ -19,6 +19,7 @@ from .dedupe import Dedupe
 from .download import Download
 from .executor import get_executor
 from .identity import IdentityGroup, SplitByIdentity
+from .sources import FolderSource
 from .stages import Decode, DetectAlign, Embed, Fingerprint, Quality
 
 
@@ -152,11 +153,20 @@ def source_rows(config: BuildConfig) -> list[dict]:
     if twice:
         raise ValueError(f"several sources are named {twice}: source names keep photo ids "
                          "apart, give each a distinct name (SPEC?name=...)")
+    # A dataset or work folder inside a source folder must not feed its own aligned faces
+    # back in as new photos on the next run (HF sources keep their bytes under the work
+    # folder on purpose, so only folder sources are filtered).
+    outputs = {Path(config.out).resolve(), config.work.resolve()}
     rows, seen = [], set()
     for src in config.sources:
+        folder = isinstance(src, FolderSource) and any(
+            Path(src.root).resolve() in (d, *d.parents) for d in outputs)
         for row in src.rows(config.work):
             if row["row_id"] in seen:
                 continue  # the same file listed twice by overlapping sources
+            if folder and row.get("local_path") and any(
+                    d in Path(row["local_path"]).resolve().parents for d in outputs):
+                continue
             seen.add(row["row_id"])
             rows.append(row)
     return rows

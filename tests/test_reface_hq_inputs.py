@@ -196,3 +196,23 @@ def test_dataset_card_lists_the_stages_in_the_order_they_run():
     built = card[card.index("## How it was built"):]
     assert built.index("embedding") < built.index("near-duplicate removal") \
         < built.index("identity grouping") < built.index("split by identity")
+
+
+def test_outputs_inside_a_source_folder_are_not_read_back_as_photos(tmp_path, photos):
+    # A rerun with --out inside the source folder used to ingest its own aligned crops
+    # (images/ and .work/aligned-*) as new photos: 8 photos became 16 on the second run.
+    from reface_hq.build import source_rows
+    out = photos / "built"
+    save_image(out / "images" / "photos-alice" / "x-0.png", make_rgb(40, 40, seed=5))
+    save_image(out / ".work" / "aligned-0123" / "x-0.png", make_rgb(40, 40, seed=6))
+    elsewhere = tmp_path / "work"
+    save_image(elsewhere / "aligned-0123" / "y-0.png", make_rgb(40, 40, seed=7))
+    for work in (None, str(elsewhere)):
+        config = BuildConfig(sources=[FolderSource(str(photos), identity="folder"),
+                                      FolderSource(str(elsewhere), name="w")],
+                             out=str(out), work_dir=work)
+        origins = sorted(r["origin"] for r in source_rows(config))
+        expected = ["photos/alice/a.png", "photos/bob/a.png"]
+        if work is None:  # the "w" folder is then only a source, not the work folder
+            expected.append("work/aligned-0123/y-0.png")
+        assert origins == sorted(expected)
