@@ -123,7 +123,8 @@ def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dic
                 old = json.loads(record_path.read_text())
             except ValueError:
                 old = None  # unreadable record: redo it
-            if isinstance(old, dict) and old.get("settings") == settings:
+            if (isinstance(old, dict) and old.get("settings") == settings
+                    and not (args.retry_failed and old.get("status") != "ok")):
                 records.append(old)
                 done += 1
                 continue
@@ -306,6 +307,8 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
     if align or aligned_flag:
         p.add_argument("--size", type=_crop_size, default=512, help="FFHQ-aligned crop size (default 512)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="redo inputs whose record says failed (e.g. a file fixed since)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

@@ -199,3 +199,19 @@ def test_crops_of_inputs_differing_in_suffix_do_not_collide(tmp_path, data_root)
     files = {recs[n]["faces"][0]["file"] for n in ("a.png", "a.jpg")}
     assert files == {"a.png_00.png", "a.jpg_00.png"}
     assert all((out / f).is_file() for f in files)
+
+
+def test_retry_failed_redoes_only_failed_records(tmp_path, capsys):
+    src = tmp_path / "in"
+    save_image(src / "good.png", make_rgb(64, 64))
+    (src / "fixed.png").write_bytes(b"not yet an image")
+    out = tmp_path / "out"
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert _records(out, "detect")["fixed.png"]["status"] == "failed"
+    save_image(src / "fixed.png", make_rgb(64, 64, seed=3))
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert _records(out, "detect")["fixed.png"]["status"] == "failed"   # resume keeps it
+    capsys.readouterr()
+    assert main(["detect", str(src), "-o", str(out), "-q", "--retry-failed"]) == 0
+    assert "2 images (1 already done)" in capsys.readouterr().out
+    assert _records(out, "detect")["fixed.png"]["status"] == "ok"
