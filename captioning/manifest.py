@@ -56,6 +56,9 @@ def read_manifest(path: str | os.PathLike):
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder; name the manifest file inside it "
+                            "(e.g. manifest.parquet)")
     if not path.is_file():
         raise ManifestError(f"{path}: manifest does not exist")
     fmt = manifest_format(path)

@@ -186,6 +186,8 @@ def test_csv_and_jsonl_manifests(tmp_path, suffix):
 def test_bad_manifests_fail_with_clear_errors(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         annotate_manifest(tmp_path / "none.parquet", captioner(), progress=False)
+    with pytest.raises(ManifestError, match="is a folder; name the manifest file"):
+        annotate_manifest(tmp_path, captioner(), progress=False)
     bad = tmp_path / "m.txt"
     bad.write_text("x")
     with pytest.raises(ManifestError, match="unsupported manifest type '.txt'"):
