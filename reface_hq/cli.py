@@ -43,8 +43,13 @@ def _add_build(sub) -> None:
     p.add_argument("--no-align-padding", action="store_true",
                    help="skip FFHQ's blurred fill where the crop leaves the photo (faster; "
                         "those areas stay black)")
-    p.add_argument("--detector", default="dlib-hog", help="faces detector backend")
-    p.add_argument("--embedder", default="dlib", help="faces embedder backend")
+    p.add_argument("--detector", default="dlib-hog",
+                   help="faces detector: dlib-hog (default, offline), dlib-cnn, retinaface, "
+                        "scrfd (the last three need their weights, see `assets`)")
+    p.add_argument("--embedder", default="dlib",
+                   help="faces embedder: dlib (default, offline), arcface-antelopev2, "
+                        "arcface-buffalo_l (need weights; the identity thresholds are tuned "
+                        "for dlib)")
     p.add_argument("--min-face-size", type=float, default=128.0,
                    help="minimum face size in the source photo, pixels")
     p.add_argument("--min-sharpness", type=float, default=50.0,
@@ -67,8 +72,10 @@ def _add_build(sub) -> None:
     p.add_argument("--exclude", help="exclusion list: one URL, origin path or sha256 per line")
     p.add_argument("--allow-private-addresses", action="store_true",
                    help="let the downloader fetch from private/loopback/link-local addresses")
-    p.add_argument("--download-timeout", type=float, default=10.0)
-    p.add_argument("--download-retries", type=int, default=2)
+    p.add_argument("--download-timeout", type=float, default=10.0,
+                   help="seconds per socket operation of a download (default 10)")
+    p.add_argument("--download-retries", type=int, default=2,
+                   help="retries of a URL after a transient failure, with backoff (default 2)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
     p.add_argument("--captions", action="store_true",
                    help="run captioning annotate on the manifest as the last stage")

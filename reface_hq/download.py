@@ -277,6 +277,17 @@ class Download(Stage):
     seed: int = 0
     exclusion: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        # timeout=0 would make sockets non-blocking: every URL would fail with a
+        # confusing connection error instead of one clear message here.
+        for field, value, low in (("timeout", self.timeout, 0), ("deadline", self.deadline, 0),
+                                  ("max_bytes", self.max_bytes, 0)):
+            if not value > low:
+                raise ValueError(f"download {field} must be > {low}, got {value}")
+        if self.retries < 0 or self.threads < 1:
+            raise ValueError(f"download retries must be >= 0 and threads >= 1, got "
+                             f"retries={self.retries}, threads={self.threads}")
+
     def _downloader(self) -> Downloader:
         return Downloader(timeout=self.timeout, deadline=self.deadline, retries=self.retries,
                           backoff=self.backoff, max_bytes=self.max_bytes,

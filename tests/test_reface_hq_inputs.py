@@ -216,3 +216,13 @@ def test_outputs_inside_a_source_folder_are_not_read_back_as_photos(tmp_path, ph
         if work is None:  # the "w" folder is then only a source, not the work folder
             expected.append("work/aligned-0123/y-0.png")
         assert origins == sorted(expected)
+
+
+@pytest.mark.parametrize("option", ["--download-timeout=0", "--download-retries=-1",
+                                    "--max-bytes=0"])
+def test_bad_download_options_are_refused_up_front(tmp_path, photos, capsys, option):
+    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"), "--no-progress",
+               option])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: download ")
+    assert not (tmp_path / "o" / ".work").exists()
