@@ -148,7 +148,8 @@ def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dic
 
 
 def _detection_settings(args, det) -> dict:
-    return {"detector": det.config, "min_score": args.min_score, "min_size": args.min_size}
+    return {"detector": det.config, "model_path": args.model_path, "min_score": args.min_score,
+            "min_size": args.min_size}
 
 
 def _detector(args):
@@ -240,7 +241,8 @@ def cmd_embed(args) -> int:
             for c, v in zip(crops, vecs)]}
 
     rc = _run(args, work, command="embed", settings=_settings(
-        embedder=emb.name, embedder_config=emb.config, aligned=args.aligned, size=args.size,
+        embedder=emb.name, embedder_config=emb.config, embedder_path=args.embedder_path,
+        aligned=args.aligned, size=args.size,
         **({} if det is None else _detection_settings(args, det))))
     if rc == 2:
         return rc

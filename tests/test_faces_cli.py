@@ -170,7 +170,10 @@ def test_rerun_with_other_settings_redoes_and_own_outputs_are_not_inputs(tmp_pat
     assert "1 images (1 already done)" in capsys.readouterr().out
     assert main(["embed", str(tmp_path), "-o", str(out), "--min-size", "20", "-q"]) == 0
     assert "1 images (0 already done)" in capsys.readouterr().out
-    assert _records(out, "embed")["a.png"]["settings"]["min_size"] == 20
+    settings = _records(out, "embed")["a.png"]["settings"]
+    assert settings["min_size"] == 20
+    # Weights files count too: other weights, other results.
+    assert {"model_path", "embedder_path"} <= set(settings)
 
 
 def test_a_broken_model_file_stops_the_run_without_records(tmp_path, capsys):
