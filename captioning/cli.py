@@ -28,6 +28,16 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
 def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> None:
     g = p.add_argument_group("backends")
     g.add_argument("--backend", "--backends", dest="backends", default=default_backends,
@@ -102,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
                    help="manifest file; image_path is read relative to its folder")
     p.add_argument("--batch-size", type=int, default=16, help="faces per batch (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="stop after N faces (rest on the next run)")
+    p.add_argument("--limit", type=_count, default=None, metavar="N",
+                   help="stop after N faces (rest on the next run)")
     p.add_argument("--overwrite", action="store_true", help="redo faces annotated before")
     p.add_argument("--retry-failed", action="store_true", help="redo faces whose annotation failed")
     p.add_argument("--restart", action="store_true",

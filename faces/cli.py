@@ -22,14 +22,20 @@ IMAGE_HELP = "image files or folders (folders are searched recursively)"
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
 def _crop_size(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text!r}") from None
     if value < 8:
         raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text}")
     return value

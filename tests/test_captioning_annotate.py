@@ -354,3 +354,10 @@ def test_a_tokenizer_folder_that_does_not_load_is_a_one_line_error(tmp_path, cap
     assert main(["prompt", "gender=male", "--tokenizer", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --tokenizer {folder}") and "\n" not in err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "abc"])
+def test_a_bad_limit_is_refused_by_the_command_line(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["annotate", "--manifest", "m.parquet", "--limit", value])
+    assert e.value.code == 2 and "--limit: must be a whole number >= 1" in capsys.readouterr().err
