@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional extra (Ray) is not installed: the message says how
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # e.g. a path below a file, a full disk: the message names the path
         print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
               file=sys.stderr)

@@ -228,3 +228,12 @@ def test_bad_download_options_are_refused_up_front(tmp_path, photos, capsys, opt
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: download ")
     assert not (tmp_path / "o" / ".work").exists()
+
+
+def test_ray_executor_without_ray_installed_is_one_line(tmp_path, photos, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"), "--no-progress",
+               "--executor", "ray"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: the Ray executor needs Ray Data")
