@@ -198,11 +198,22 @@ def cmd_detect(args) -> int:
     return _run(args, work, command="detect", settings=_settings(**_detection_settings(args, det)))
 
 
+def _previous_crops(out: Path, rel: str) -> set[str]:
+    """Crop files the existing record of input ``rel`` lists (none if no readable record)."""
+    from reface_core.atomic import safe_child
+
+    try:
+        old = json.loads(safe_child(out, rel + ".json").read_text())
+        return {str(f["file"]) for f in old.get("faces", [])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+
+
 def cmd_align(args) -> int:
+    from collections import Counter
+
     from reface_core.atomic import safe_child
     from reface_core.imageio import save_image
-
-    from collections import Counter
 
     det = _detector(args)
     out = _out_folder(args.out)
@@ -221,6 +232,10 @@ def cmd_align(args) -> int:
             save_image(safe_child(out, name), c.image)
             faces.append({"file": name, **c.detection.to_dict(),
                           "matrix": c.matrix.round(6).tolist()})
+        # Crops an earlier run (other settings, --overwrite) made for this input and this
+        # run did not: removed, so the folder holds exactly the crops the records list.
+        for name in _previous_crops(out, rel) - {f["file"] for f in faces}:
+            safe_child(out, name).unlink(missing_ok=True)
         return {"size": args.size, "faces": faces}
 
     return _run(args, work, command="align", items=items, settings=_settings(

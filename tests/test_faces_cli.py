@@ -218,3 +218,17 @@ def test_retry_failed_redoes_only_failed_records(tmp_path, capsys):
     assert main(["detect", str(src), "-o", str(out), "-q", "--retry-failed"]) == 0
     assert "2 images (1 already done)" in capsys.readouterr().out
     assert _records(out, "detect")["fixed.png"]["status"] == "ok"
+
+
+@pytest.mark.realdata
+def test_a_rerun_with_other_settings_removes_crops_no_longer_made(tmp_path, data_root):
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(data_root / "unaligned_named/examples/obama_small.jpg", src / "obama.jpg")
+    out = tmp_path / "crops"
+    assert main(["align", str(src), "-o", str(out), "--size", "64", "-q"]) == 0
+    assert (out / "obama_00.png").is_file()
+    # No face is this large: the rerun finds none, and the old crop must not linger.
+    assert main(["align", str(src), "-o", str(out), "--size", "64", "--min-size", "5000", "-q"]) == 0
+    assert _records(out, "align")["obama.jpg"]["faces"] == []
+    assert not list(out.glob("*.png"))
