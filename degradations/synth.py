@@ -20,6 +20,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -72,8 +73,13 @@ def list_inputs(source: str | os.PathLike) -> list[Job]:
     if not src.exists():
         raise ValueError(f"input {src} does not exist")
     if src.is_dir():
-        jobs = [Job(PurePosixPath(p.relative_to(src).with_suffix("").as_posix()).as_posix(), str(p))
-                for p in iter_image_files(src)]
+        files = [(p, p.relative_to(src).as_posix()) for p in iter_image_files(src)]
+        stems = Counter(PurePosixPath(rel).with_suffix("").as_posix() for _, rel in files)
+        # "a.png" and "a.jpg" would share the id "a" (one LQ image and one row for two
+        # inputs); such files keep their suffix in the id.
+        jobs = [Job(stem if stems[stem] == 1 else rel, str(p))
+                for p, rel in files
+                for stem in [PurePosixPath(rel).with_suffix("").as_posix()]]
         if not jobs:
             raise ValueError(f"input folder {src} holds no image files")
         return jobs

@@ -97,3 +97,14 @@ def test_unreadable_record_is_redone_not_lost_from_the_table(tmp_path, two_image
     counts = synth(two_images, out, preset="mgfr-mild", progress=False)
     assert counts["ok"] == 1 and counts["skipped"] == 1
     assert sorted(pd.read_parquet(out / "params.parquet")["image_id"]) == ["img_0", "img_1"]
+
+
+def test_files_differing_only_in_suffix_get_their_own_ids(tmp_path, two_images):
+    # a.png and a.jpg both had the id "a": two inputs, one LQ image and one table row.
+    save_image(two_images / "img_0.jpg", make_rgb(32, 32, seed=7))
+    ids = sorted(j.image_id for j in list_inputs(two_images))
+    assert ids == ["img_0.jpg", "img_0.png", "img_1"]
+    out = tmp_path / "out"
+    assert synth(two_images, out, preset="mgfr-mild", progress=False)["ok"] == 3
+    assert len(pd.read_parquet(out / "params.parquet")) == 3
+    assert synth(two_images, out, preset="mgfr-mild", progress=False)["skipped"] == 3
