@@ -19,8 +19,8 @@ def run_demo(data: Path, out: Path) -> str:
 
     from reface_core.imageio import iter_image_files
 
-    from .manifest import ManifestError, annotate_manifest, read_manifest, write_manifest
     from .attributes import attributes_from_json
+    from .manifest import ManifestError, annotate_manifest, read_manifest, write_manifest
     from .pipeline import build_captioner
 
     root = Path(data) / "celeba_hq_1024"

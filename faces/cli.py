@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
