@@ -256,7 +256,10 @@ class HFSource:
             else:
                 suffix = Path(inner).suffix.lower() if inner else ""
                 dest = safe_child(folder, f"{i:08d}{suffix if suffix in IMAGE_SUFFIXES else '.img'}")
-                if not dest.is_file() or dest.stat().st_size != len(data):
+                # Compare contents, not sizes: an edited image of the same size (BMP, TIFF,
+                # a same-length re-encode) would otherwise keep its stale copy.
+                if not dest.is_file() or dest.stat().st_size != len(data) \
+                        or dest.read_bytes() != data:
                     write_bytes_atomic(dest, data)
                 row["local_path"] = str(dest)
             out.append(row)

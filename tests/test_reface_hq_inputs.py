@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -237,3 +238,20 @@ def test_ray_executor_without_ray_installed_is_one_line(tmp_path, photos, capsys
                "--executor", "ray"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: the Ray executor needs Ray Data")
+
+
+def test_hf_source_refreshes_an_image_replaced_by_one_of_the_same_size(tmp_path):
+    import io
+
+    from PIL import Image
+    def bmp(seed):
+        buf = io.BytesIO()
+        Image.fromarray(make_rgb(16, 16, seed=seed)).save(buf, format="BMP")
+        return buf.getvalue()
+    table = tmp_path / "faces.parquet"
+    first, second = bmp(0), bmp(1)
+    assert len(first) == len(second) and first != second
+    for data in (first, second):
+        pd.DataFrame({"image": [{"bytes": data, "path": "a.bmp"}]}).to_parquet(table)
+        rows = HFSource(str(table)).rows(tmp_path / "work")
+        assert Path(rows[0]["local_path"]).read_bytes() == data
