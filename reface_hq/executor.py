@@ -85,6 +85,22 @@ def _run_shard(stage: Stage, in_dir: str, out_dir: str, index: int) -> dict:
     return info
 
 
+def _files_digest(rows: list[dict]) -> str:
+    """Size and mtime of every local file: rows name photos by path, so without this a
+    photo replaced in place would keep the cached results of the old one."""
+    h = hashlib.sha256()
+    for row in rows:
+        path = row.get("local_path")
+        if not path:
+            continue
+        try:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}|missing\n".encode())
+    return h.hexdigest()
+
+
 def _clean_temporaries(folder: Path) -> None:
     # A kill during atomic_path leaves ".<name>.*.tmp.<ext>" behind; harmless, but tidy.
     for p in folder.glob(".shard-*.tmp*"):
@@ -125,7 +141,8 @@ class LocalExecutor:
         work.mkdir(parents=True, exist_ok=True)
         rows = [schema.complete(r) for r in rows]
         n_shards = max(1, -(-len(rows) // self.shard_size))
-        key = _chain_key(schema.rows_digest(rows), f"shard_size={self.shard_size}")
+        key = _chain_key(_chain_key(schema.rows_digest(rows), _files_digest(rows)),
+                         f"shard_size={self.shard_size}")
         in_dir = work / f"00-input-{key[:12]}"
         if not (in_dir / "_SUCCESS.json").is_file():
             in_dir.mkdir(parents=True, exist_ok=True)

@@ -255,3 +255,19 @@ def test_hf_source_refreshes_an_image_replaced_by_one_of_the_same_size(tmp_path)
         pd.DataFrame({"image": [{"bytes": data, "path": "a.bmp"}]}).to_parquet(table)
         rows = HFSource(str(table)).rows(tmp_path / "work")
         assert Path(rows[0]["local_path"]).read_bytes() == data
+
+
+def test_a_photo_replaced_in_place_is_not_served_from_the_stage_cache(tmp_path, photos):
+    import os
+
+    from reface_hq.executor import LocalExecutor
+    from reface_hq.stages import Decode
+    rows = FolderSource(str(photos), identity="folder").rows()
+    ex = LocalExecutor(progress=False)
+    first, _ = ex.run([Decode(min_source_side=1)], rows, tmp_path / "work")
+    path = rows[0]["local_path"]
+    save_image(path, make_rgb(48, 48, seed=99))
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse file-system clocks
+    second, _ = ex.run([Decode(min_source_side=1)], rows, tmp_path / "work")
+    assert (first[0]["width"], second[0]["width"]) == (40, 48)
+    assert first[0]["sha256"] != second[0]["sha256"] and first[1] == second[1]
