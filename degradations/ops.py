@@ -211,7 +211,10 @@ def poisson_noise(x: torch.Tensor, seed: int, scale: float, gray: bool) -> torch
     of two; the noise is ``(Poisson(img * vals) / vals - img) * scale``."""
     img = quantize(x).detach().cpu().double()
     if gray:
-        img = to_gray(img)
+        # Back on the 8-bit grid after the gray mix, as Real-ESRGAN rounds after its
+        # cv2 conversion: the float mix has tens of thousands of distinct levels, which
+        # would make `vals` 2^16 and the noise ~20x weaker than the reference.
+        img = torch.clamp(torch.round(to_gray(img) * 255.0), 0, 255) / 255.0
     arr = img.numpy()
     vals = float(2 ** np.ceil(np.log2(max(len(np.unique(arr)), 1))))
     rng = np.random.Generator(np.random.PCG64(int(seed)))
