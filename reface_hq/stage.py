@@ -64,11 +64,14 @@ class Stage:
         return out
 
     def safe_process_row(self, row: dict) -> list[dict]:
+        from faces.detection import ModelLoadError
         from reface_core.assets import AssetNotFoundError
         try:
             return self.process_row(row)
-        except AssetNotFoundError:
-            raise   # a missing model is the run's problem, not this row's
+        except (AssetNotFoundError, ModelLoadError):
+            # A missing or broken model is the run's problem, not this row's (ModelLoadError
+            # is a ValueError: caught below it would drop every photo and exit 0).
+            raise
         except self.expected_errors as e:
             return [schema.drop(row, self.name, f"{self.name}_error",
                                 f"{type(e).__name__}: {e}")]

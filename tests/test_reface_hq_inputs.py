@@ -271,3 +271,17 @@ def test_a_photo_replaced_in_place_is_not_served_from_the_stage_cache(tmp_path, 
     second, _ = ex.run([Decode(min_source_side=1)], rows, tmp_path / "work")
     assert (first[0]["width"], second[0]["width"]) == (40, 48)
     assert first[0]["sha256"] != second[0]["sha256"] and first[1] == second[1]
+
+
+def test_a_broken_detector_model_stops_the_build_not_every_row(tmp_path, monkeypatch):
+    import faces.detection
+    from faces.detection import ModelLoadError
+    from reface_hq import schema
+
+    def broken(name, **options):
+        raise ModelLoadError(f"{name}.onnx: not a usable model")
+    monkeypatch.setattr(faces.detection, "get_detector", broken)
+    path = save_image(tmp_path / "a.png", make_rgb(200, 200))
+    row = schema.new_row(row_id="a", source="t", origin="a.png", local_path=str(path))
+    with pytest.raises(ModelLoadError, match="not a usable model"):
+        DetectAlign(folder=str(tmp_path / "al"), detector="scrfd")([row])
