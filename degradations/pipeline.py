@@ -30,7 +30,7 @@ import torch
 
 from . import presets as P
 from .ops import KNOWN_OPS, OPS, quantize, resize_many, to_tensor, to_uint8
-from .sampling import sample_record
+from .sampling import RECORD_VERSION, sample_record
 
 JPEG_BACKENDS = ("auto", "libjpeg", "torch")
 
@@ -39,6 +39,9 @@ def _check_records(records: Sequence[dict], size: tuple[int, int]) -> None:
     for r in records:
         if not isinstance(r, dict) or "ops" not in r or "input_size" not in r:
             raise ValueError(f"not a degradation record (needs 'ops' and 'input_size'): {str(r)[:120]}")
+        if r.get("version", RECORD_VERSION) != RECORD_VERSION:
+            raise ValueError(f"record for image {r.get('image_id')!r} has version {r['version']}, "
+                             f"this release replays version {RECORD_VERSION} (resample it)")
         if list(r["input_size"]) != [int(size[0]), int(size[1])]:
             raise ValueError(f"record for image {r.get('image_id')!r} was sampled for input size "
                              f"{r['input_size']}, but the image is {list(size)}")

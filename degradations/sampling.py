@@ -21,7 +21,9 @@ import numpy as np
 
 from . import presets as P
 
-RECORD_VERSION = 1
+# 2: gray Poisson noise rounds the gray mix to 8 bits before counting levels (as
+#    Real-ESRGAN does); version-1 records with gray Poisson noise replay differently.
+RECORD_VERSION = 2
 
 
 def image_rng(preset: str, seed: int, image_id: str) -> np.random.Generator:

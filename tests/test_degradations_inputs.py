@@ -108,3 +108,17 @@ def test_files_differing_only_in_suffix_get_their_own_ids(tmp_path, two_images):
     assert synth(two_images, out, preset="mgfr-mild", progress=False)["ok"] == 3
     assert len(pd.read_parquet(out / "params.parquet")) == 3
     assert synth(two_images, out, preset="mgfr-mild", progress=False)["skipped"] == 3
+
+
+def test_records_of_another_version_are_refused():
+    import numpy as np
+
+    from degradations import Degrader
+    from degradations.sampling import RECORD_VERSION
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    lq, record = Degrader("mgfr-mild")(image, seed=0, image_id="x")
+    assert record["version"] == RECORD_VERSION
+    assert (Degrader.replay(image, record) == lq).all()
+    with pytest.raises(ValueError, match="has version 1, this release replays version"):
+        Degrader.replay(image, {**record, "version": 1})
