@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 from .attributes import DEFAULT_PRECEDENCE
@@ -26,16 +27,6 @@ _EPILOG = ("Backends: offline (age, gender, grayscale, head pose; no download), 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return value
 
 
 def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> None:
@@ -112,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
                    help="manifest file; image_path is read relative to its folder")
     p.add_argument("--batch-size", type=int, default=16, help="faces per batch (default: %(default)s)")
-    p.add_argument("--limit", type=_count, default=None, metavar="N",
+    p.add_argument("--limit", type=at_least(1), default=None, metavar="N",
                    help="stop after N faces (rest on the next run)")
     p.add_argument("--overwrite", action="store_true", help="redo faces annotated before")
     p.add_argument("--retry-failed", action="store_true", help="redo faces whose annotation failed")

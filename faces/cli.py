@@ -16,29 +16,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _crop_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text!r}") from None
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 8, got {text}")
-    return value
 
 
 class InputError(ValueError):
@@ -322,13 +303,13 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
         p.add_argument("--model-path", help="detector weights file (else the asset resolver)")
         p.add_argument("--min-score", type=float, default=None,
                        help="confidence threshold (default: the detector's own)")
-        p.add_argument("--min-size", type=_non_negative, default=0, help="drop faces smaller than this (px)")
+        p.add_argument("--min-size", type=at_least(0, float), default=0, help="drop faces smaller than this (px)")
         p.add_argument("--max-side", type=int, default=None,
                        help="downscale larger images to this side before detecting (0: never)")
         p.add_argument("--upsample", type=int, default=None,
                        help="dlib detectors: pyramid upsampling steps (finds smaller faces)")
     if align or aligned_flag:
-        p.add_argument("--size", type=_crop_size, default=512, help="FFHQ-aligned crop size (default 512)")
+        p.add_argument("--size", type=at_least(8), default=512, help="FFHQ-aligned crop size (default 512)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
     p.add_argument("--retry-failed", action="store_true",
                    help="redo inputs whose record says failed (e.g. a file fixed since)")
