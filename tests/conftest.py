@@ -63,3 +63,21 @@ def make_rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def rgb_image() -> np.ndarray:
     return make_rgb()
+
+
+@pytest.fixture(scope="session")
+def identities_dataset(data_root, tmp_path_factory) -> Path:
+    """A Reface-HQ folder built once per test session from ``identities_512``.
+
+    256 px faces, FFHQ alignment without padding (the photos are aligned already), offline
+    captions, split by identity with the library's defaults. Used by the model, training
+    and benchmark tests; treat it as read-only.
+    """
+    from reface_hq import BuildConfig, FolderSource, build
+    out = tmp_path_factory.mktemp("identities_dataset") / "reface"
+    build(BuildConfig(
+        sources=[FolderSource(str(data_root / "identities_512"), identity="folder",
+                              folder_level=0)],
+        out=str(out), output_size=256, transform_size=512, align_padding=False,
+        progress=False, musiq="off", captions=True, test_fraction=0.2, seed=0))
+    return out
