@@ -1,0 +1,109 @@
+"""Training commands of ``python -m mgfr``: ``train`` and ``pretrain-prior``.
+
+``mgfr/cli.py`` calls :func:`add_subcommands`; heavy imports (torch, diffusers,
+accelerate) happen only when a command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reface_core.argtypes import at_least
+
+
+def _run(job, args) -> int:
+    """Run ``job(args)``; expected failures become one ``error:`` line and exit 2."""
+    from reface_core.assets import AssetNotFoundError
+
+    from .errors import TrainingError
+    try:
+        return int(job(args) or 0)
+    except (TrainingError, AssetNotFoundError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun with --resume to continue from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from .train import train_from_args
+    return train_from_args(args)
+
+
+def _pretrain(args) -> int:
+    from .prior import pretrain_from_args
+    return pretrain_from_args(args)
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``train`` and ``pretrain-prior`` to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train", help="train the MGFR adapters (stage 1: LQ adapter; stage 2: + references)",
+        description="Train MGFR's adapters on a Reface-HQ folder over a frozen base. "
+                    "Checkpoints are written atomically every --checkpoint-every steps; "
+                    "--resume continues a killed run exactly. Multi-GPU: "
+                    "`accelerate launch -m mgfr train ...`.")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    p.add_argument("--data", required=True, help="Reface-HQ dataset folder (reface_hq build)")
+    p.add_argument("--base", default=None,
+                   help="tiny, sd21-base, sd15 or a folder written by `pretrain-prior` "
+                        "(default: the config's base)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, adapters/, logs)")
+    p.add_argument("--config", default=None,
+                   help="YAML recipe (mgfr/configs/*.yaml or your own); flags override it")
+    p.add_argument("--init", default=None,
+                   help="stage 2: the stage-1 run folder (or its adapters/) to start from")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last checkpoint")
+    p.add_argument("--max-steps", type=at_least(1), default=None)
+    p.add_argument("--batch-size", type=at_least(1), default=None)
+    p.add_argument("--lr", type=at_least(0.0, float), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=at_least(1), default=None)
+    p.add_argument("--validate-every", type=at_least(0), default=None,
+                   help="steps between validations (0: only at the end)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    p.add_argument("--cache-dir", default=None,
+                   help="identity-embedding cache folder (default DATA/cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (repeatable), e.g. --set ema_decay=0.99")
+    p.set_defaults(func=lambda a: _run(_train, a))
+
+    q = subparsers.add_parser(
+        "pretrain-prior", help="pretrain the tiny base (VAE + text-conditioned UNet) on HQ faces",
+        description="Train the tiny preset's AutoencoderKL (reconstruction) and UNet "
+                    "(text-conditioned noise prediction) on the HQ faces of a Reface-HQ "
+                    "folder, so that stages 1 and 2 have a frozen prior on a CPU. Writes a "
+                    "diffusers-layout folder that `--base PATH` loads. Resumable.")
+    q.add_argument("--data", required=True, help="Reface-HQ dataset folder")
+    q.add_argument("--base", default="tiny", help="preset to pretrain (only tiny is sensible "
+                                                 "on a CPU)")
+    q.add_argument("--out", required=True, help="prior folder to write")
+    q.add_argument("--vae-steps", type=at_least(0), default=None)
+    q.add_argument("--unet-steps", type=at_least(0), default=None)
+    q.add_argument("--batch-size", type=at_least(1), default=None)
+    q.add_argument("--lr", type=at_least(0.0, float), default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--checkpoint-every", type=at_least(1), default=None)
+    q.add_argument("--resume", action="store_true",
+                   help="continue a killed pretraining from its last checkpoint")
+    q.set_defaults(func=lambda a: _run(_pretrain, a))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (the same commands without the rest of ``mgfr``'s CLI)."""
+    parser = argparse.ArgumentParser(prog="python -m mgfr.train_cli")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
