@@ -1,0 +1,248 @@
+"""The frozen prior of MGFR: UNet, VAE, text encoder, tokenizer and noise scheduler.
+
+``load_base(base)`` takes a preset name or a folder:
+
+* ``tiny``: random weights built from the preset's configs, seeded (no download);
+* ``sd21-base`` / ``sd15``: the user's Stable Diffusion folder (diffusers layout) through
+  the asset resolver; a missing folder raises ``AssetNotFoundError`` saying where to put it;
+* a PATH to a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``) with ``mgfr_base.json`` naming its preset: what
+  ``mgfr pretrain-prior --out DIR`` writes. A plain Stable Diffusion folder without
+  ``mgfr_base.json`` also loads; its preset is then guessed from the UNet config.
+
+Every module comes back frozen (``requires_grad_(False)`` and ``eval()``): MGFR never
+trains the prior.
+
+The tokenizer is the CLIP byte-pair tokenizer. A folder's own ``tokenizer/`` is used when
+present; otherwise it is built in memory from the vocabulary file that the ``openai-clip``
+PyPI package ships (asset ``clip-bpe-vocab``), which is the same BPE as the ``tokenizer/``
+folder of every Stable Diffusion 1.x/2.x checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .presets import BasePreset, get_preset
+
+BASE_FILE = "mgfr_base.json"
+
+
+@dataclass
+class BaseModels:
+    """The frozen prior. ``base`` is what was asked for (preset name or folder path)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    preset: str
+    resolution: int
+    base: str = ""
+
+    @property
+    def preset_obj(self) -> BasePreset:
+        return get_preset(self.preset)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> "BaseModels":
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(device=device, dtype=dtype)
+        return self
+
+
+def build_tokenizer(preset: BasePreset | str = "tiny", vocab_path: str | None = None):
+    """The CLIP tokenizer (77 tokens) built offline from the ``openai-clip`` BPE file."""
+    from captioning.tokens import clip_tokenizer
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    tok = clip_tokenizer(vocab_path)
+    # clip_tokenizer is cached per process; callers may change the pad token, so copy.
+    tok = copy_tokenizer(tok)
+    if preset.tokenizer_pad != tok.pad_token:
+        # SD 2.x pads with "!" (id 0), SD 1.x with the end marker, as their tokenizer/ folders do.
+        tok.pad_token = preset.tokenizer_pad
+    return tok
+
+
+def copy_tokenizer(tok):
+    import copy as _copy
+
+    return _copy.deepcopy(tok)
+
+
+def _freeze(*modules) -> None:
+    for m in modules:
+        m.requires_grad_(False)
+        m.eval()
+
+
+def build_noise_scheduler(preset: BasePreset):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(preset.scheduler)
+
+
+def build_base_from_config(preset: str | BasePreset = "tiny", seed: int = 0, *,
+                           device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32,
+                           with_tokenizer: bool = True) -> BaseModels:
+    """The preset's architecture with random weights (seeded; no download).
+
+    ``device="meta"`` builds without allocating memory (parameter counts and shapes only).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    torch.manual_seed(int(seed))
+    with torch.device(device):
+        unet = UNet2DConditionModel(**preset.unet)
+        vae = AutoencoderKL(**preset.vae)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
+    if str(device) != "meta" and dtype != torch.float32:
+        unet.to(dtype=dtype)
+        vae.to(dtype=dtype)
+        text_encoder.to(dtype=dtype)
+    _freeze(unet, vae, text_encoder)
+    tokenizer = build_tokenizer(preset) if with_tokenizer else None
+    return BaseModels(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      noise_scheduler=build_noise_scheduler(preset), preset=preset.name,
+                      resolution=preset.resolution, base=preset.name)
+
+
+def guess_preset(unet_config: dict) -> str:
+    """The preset whose UNet matches a folder's UNet config (for plain SD folders)."""
+    keys = ("block_out_channels", "cross_attention_dim", "layers_per_block")
+    for name in ("sd21-base", "sd15", "tiny"):
+        p = get_preset(name)
+        if all(list(_as_list(unet_config.get(k))) == list(_as_list(p.unet.get(k)))
+               for k in keys):
+            return name
+    raise ValueError(f"the UNet config (block_out_channels={unet_config.get('block_out_channels')}, "
+                     f"cross_attention_dim={unet_config.get('cross_attention_dim')}) matches no "
+                     f"MGFR preset; add {BASE_FILE} naming one")
+
+
+def _as_list(v):
+    return v if isinstance(v, (list, tuple)) else [v]
+
+
+def read_base_file(folder: str | Path) -> dict:
+    folder = Path(folder)
+    f = folder / BASE_FILE
+    if f.is_file():
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{f}: not a readable JSON file ({e})") from None
+        if not isinstance(info, dict) or "preset" not in info:
+            raise ValueError(f"{f}: must be a JSON object with a 'preset' key")
+        get_preset(info["preset"])
+        return info
+    unet_cfg = folder / "unet" / "config.json"
+    if not unet_cfg.is_file():
+        raise ValueError(f"{folder}: not an MGFR base folder (no {BASE_FILE} and no unet/config.json)")
+    return {"preset": guess_preset(json.loads(unet_cfg.read_text()))}
+
+
+def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
+                     base: str | None = None) -> BaseModels:
+    """Load a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``, ...)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"MGFR base folder {folder} does not exist")
+    info = read_base_file(folder)
+    preset = get_preset(info["preset"])
+    for sub in ("unet", "vae", "text_encoder"):
+        if not (folder / sub / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: missing {sub}/config.json (not a complete "
+                                    f"diffusers-layout base folder)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{folder}: cannot load the base weights ({first})") from None
+    if (folder / "tokenizer").is_dir():
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    else:
+        tokenizer = build_tokenizer(preset)
+    if (folder / "scheduler" / "scheduler_config.json").is_file():
+        noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+    else:
+        noise_scheduler = build_noise_scheduler(preset)
+    unet.to(device)
+    vae.to(device)
+    text_encoder.to(device)
+    _freeze(unet, vae, text_encoder)
+    return BaseModels(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      noise_scheduler=noise_scheduler, preset=preset.name,
+                      resolution=int(info.get("resolution", preset.resolution)),
+                      base=base if base is not None else str(folder))
+
+
+def load_base(base: str = "tiny", *, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, seed: int = 0) -> BaseModels:
+    """The frozen prior named by ``base`` (preset name or folder path); see the module doc."""
+    base = str(base)
+    p = Path(base).expanduser()
+    if p.is_dir():
+        return load_base_folder(p, device=device, dtype=dtype, base=base)
+    if any(c in base for c in "/\\") or base.startswith("."):
+        raise FileNotFoundError(f"MGFR base folder {base} does not exist")
+    preset = get_preset(base)
+    if preset.asset is None:
+        return build_base_from_config(preset, seed, device=device, dtype=dtype)
+    from reface_core.assets import resolve
+
+    folder = resolve(preset.asset)  # AssetNotFoundError says where to put the folder
+    return load_base_folder(folder, device=device, dtype=dtype, base=preset.name)
+
+
+def save_base(base: BaseModels, out: str | Path, **extra) -> Path:
+    """Write ``base`` as a diffusers-layout folder with ``mgfr_base.json`` (what
+    ``load_base(PATH)`` reads). Written under a temporary name, then renamed."""
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        base.unet.save_pretrained(tmp / "unet")
+        base.vae.save_pretrained(tmp / "vae")
+        base.text_encoder.save_pretrained(tmp / "text_encoder")
+        base.tokenizer.save_pretrained(tmp / "tokenizer")
+        base.noise_scheduler.save_pretrained(tmp / "scheduler")
+        info = {"preset": base.preset, "resolution": base.resolution, **extra}
+        (tmp / BASE_FILE).write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,197 @@
+"""MGFR base presets as data: the frozen prior's configs and the adapter options per scale.
+
+A preset names everything needed to build the frozen Stable Diffusion parts from config
+(diffusers / transformers config dicts), so ``mgfr.base.build_base_from_config`` makes the
+architecture with random weights and no download, and ``mgfr.base.load_base`` knows which
+asset folder holds the real weights.
+
+* ``tiny``: a few million parameters, 64 px, random init (or the prior that
+  ``mgfr pretrain-prior`` trains); tests, CPU runs and the demo.
+* ``sd21-base``: Stable Diffusion 2.1-base at 512 px (the paper's prior). The UNet config
+  is the published one (865.9 M parameters).
+* ``sd15``: Stable Diffusion 1.5 at 512 px.
+
+``adapter`` holds the defaults of :class:`mgfr.adapters.DualControlAdapter` for that scale;
+``embedder`` the default identity embedder (dlib's 128-d descriptor works offline; ArcFace
+512-d is used when the user has its weights and asks for it).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+# DDPM betas of every Stable Diffusion 1.x/2.x checkpoint (scheduler_config.json).
+_SD_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
+    "steps_offset": 1, "prediction_type": "epsilon", "timestep_spacing": "leading",
+}
+
+_SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+}
+
+
+def _sd_unet(cross_attention_dim: int, attention_head_dim, linear_projection: bool) -> dict:
+    return {
+        "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+        "flip_sin_to_cos": True, "freq_shift": 0,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+        "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu",
+        "norm_num_groups": 32, "norm_eps": 1e-5, "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": attention_head_dim, "use_linear_projection": linear_projection,
+    }
+
+
+@dataclass(frozen=True)
+class BasePreset:
+    """One scale of MGFR: the frozen prior's configs, resolution and adapter defaults."""
+
+    name: str
+    description: str
+    resolution: int
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    scheduler: dict[str, Any]
+    adapter: dict[str, Any]
+    embedder: str = "dlib"
+    asset: str | None = None   # asset resolver name of the real weights folder (None: random)
+    tokenizer_pad: str = "<|endoftext|>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae_scale_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy({
+            "name": self.name, "description": self.description, "resolution": self.resolution,
+            "unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+            "scheduler": self.scheduler, "adapter": self.adapter, "embedder": self.embedder,
+            "asset": self.asset, "vae_scale_factor": self.vae_scale_factor})
+
+
+PRESETS: dict[str, BasePreset] = {}
+
+
+def register_preset(preset: BasePreset) -> BasePreset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+register_preset(BasePreset(
+    name="tiny",
+    description="tiny random-init prior (64 px, latents 4x32x32) for tests and CPU runs",
+    resolution=64,
+    unet={
+        "sample_size": 32, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 32,
+        "cross_attention_dim": 64, "attention_head_dim": 8, "act_fn": "silu",
+    },
+    vae={
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "act_fn": "silu", "norm_num_groups": 32, "sample_size": 64, "scaling_factor": 0.18215,
+    },
+    text_encoder={
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "vocab_size": 49408,
+        "hidden_act": "quick_gelu", "projection_dim": 64, "bos_token_id": 49406,
+        "eos_token_id": 49407, "pad_token_id": 49407,
+    },
+    scheduler=dict(_SD_SCHEDULER),
+    # The tiny adapter copies the UNet encoder at full width (ControlNet practice); at this
+    # size the cost does not matter and the copy lets the adapter start from the prior.
+    adapter={"channel_mult": 1.0, "id_tokens": 4, "id_token_dim": 64},
+))
+
+register_preset(BasePreset(
+    name="sd21-base",
+    description="Stable Diffusion 2.1-base (512 px, OpenCLIP ViT-H text encoder): the paper's prior",
+    resolution=512,
+    unet=_sd_unet(1024, [5, 10, 20, 20], True),
+    vae=dict(_SD_VAE),
+    text_encoder={
+        "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+        "num_attention_heads": 16, "max_position_embeddings": 77, "vocab_size": 49408,
+        "hidden_act": "gelu", "projection_dim": 512, "bos_token_id": 0, "eos_token_id": 2,
+        "pad_token_id": 1,
+    },
+    scheduler=dict(_SD_SCHEDULER),
+    # Half-width adapters: two full-width copies of the SD encoder would cost ~0.9x a UNet
+    # call on top of it; at half width each costs ~1/4 of a full copy (docs/mgfr.md).
+    adapter={"channel_mult": 0.5, "id_tokens": 4, "id_token_dim": 768},
+    asset="sd21-base",
+    tokenizer_pad="!",
+))
+
+register_preset(BasePreset(
+    name="sd15",
+    description="Stable Diffusion 1.5 (512 px, CLIP ViT-L/14 text encoder)",
+    resolution=512,
+    unet=_sd_unet(768, 8, False),
+    vae=dict(_SD_VAE),
+    text_encoder={
+        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+        "hidden_act": "quick_gelu", "projection_dim": 768, "bos_token_id": 0, "eos_token_id": 2,
+        "pad_token_id": 1,
+    },
+    scheduler=dict(_SD_SCHEDULER),
+    adapter={"channel_mult": 0.5, "id_tokens": 4, "id_token_dim": 768},
+    asset="sd15",
+))
+
+
+def available_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> BasePreset:
+    """The preset called ``name``; an unknown name gets a did-you-mean error."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown MGFR base preset {name!r}{hint}; choose from "
+                         f"{available_presets()} or give a base folder")
+    return PRESETS[name]
+
+
+def _register_sd15_asset() -> None:
+    # The shared asset registry names sd21-base only; sd15 is registered here until it
+    # joins the registry, so `--base sd15` resolves and fails the same documented way.
+    from reface_core.assets import Asset, UnknownAssetError, get_asset, register
+
+    try:
+        get_asset("sd15")
+    except (UnknownAssetError, KeyError):
+        register(Asset(
+            name="sd15", filename="stable-diffusion-v1-5", kind="dir", subdir="hf",
+            required=("model_index.json", "unet/config.json", "vae/config.json",
+                      "text_encoder/config.json"),
+            description="Stable Diffusion 1.5 (diffusers layout): an alternative MGFR prior",
+            used_by=("mgfr",), license="CreativeML Open RAIL-M",
+            hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            source="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"))
+
+
+_register_sd15_asset()
