@@ -1,0 +1,94 @@
+"""Results folders for the publish, study and browser tests.
+
+``handmade_results`` writes a small store with the store's own schema and real faces from
+``identities_512`` (gt.png as GT, degraded.png as LQ, a Gaussian blur of the GT as a
+"restorer", conditioning photos as references), with exact control over the cases a
+report must show: an unavailable metric with its reason, a dataset metric, a failed run.
+``real_results`` runs ``benchmarks.run`` (lq and bicubic) on the shared Reface-HQ test
+split once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from benchmarks.store import open_store
+
+IDENTITIES = ("00001", "00027", "00049")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0 ** 2 / mse) if mse > 0 else 100.0
+
+
+def handmade_results(root: Path, data_root: Path, identities=IDENTITIES) -> Path:
+    """A results folder with runs lq, blur (done) and broken (failed) on 3 real faces."""
+    root.mkdir(parents=True, exist_ok=True)
+    src = data_root / "identities_512"
+    store = open_store(root)
+    con = store.con
+    for metric, direction, kind in (("psnr", "higher", "image"), ("ids", "higher", "image"),
+                                    ("musiq", "higher", "image"), ("fid", "lower", "dataset")):
+        con.execute("INSERT OR IGNORE INTO metrics (metric, direction, kind, description) "
+                    "VALUES (?, ?, ?, ?)", [metric, direction, kind, metric])
+    dataset, dhash = "reface-test", "d" * 16
+    t0 = datetime(2026, 1, 1, 12, 0, 0)
+    runs = {"lq": "run-lq-0001", "blur": "run-blur-0002", "broken": "run-broken-0003"}
+    for i, (restorer, run_id) in enumerate(runs.items()):
+        status, reason = ("failed", "restorer raised RuntimeError: out of memory") \
+            if restorer == "broken" else ("done", None)
+        con.execute(
+            "INSERT INTO runs (run_id, restorer, restorer_config, config_hash, dataset, "
+            "dataset_hash, degradation_preset, degradation_seed, code_version, packages, "
+            "device, started_at, finished_at, status, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, restorer, json.dumps({"name": restorer, "sigma": 2.0}),
+             f"cfg{restorer}{i}" * 3, dataset, dhash, "mgfr-medium", 0, "abc1234",
+             json.dumps({"torch": "2.x"}), "cpu", t0 + timedelta(minutes=i),
+             t0 + timedelta(minutes=i + 1), status, reason])
+    for ident in identities:
+        gt = src / ident / "gt.png"
+        lq = src / ident / "degraded.png"
+        refs = sorted((src / ident / "conditioning").glob("*.png"))[:2]
+        con.execute("INSERT INTO images (dataset_hash, image_id, identity, lq_path, gt_path, "
+                    "ref_paths) VALUES (?, ?, ?, ?, ?, ?)",
+                    [dhash, ident, ident, str(lq), str(gt), json.dumps([str(r) for r in refs])])
+        gt_arr = np.asarray(Image.open(gt).convert("RGB"))
+        for restorer, run_id in runs.items():
+            if restorer == "broken":
+                continue
+            out = root / "outputs" / run_id / f"{ident}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if restorer == "lq":
+                shutil.copyfile(lq, out)
+            else:
+                Image.open(gt).convert("RGB").filter(ImageFilter.GaussianBlur(2.0)).save(out)
+            con.execute("INSERT INTO outputs (run_id, image_id, output_path, seconds, status, "
+                        "error) VALUES (?, ?, ?, ?, 'ok', NULL)",
+                        [run_id, ident, str(out.relative_to(root)), 0.01])
+            arr = np.asarray(Image.open(out).convert("RGB"))
+            scores = {"psnr": _psnr(arr, gt_arr),
+                      "ids": float(0.9 - 0.1 * IDENTITIES.index(ident)
+                                   - (0.2 if restorer == "lq" else 0.0))}
+            for metric, value in scores.items():
+                con.execute("INSERT INTO image_scores (run_id, image_id, metric, value, status, "
+                            "reason, embedder) VALUES (?, ?, ?, ?, 'ok', NULL, ?)",
+                            [run_id, ident, metric, value,
+                             "dlib" if metric == "ids" else None])
+            con.execute("INSERT INTO image_scores (run_id, image_id, metric, value, status, "
+                        "reason, embedder) VALUES (?, ?, 'musiq', NULL, 'unavailable', ?, NULL)",
+                        [run_id, ident, "MUSIQ weights not found (musiq_koniq_ckpt.pth)"])
+    for restorer, run_id in runs.items():
+        if restorer != "broken":
+            con.execute("INSERT INTO dataset_scores (run_id, metric, value, status, reason, "
+                        "n_images) VALUES (?, 'fid', NULL, 'unavailable', ?, ?)",
+                        [run_id, "FID Inception weights not found", len(identities)])
+    con.close()
+    return root
