@@ -313,3 +313,203 @@ def read_stats(path: str | os.PathLike) -> dict:
     if not isinstance(stats, dict):
         raise DatasetError(f"{p}: expected a JSON object, got {type(stats).__name__}")
     return stats
+
+
+# --- training ----------------------------------------------------------------------
+
+#: Cache file of the identity embeddings, inside the cache folder.
+IDENTITY_CACHE_FILE = "identity_embeddings.safetensors"
+
+
+def identity_cache_path(cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / IDENTITY_CACHE_FILE
+
+
+def load_identity_cache(root: Path, face_rows: list[dict], embedder, cache_dir: str | os.PathLike,
+                        *, progress: bool = False) -> tuple[dict[str, np.ndarray], bool]:
+    """Identity embedding of every face in ``face_rows``, from the cache or computed.
+
+    The cache (safetensors: one (N, dim) tensor, metadata naming the embedder, its
+    dimension and a digest of the face ids and image hashes) is rebuilt when the embedder
+    or the faces change, never reused across embedders (their vectors live in different
+    spaces). When the manifest's own ``embedding`` column comes from the same embedder it
+    is used as is. Returns ``({face_id: vector}, rebuilt)``.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from reface_core.imageio import load_image
+
+    ids = [r["face_id"] for r in face_rows]
+    h = hashlib.sha256()
+    for r in face_rows:
+        h.update(f"{r['face_id']}\x1f{r.get('image_sha256') or r['image_path']}\n".encode())
+    digest = h.hexdigest()
+    path = identity_cache_path(cache_dir)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("embedder") == embedder.name and meta.get("faces_sha256") == digest:
+                    vectors = f.get_tensor("embeddings").numpy()
+                    return dict(zip(json.loads(meta["face_ids"]), vectors)), False
+        except (OSError, ValueError, KeyError, RuntimeError):
+            pass  # a torn or foreign file is rebuilt, not trusted
+    from tqdm.auto import tqdm
+    vectors = []
+    if all(r.get("embedder") == embedder.name and r.get("embedding") is not None
+           and len(r["embedding"]) for r in face_rows):
+        # The build embedded these very faces with this embedder (faces/, same crops):
+        # copy its vectors rather than decode and embed every image again.
+        face_rows, vectors = [], [np.stack([np.asarray(r["embedding"], dtype=np.float32)
+                                            for r in face_rows])]
+    for i in tqdm(range(0, len(face_rows), 32), desc=f"identity embeddings ({embedder.name})",
+                  disable=not progress):
+        batch = [load_image(safe_child(root, r["image_path"])) for r in face_rows[i:i + 32]]
+        vectors.append(np.asarray(embedder.embed(batch), dtype=np.float32))
+    table = (np.concatenate(vectors) if vectors
+             else np.zeros((0, int(getattr(embedder, "dim", 0))), dtype=np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"embedder": embedder.name, "dim": str(table.shape[1]), "faces_sha256": digest,
+            "face_ids": json.dumps(ids)}
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(table))}, str(tmp),
+                  metadata=meta)
+    return dict(zip(ids, table)), True
+
+
+class FaceTrainingDataset:
+    """PyTorch dataset for MGFR training: one dict per face.
+
+    Keys: ``target`` (3, S, S) float in [0, 1]; ``references`` (R, 3, S, S), other photos
+    of the same identity; ``reference_embeddings`` (R, dim) identity embeddings of those
+    references (from the cache, when an embedder is given); ``face_id``, ``identity``,
+    ``prompt``, ``negative_attribute_prompt``, ``negative_quality_prompt``, ``index``,
+    ``epoch``, ``flipped``.
+
+    References are redrawn every epoch (:meth:`set_epoch`) from ``(seed, epoch, index)``
+    without replacement while the identity has enough other photos. ``flip``: a horizontal
+    flip of the target (and, independently, of each reference) with probability 0.5,
+    seeded the same way. Faces whose identity has a single photo in the split are left out;
+    a split with no identity of two photos is an error (no reference can be drawn).
+
+    ``embedder``: a ``faces`` embedder name or instance (None: no embeddings); vectors are
+    cached in ``cache_dir`` (default ``DIR/cache``) and rebuilt when the embedder changes.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str | None = "train",
+                 n_references: int = 1, size: int | None = None, seed: int = 0,
+                 flip: bool = False, embedder=None, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = False):
+        if n_references < 1:
+            raise ValueError(f"n_references must be >= 1, got {n_references}")
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+        if size is not None and int(size) < 8:
+            raise ValueError(f"size must be >= 8, got {size}")
+        df = load_manifest(path)
+        self.root = manifest_path(path).parent
+        all_rows = df.sort_values(["identity", "face_id"]).to_dict("records")
+        if split is not None:
+            df = df[df["split"] == split]
+        counts = df["identity"].value_counts()
+        df = df[df["identity"].map(counts) >= 2].sort_values(["identity", "face_id"])
+        if df.empty:
+            where = f"split {split!r} of " if split else ""
+            raise DatasetError(f"{where}{self.root}: no identity has two photos, so no face has "
+                               "a reference (Reface-HQ training needs >= 2 photos per identity)")
+        from captioning.prompts import DEFAULT_NEGATIVE_QUALITY
+        default_nq = ", ".join(DEFAULT_NEGATIVE_QUALITY)
+        self.items = []
+        def text(r: dict, key: str, default: str = "") -> str:
+            return r[key] if isinstance(r.get(key), str) else default
+
+        for r in df.to_dict("records"):
+            self.items.append({
+                "face_id": r["face_id"], "image_path": r["image_path"], "identity": r["identity"],
+                "prompt": text(r, "prompt", text(r, "caption")),
+                "negative_attribute_prompt": text(r, "negative_attribute_prompt"),
+                "negative_quality_prompt": text(r, "negative_quality_prompt", default_nq)})
+        self.by_identity: dict[str, list[int]] = {}
+        for k, item in enumerate(self.items):
+            self.by_identity.setdefault(item["identity"], []).append(k)
+        self.n_references = int(n_references)
+        self.size = None if size is None else int(size)
+        self.seed = int(seed)
+        self.flip = bool(flip)
+        self.epoch = 0
+        self.embedder_name = None
+        self.embedding_dim = None
+        self.embeddings: dict[str, np.ndarray] | None = None
+        self.cache_rebuilt = False
+        if embedder is not None:
+            if isinstance(embedder, str):
+                from faces.embedding import get_embedder
+                embedder = get_embedder(embedder)
+            cache = Path(cache_dir) if cache_dir is not None else self.root / "cache"
+            # All faces of the folder share one cache, whatever split this dataset reads.
+            self.embeddings, self.cache_rebuilt = load_identity_cache(
+                self.root, all_rows, embedder, cache, progress=progress)
+            self.embedder_name = embedder.name
+            self.embedding_dim = int(next(iter(self.embeddings.values())).shape[0])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new references (and flips) for ``epoch``; call before each epoch."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, purpose])
+
+    def image(self, k: int) -> np.ndarray:
+        """Face ``k`` as (S, S, 3) uint8 at the dataset's size."""
+        from reface_core.imageio import load_image
+        # Paths come from the manifest file: keep them inside the dataset folder.
+        img = load_image(safe_child(self.root, self.items[k]["image_path"]))
+        if self.size is not None and img.shape[:2] != (self.size, self.size):
+            import cv2
+            inter = cv2.INTER_AREA if img.shape[0] > self.size else cv2.INTER_CUBIC
+            img = cv2.resize(img, (self.size, self.size), interpolation=inter)
+        return img
+
+    def _tensor(self, k: int, flip: bool):
+        import torch
+        img = self.image(k)
+        if flip:
+            img = img[:, ::-1]
+        # load_image may hand back a read-only view; torch wants a writable buffer.
+        return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float() / 255.0
+
+    def references_of(self, index: int) -> list[int]:
+        """Indices of the references of face ``index`` in the current epoch."""
+        item = self.items[index]
+        others = [k for k in self.by_identity[item["identity"]] if k != index]
+        replace = len(others) < self.n_references
+        rng = self._rng(index, 0)
+        return [int(k) for k in rng.choice(others, size=self.n_references, replace=replace)]
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        item = self.items[index]
+        refs = self.references_of(index)
+        flips = (self._rng(index, 1).random(1 + len(refs)) < 0.5) if self.flip \
+            else np.zeros(1 + len(refs), dtype=bool)
+        out = {
+            "target": self._tensor(index, bool(flips[0])),
+            "references": torch.stack([self._tensor(k, bool(f)) for k, f in zip(refs, flips[1:])]),
+            "face_id": item["face_id"], "identity": item["identity"],
+            "prompt": item["prompt"],
+            "negative_attribute_prompt": item["negative_attribute_prompt"],
+            "negative_quality_prompt": item["negative_quality_prompt"],
+            "reference_ids": [self.items[k]["face_id"] for k in refs],
+            "index": index, "epoch": self.epoch, "flipped": bool(flips[0]),
+        }
+        if self.embeddings is not None:
+            out["reference_embeddings"] = torch.from_numpy(np.stack(
+                [self.embeddings[self.items[k]["face_id"]] for k in refs]).astype(np.float32))
+        return out
