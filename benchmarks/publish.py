@@ -544,21 +544,15 @@ def build_grid(results: Results, key: DatasetKey, runs: pd.DataFrame, labels: di
 
 
 def _template_env():
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+    # Autoescape in the Markdown templates too: Markdown renderers pass raw HTML through,
+    # so a restorer name holding markup must arrive escaped there as well.
     env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "report")),
-                      autoescape=select_autoescape(["html", "j2"], default_for_string=False,
-                                                   default=False),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                      keep_trailing_newline=True)
+                      autoescape=True, undefined=StrictUndefined, trim_blocks=True,
+                      lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = format_value
     env.filters["pretty_json"] = _pretty_json
     env.filters["md"] = _md_escape
-    return env
-
-
-def _html_env():
-    env = _template_env()
-    env.autoescape = True
     return env
 
 
@@ -625,8 +619,7 @@ def _provenance(results: Results) -> list[dict]:
 
 def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: int = 2) -> dict:
     """Write the whole site into ``site`` (a fresh folder); return a summary."""
-    env = _html_env()
-    md_env = _template_env()
+    env = md_env = _template_env()
     css, js = _static("report.css"), _static("sortable.js")
     keys = dataset_keys(results.leaderboard, results.runs)
     directions = dict(zip(results.metrics["metric"], results.metrics["direction"]))
