@@ -7,6 +7,8 @@ import sys
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
+from .train_cli import add_subcommands as add_train_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="MGFR: multi-modal guided face restoration on a frozen Stable Diffusion prior.")
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_commands(sub)
     add_asset_commands(sub, package="mgfr")
     return parser
 
