@@ -336,7 +336,7 @@ def load_identity_cache(root: Path, face_rows: list[dict], embedder, cache_dir: 
     is used as is. Returns ``({face_id: vector}, rebuilt)``.
     """
     import torch
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     from reface_core.imageio import load_image
@@ -354,7 +354,7 @@ def load_identity_cache(root: Path, face_rows: list[dict], embedder, cache_dir: 
                 if meta.get("embedder") == embedder.name and meta.get("faces_sha256") == digest:
                     vectors = f.get_tensor("embeddings").numpy()
                     return dict(zip(json.loads(meta["face_ids"]), vectors)), False
-        except (OSError, ValueError, KeyError, RuntimeError):
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
             pass  # a torn or foreign file is rebuilt, not trusted
     from tqdm.auto import tqdm
     vectors = []
