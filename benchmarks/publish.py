@@ -408,8 +408,8 @@ def crop_boxes(size_w: int, size_h: int) -> dict[str, tuple[int, int, int, int]]
              mouth_r[0] + 0.4 * mouth_w, cy + 0.42 * mouth_w)
     out = {}
     for name, (x0, y0, x1, y1) in (("eyes", eyes), ("mouth", mouth)):
-        out[name] = (max(0, int(round(x0 * size_w))), max(0, int(round(y0 * size_h))),
-                     min(size_w, int(round(x1 * size_w))), min(size_h, int(round(y1 * size_h))))
+        out[name] = (max(0, round(x0 * size_w)), max(0, round(y0 * size_h)),
+                     min(size_w, round(x1 * size_w)), min(size_h, round(y1 * size_h)))
     return out
 
 

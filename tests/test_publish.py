@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from publish_support import handmade_results
 
 from benchmarks import publish as P
 from benchmarks.store import open_store
-from publish_support import handmade_results
 
 pytestmark = pytest.mark.realdata
 
