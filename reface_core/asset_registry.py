@@ -151,3 +151,9 @@ register(Asset(
         "pt_inception-2015-12-05-6726825d.pth", sha256="6726825d",
     other_places=(f"{_PYIQA_CACHE}/pt_inception-2015-12-05-6726825d.pth",
                   f"{_TORCH_HUB}/pt_inception-2015-12-05-6726825d.pth")))
+register(Asset(
+    name="gfpgan-v1.4", filename="GFPGANv1.4.pth", subdir="gfpgan",
+    description="GFPGAN v1.4 face restorer weights (clean architecture)", used_by=("benchmarks",),
+    license="Apache-2.0 (TencentARC/GFPGAN; StyleGAN2 parts under NVIDIA's license)",
+    url="https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
+    source="https://github.com/TencentARC/GFPGAN"))

@@ -1,0 +1,350 @@
+"""Restorers registry: anything that maps an LQ face (plus optional references) to a face.
+
+=============  =========================================================================
+name           what (options)
+=============  =========================================================================
+lq             the LQ input itself (a floor for every metric)
+bicubic        the LQ resized to the target size with OpenCV bicubic (``size``)
+folder         precomputed outputs of another method, ``DIR/<image_id>.<png|jpg|...>``
+               (``dir``; required)
+codeformer     CodeFormer through spandrel + spandrel-extra-arches, official weights from
+               the asset resolver (``w``: fidelity weight, default 0.5; ``path``)
+gfpgan         GFPGAN v1.4 through spandrel (``path``)
+mgfr           an adapter folder from ``mgfr train`` on its base
+               (``adapters``, ``base``, ``steps``, ``guidance_scale``, ``lambda_na``,
+               ``lambda_nq``, ``prompt``, ``seed``)
+=============  =========================================================================
+
+A restorer whose weights are missing raises :class:`RestorerUnavailable` from ``load()``
+with the resolver's message; the harness records the run as ``skipped`` with it.
+Options are the constructor's keywords; ``config_for_record()`` is everything that
+determines the output (weights digest included), hashed into the run id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class RestorerUnavailable(Exception):
+    """The restorer cannot run here (weights missing); the message says how to fix it."""
+
+
+class UnknownRestorerError(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime: float) -> str:
+    from reface_core.assets import sha256_file
+    return sha256_file(path)
+
+
+def file_digest(path) -> str:
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_size, st.st_mtime)
+
+
+def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize to (height, width): bicubic up, area down; unchanged when already there."""
+    import cv2
+    if size is None or tuple(img.shape[:2]) == tuple(size):
+        return img
+    h, w = size
+    interp = cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(img, (w, h), interpolation=interp))
+
+
+class Restorer:
+    name = ""
+    uses_references = False
+
+    def config(self) -> dict:
+        return {}
+
+    def load(self, device: str = "cpu") -> None:
+        self.device = device
+
+    def config_for_record(self) -> dict:
+        return {"restorer": self.name, **self.config()}
+
+    def restore(self, lq: np.ndarray, references: list[np.ndarray], *, image_id: str,
+                out_size: tuple[int, int] | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LQ(Restorer):
+    name = "lq"
+
+    def restore(self, lq, references, *, image_id, out_size):
+        return lq
+
+
+class Bicubic(Restorer):
+    name = "bicubic"
+
+    def __init__(self, size: int | None = None):
+        self.size = None if size is None else int(size)
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"bicubic: size must be >= 1, got {size}")
+
+    def config(self):
+        return {"size": self.size, "interpolation": "cv2.INTER_CUBIC"}
+
+    def restore(self, lq, references, *, image_id, out_size):
+        import cv2
+        size = (self.size, self.size) if self.size else (out_size or lq.shape[:2])
+        if tuple(size) == lq.shape[:2]:
+            return lq
+        return np.ascontiguousarray(cv2.resize(lq, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))
+
+
+class Folder(Restorer):
+    """Outputs of another method, matched by image id (any image suffix)."""
+
+    name = "folder"
+
+    def __init__(self, dir: str | None = None, method: str | None = None):
+        if not dir:
+            raise ValueError("folder: needs dir=PATH (the folder of precomputed outputs), "
+                             "e.g. --methods folder:dir=outputs/diffbir")
+        self.dir = Path(dir).expanduser().resolve()
+        if not self.dir.is_dir():
+            raise ValueError(f"folder: dir={dir} is not a folder")
+        self.method = method or self.dir.name
+
+    def config(self):
+        from reface_core.imageio import iter_image_files
+        h = hashlib.sha256()
+        self.files: dict[str, Path] = {}
+        for p in iter_image_files(self.dir):
+            key = p.relative_to(self.dir).with_suffix("").as_posix()
+            self.files.setdefault(key, p)
+            h.update(key.encode() + b"\0" + file_digest(p).encode())
+        # The content digest, not the path, names the outputs: a refilled folder is a new run.
+        return {"method": self.method, "content_sha256": h.hexdigest()}
+
+    def restore(self, lq, references, *, image_id, out_size):
+        from reface_core.imageio import load_image
+        if not hasattr(self, "files"):
+            self.config()
+        p = self.files.get(image_id)
+        if p is None:
+            raise FileNotFoundError(f"{self.dir}: no output for image id {image_id!r}")
+        return load_image(p)
+
+
+class _SpandrelFace(Restorer):
+    """A face restorer whose official state dict spandrel recognises."""
+
+    asset = ""
+    arch_id = ""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+
+    def load(self, device="cpu"):
+        import torch
+
+        from reface_core.assets import AssetNotFoundError, resolve
+        try:
+            self.weights = resolve(self.asset, self.path)
+        except AssetNotFoundError as e:
+            raise RestorerUnavailable(str(e)) from None
+        state = torch.load(str(self.weights), map_location="cpu", weights_only=True)
+        self.descriptor = load_state_dict(state, self.arch_id, str(self.weights))
+        self.descriptor.to(device).eval()
+        self.device = device
+
+    def config_for_record(self):
+        cfg = super().config_for_record()
+        if getattr(self, "weights", None) is not None:
+            cfg["weights_sha256"] = file_digest(self.weights)
+        return cfg
+
+    def _forward(self, x):
+        raise NotImplementedError
+
+    def restore(self, lq, references, *, image_id, out_size):
+        import torch
+        x = resize_to(lq, (512, 512))
+        t = torch.from_numpy(x).permute(2, 0, 1)[None].float().div(255).to(self.device)
+        t = (t - 0.5) / 0.5  # both official inference scripts normalise to [-1, 1]
+        with torch.inference_mode():
+            y = self._forward(t)
+        y = ((y.clamp(-1, 1) + 1) / 2 * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
+        return resize_to(np.ascontiguousarray(y), out_size or lq.shape[:2])
+
+
+def load_state_dict(state: dict, arch_id: str, label: str = "state dict"):
+    """A spandrel descriptor for ``state`` (official key names), checked to be ``arch_id``."""
+    import spandrel_extra_arches
+    from spandrel import ModelLoader
+
+    if not getattr(load_state_dict, "_installed", False):
+        spandrel_extra_arches.install(ignore_duplicates=True)
+        load_state_dict._installed = True
+    if isinstance(state, dict):
+        for key in ("params_ema", "params", "state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    try:
+        desc = ModelLoader().load_from_state_dict(state)
+    except Exception as e:  # spandrel raises its own UnsupportedModelError
+        raise RestorerUnavailable(f"{label}: not a recognised model ({e})") from None
+    if desc.architecture.id != arch_id:
+        raise RestorerUnavailable(f"{label}: is a {desc.architecture.id} model, expected {arch_id}")
+    return desc
+
+
+class CodeFormer(_SpandrelFace):
+    name, asset, arch_id = "codeformer", "codeformer", "CodeFormer"
+
+    def __init__(self, w: float = 0.5, path: str | None = None):
+        super().__init__(path)
+        self.w = float(w)
+        if not 0.0 <= self.w <= 1.0:
+            raise ValueError(f"codeformer: w must be in [0, 1], got {w}")
+
+    def config(self):
+        return {"w": self.w, "adain": True, "input": "resize to 512 (area/bicubic)"}
+
+    def _forward(self, x):
+        return self.descriptor.model(x, weight=self.w)[0]
+
+
+class GFPGAN(_SpandrelFace):
+    name, asset, arch_id = "gfpgan", "gfpgan-v1.4", "GFPGAN"
+
+    def config(self):
+        return {"version": "1.4", "input": "resize to 512 (area/bicubic)"}
+
+    def _forward(self, x):
+        out = self.descriptor.model(x, return_rgb=False)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class MGFR(Restorer):
+    """MGFR through ``mgfr.load_pipeline``; references are passed when the item has them."""
+
+    name = "mgfr"
+    uses_references = True
+
+    def __init__(self, adapters: str | None = None, base: str | None = None,
+                 steps: int | None = None, guidance_scale: float | None = None,
+                 lambda_na: float | None = None, lambda_nq: float | None = None,
+                 prompt: str | None = None, seed: int = 0, use_references: bool = True):
+        self.adapters, self.base = adapters, base
+        self.call_options = {k: v for k, v in dict(
+            num_inference_steps=None if steps is None else int(steps),
+            guidance_scale=None if guidance_scale is None else float(guidance_scale),
+            lambda_na=None if lambda_na is None else float(lambda_na),
+            lambda_nq=None if lambda_nq is None else float(lambda_nq),
+            prompt=prompt).items() if v is not None}
+        self.seed = int(seed)
+        self.use_references = bool(use_references) if not isinstance(use_references, str) \
+            else use_references.lower() in ("1", "true", "yes")
+
+    def config(self):
+        return {"adapters": self.adapters, "base": self.base, "seed": self.seed,
+                "use_references": self.use_references, **self.call_options}
+
+    def load(self, device="cpu"):
+        if not self.adapters:
+            raise RestorerUnavailable("mgfr: needs adapters=RUN_DIR/adapters (the folder "
+                                      "`mgfr train` writes), e.g. --methods mgfr:adapters=runs/x/adapters")
+        if not Path(self.adapters).expanduser().exists():
+            raise RestorerUnavailable(f"mgfr: adapters={self.adapters}: no such folder")
+        try:
+            import mgfr
+            load_pipeline = mgfr.load_pipeline
+        except (ImportError, AttributeError) as e:
+            raise RestorerUnavailable(f"mgfr: this version of the mgfr package has no "
+                                      f"load_pipeline ({e})") from None
+        from reface_core.assets import AssetNotFoundError
+        try:
+            self.pipe = load_pipeline(base=self.base, adapters=str(Path(self.adapters).expanduser()),
+                                      device=device)
+        except AssetNotFoundError as e:
+            raise RestorerUnavailable(str(e)) from None
+        self.device = device
+
+    def config_for_record(self):
+        cfg = super().config_for_record()
+        if getattr(self, "pipe", None) is not None:
+            cfg["pipeline"] = self.pipe.config_for_record()
+            cfg.pop("adapters", None)  # the pipeline's record has the adapters' hash instead
+        return cfg
+
+    def restore(self, lq, references, *, image_id, out_size):
+        import torch
+        # One generator per image, seeded from the run seed and the image id, so an
+        # image's output does not depend on which images ran before it (resume).
+        digest = hashlib.sha256(f"{self.seed}\0{image_id}".encode()).digest()
+        gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        refs = [list(references)] if (references and self.use_references) else None
+        out = self.pipe(lq, references=refs, generator=gen, output_type="np", **self.call_options)
+        img = np.asarray(out.images[0])
+        return resize_to(img, out_size or lq.shape[:2])
+
+
+#: name -> class. Data: register a restorer by adding a line.
+RESTORERS: dict[str, type[Restorer]] = {
+    "lq": LQ, "bicubic": Bicubic, "folder": Folder, "codeformer": CodeFormer,
+    "gfpgan": GFPGAN, "mgfr": MGFR,
+}
+
+
+def list_restorers() -> list[str]:
+    return list(RESTORERS)
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"codeformer:w=0.5,path=x.pth"`` -> ("codeformer", {"w": "0.5", "path": "x.pth"})."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    options = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"method {spec!r}: option {part!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def _coerce(value):
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def create_restorer(name: str, **options) -> Restorer:
+    cls = RESTORERS.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, list(RESTORERS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownRestorerError(f"unknown method {name!r}{hint}; known: {', '.join(RESTORERS)}")
+    try:
+        return cls(**{k: _coerce(v) for k, v in options.items()})
+    except TypeError as e:
+        import inspect
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise ValueError(f"method {name!r}: bad options {sorted(options)} ({e}); "
+                         f"options: {', '.join(params) or 'none'}") from None
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
