@@ -155,7 +155,9 @@ def resolve_store_path(root: Path, value: Any) -> Path | None:
 
 
 def metric_sort_key(metric: str) -> tuple[int, str]:
-    return (METRIC_ORDER.index(metric), metric) if metric in METRIC_ORDER else (len(METRIC_ORDER), metric)
+    if metric in METRIC_ORDER:
+        return METRIC_ORDER.index(metric), metric
+    return len(METRIC_ORDER), metric
 
 
 def ordered_metrics(metrics) -> list[str]:
@@ -359,6 +361,7 @@ def plot_metric_bars(labels: list[str], stats_rows: list[dict], metric: str, dir
         # the lowest interval when every value is positive and far from zero.
         if lo_all > 0 and lo_all > 2 * span:
             ax.set_ylim(lo_all - 0.5 * span, hi_all + 0.3 * span)
+            ax.set_ylabel("axis does not start at 0", fontsize=7, color="#666")
     _save_fig(fig, path)
 
 
@@ -543,12 +546,10 @@ def build_grid(results: Results, key: DatasetKey, runs: pd.DataFrame, labels: di
 # --------------------------------------------------------------------------- site
 
 
-def _template_env():
+def _template_env(autoescape: bool = True):
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
-    # Autoescape in the Markdown templates too: Markdown renderers pass raw HTML through,
-    # so a restorer name holding markup must arrive escaped there as well.
     env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "report")),
-                      autoescape=True, undefined=StrictUndefined, trim_blocks=True,
+                      autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True,
                       lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["fmt"] = format_value
     env.filters["pretty_json"] = _pretty_json
@@ -566,8 +567,10 @@ def _pretty_json(value) -> str:
 
 
 def _md_escape(value) -> str:
-    # A pipe or a line break inside a cell would end the Markdown table cell or row.
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    # Markdown renderers pass raw HTML through, so markup in a name is escaped; a pipe or a
+    # line break inside a cell would end the table cell or row.
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _static(name: str) -> str:
@@ -581,13 +584,14 @@ def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
             for r in runs.itertuples(index=False)}
 
 
-def _best_cells(frame: pd.DataFrame) -> dict[str, int]:
-    """Row index of the best value per metric column (ties: the first)."""
+def _best_cells(frame: pd.DataFrame) -> dict[str, set[int]]:
+    """Row indices holding the best value per metric column (all of them on a tie)."""
     best = {}
     for col, _, direction in value_columns(frame):
         vals = frame[col].astype("float64")
         if vals.notna().sum() >= 2:
-            best[col] = int(vals.idxmax() if direction == "higher" else vals.idxmin())
+            top = vals.max() if direction == "higher" else vals.min()
+            best[col] = {int(i) for i in vals.index[np.isclose(vals, top, rtol=0, atol=1e-12)]}
     return best
 
 
@@ -596,16 +600,26 @@ def _unavailable_notes(results: Results, key: DatasetKey, run_ids: list[str],
     kinds = dict(zip(results.metrics["metric"], results.metrics["kind"]))
     b = results.leaderboard
     sub = b[b["run_id"].isin(run_ids) & (b["dataset_hash"].fillna("") == key.dataset_hash)]
-    notes = []
+    # One note per (metric, reason): the same missing weights file is said once, with
+    # the runs it hit, not once per run.
+    grouped: dict[tuple[str, str], dict] = {}
     for r in sub.sort_values(["metric", "run_id"]).itertuples(index=False):
         reason = getattr(r, "reason", None)
+        reason = "" if reason is None or pd.isna(reason) else str(reason)
         n_un = 0 if pd.isna(r.n_unavailable) else int(r.n_unavailable)
         if n_un > 0 or pd.isna(r.value):
-            notes.append({"metric": r.metric, "run": labels.get(r.run_id, r.run_id),
-                          "kind": kinds.get(r.metric, "image"),
-                          "n_unavailable": n_un,
-                          "reason": "" if reason is None or pd.isna(reason) else str(reason)})
-    return notes
+            note = grouped.setdefault((r.metric, reason), {
+                "metric": r.metric, "kind": kinds.get(r.metric, "image"), "runs": [],
+                "reason": reason, "short": _short_reason(reason)})
+            note["runs"].append({"label": labels.get(r.run_id, r.run_id), "n": n_un})
+    return list(grouped.values())
+
+
+def _short_reason(reason: str) -> str:
+    """The first sentence of a reason (the asset resolver's message goes on for lines)."""
+    first = reason.strip().splitlines()[0] if reason.strip() else ""
+    first = first.split(" Looked in:")[0].strip()
+    return first if len(first) <= 240 else first[:237] + "..."
 
 
 def _provenance(results: Results) -> list[dict]:
@@ -619,7 +633,7 @@ def _provenance(results: Results) -> list[dict]:
 
 def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: int = 2) -> dict:
     """Write the whole site into ``site`` (a fresh folder); return a summary."""
-    env = md_env = _template_env()
+    env, md_env = _template_env(), _template_env(autoescape=False)
     css, js = _static("report.css"), _static("sortable.js")
     keys = dataset_keys(results.leaderboard, results.runs)
     directions = dict(zip(results.metrics["metric"], results.metrics["direction"]))
@@ -693,12 +707,12 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
             for col, metric, _ in vcols:
                 n_s, n_u = row[f"{metric} n_scored"], row[f"{metric} n_unavailable"]
                 cells.append({"text": format_value(row[col]), "raw": row[col],
-                              "best": best.get(col) == i,
+                              "best": i in best.get(col, ()),
                               "title": f"{n_s} scored, {n_u} unavailable"})
             table_rows.append({"label": labels[row["run_id"]], "row": row, "cells": cells})
         html_text = env.get_template("dataset.html.j2").render(
-            page=page, css=css, js=js, nav_pages=nav, vcols=vcols, rows=table_rows, notes=notes, plots=plots,
-            scatter=scatter, grid=grid, n_cols=n_cols, decimals=DECIMALS,
+            page=page, css=css, js=js, nav_pages=nav, vcols=vcols, rows=table_rows,
+            notes=notes, plots=plots, scatter=scatter, grid=grid, n_cols=n_cols, decimals=DECIMALS,
             skipped=[{"label": labels[r.run_id], "status": r.status,
                       "reason": "" if r.reason is None or pd.isna(r.reason) else r.reason}
                      for r in runs_all.itertuples(index=False) if r.run_id not in done])

@@ -217,8 +217,9 @@ def resolve_methods(store, methods: list[str], dataset: str | None) -> list[dict
         hit = [r for r in runs if r["run_id"] == m] or [r for r in runs if r["restorer"] == m]
         if not hit:
             options = {r["restorer"] for r in runs} | {r["run_id"] for r in runs}
+            finished = ", ".join(sorted({r["restorer"] for r in runs})) or "none"
             raise StudyError(f"--methods: no finished run of {m!r}{_did_you_mean(m, options)} "
-                             f"(finished: {', '.join(sorted({r['restorer'] for r in runs})) or 'none'})")
+                             f"(finished: {finished})")
         if len(hit) > 1:
             raise StudyError(f"--methods: {m!r} has {len(hit)} finished runs "
                              f"({', '.join(r['run_id'] for r in hit)}); name a run id"
@@ -570,10 +571,12 @@ def serve(study: Study, host: str = "127.0.0.1", port: int = 8765) -> None:
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", required=True, metavar="DIR", help="results folder (results.duckdb)")
+    p.add_argument("--results", required=True, metavar="DIR",
+                   help="results folder (has results.duckdb)")
     p.add_argument("--methods", required=True, metavar="A,B[,C]",
                    help="restorer names or run ids, comma-separated (at least two)")
-    p.add_argument("--dataset", metavar="NAME", help="dataset name or hash when runs are on several")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="dataset name or hash, when the runs are on several")
     p.add_argument("--study", default="main", metavar="NAME", help="study name (default: main)")
     p.add_argument("--refs", type=int, default=2, metavar="N",
                    help="reference photos shown beside the LQ face (default 2; 0 = none)")
@@ -586,7 +589,8 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _add_results(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", required=True, metavar="DIR", help="results folder (results.duckdb)")
+    p.add_argument("--results", required=True, metavar="DIR",
+                   help="results folder (has results.duckdb)")
     p.add_argument("--study", metavar="NAME", help="only this study (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_results)

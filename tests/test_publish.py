@@ -106,7 +106,8 @@ def test_parquet_and_markdown_hold_the_same_table(site, handmade):
     for row in rows:
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {row['restorer']} | `"))
         assert row["psnr (higher)"] in line and row["ids (higher)"] in line and "n/a" in line
-    assert "MUSIQ weights not found" in md and "fid, lq: unavailable" in md
+    assert "- musiq (blur: 3 images, lq: 3 images): MUSIQ weights not found" in md
+    assert "- fid (blur, lq): FID Inception weights not found" in md
 
 
 def test_report_is_self_contained_and_complete(site, handmade):

@@ -97,10 +97,12 @@ def test_tampered_requests_are_refused_and_leave_the_store_unchanged(results):
     before = snapshot(results)
     vote = f"/study/{TOKEN}/vote"
     refused = {
-        "bad token": client.post(f"/study/{'x' * 32}/vote", data={"pair_id": pid, "choice": "left"}),
+        "bad token": client.post(f"/study/{'x' * 32}/vote",
+                                 data={"pair_id": pid, "choice": "left"}),
         "bad token page": client.get(f"/study/{TOKEN[:-1]}X"),
         "unknown pair": client.post(vote, data={"pair_id": "A" * 24, "choice": "left"}),
-        "path as pair": client.post(vote, data={"pair_id": "../../results.duckdb", "choice": "left"}),
+        "path as pair": client.post(vote, data={"pair_id": "../../results.duckdb",
+                                                "choice": "left"}),
         "path as choice": client.post(vote, data={"pair_id": pid, "choice": "/etc/passwd"}),
         "extra field": client.post(vote, data={"pair_id": pid, "choice": "left",
                                                "winner_run": "run-lq-0001"}),
@@ -110,7 +112,8 @@ def test_tampered_requests_are_refused_and_leave_the_store_unchanged(results):
         "huge body": client.post(vote, data={"pair_id": pid, "choice": "left",
                                              "pad": "x" * 2_000_000}),
         "huge chunked body": client.post(
-            vote, content=iter([b"pair_id=" + pid.encode() + b"&choice=left&pad="] + [b"x" * 65536] * 8),
+            vote, content=iter([f"pair_id={pid}&choice=left&pad=".encode()]
+                               + [b"x" * 65536] * 8),
             headers={"content-type": "application/x-www-form-urlencoded"}),
         "path as media": client.get(f"/study/{TOKEN}/media/..%2F..%2Fresults.duckdb"),
         "media by name": client.get(f"/study/{TOKEN}/media/results.duckdb"),
@@ -158,7 +161,7 @@ def test_bradley_terry_ranks_by_strength_with_choix():
 @pytest.mark.realdata
 def test_results_cli_and_publish_show_the_votes(results, tmp_path, capsys):
     study, client = make_client(results)
-    for i in range(6):
+    for _ in range(6):
         page = client.get(f"/study/{TOKEN}").text
         pid = pair_id_of(page)
         pair = study.pending[pid]
