@@ -475,8 +475,10 @@ class LPIPS(Metric):
         else:
             torch.manual_seed(self.random_weights_seed)
 
+        tv_alexnet = torchvision.models.alexnet  # taken before the patch below replaces it
+
         def alexnet_factory(*a, **k):
-            net = torchvision.models.alexnet(weights=None)
+            net = tv_alexnet(weights=None)
             if self.random_weights_seed is None:
                 net.load_state_dict(_torch_load(alex))
             return net
@@ -536,9 +538,13 @@ class FID(Metric):
 
     direction, kind, needs = "lower", "dataset", "gt"
 
-    def __init__(self, device="cpu", path=None, random_weights_seed=None, cache_dir=None):
+    def __init__(self, device="cpu", path=None, random_weights_seed=None, cache_dir=None,
+                 dims: int = 2048):
         super().__init__(device)
         self.path, self.random_weights_seed, self.cache_dir = path, random_weights_seed, cache_dir
+        if int(dims) not in (64, 192, 768, 2048):
+            raise ValueError(f"fid: dims must be 64, 192, 768 or 2048 (pytorch-fid's blocks), got {dims}")
+        self.dims = int(dims)
 
     def prepare(self):
         from unittest import mock
@@ -557,10 +563,11 @@ class FID(Metric):
             def load(net, *a, **k):
                 pass
         with mock.patch.object(inception, "load_pretrained_network", load):
-            self.net = inception.InceptionV3(output_blocks=(3,), resize_input=False,
+            block = inception.InceptionV3.BLOCK_INDEX_BY_DIM[self.dims]
+            self.net = inception.InceptionV3(output_blocks=(block,), resize_input=False,
                                              normalize_input=False).eval().to(self.device)
         self.extractor = ("pytorch-fid-inception" if self.random_weights_seed is None
-                          else f"random-inception-seed{self.random_weights_seed}")
+                          else f"random-inception-seed{self.random_weights_seed}") + f"-{self.dims}"
 
     def features(self, images: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
         import torch
@@ -577,6 +584,8 @@ class FID(Metric):
             x = (torch.from_numpy(np.stack(batch)).float() - 128) / 128
             with torch.inference_mode():
                 f = self.net(x.to(self.device))[0]
+                if f.shape[-1] != 1:  # blocks before the last: pooled as pytorch-fid does
+                    f = torch.nn.functional.adaptive_avg_pool2d(f, 1)
             out.append(f.reshape(f.shape[0], -1).cpu().numpy().astype(np.float64))
         return np.concatenate(out)
 

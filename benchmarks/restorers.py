@@ -280,7 +280,7 @@ class MGFR(Restorer):
     def config_for_record(self):
         cfg = super().config_for_record()
         if getattr(self, "pipe", None) is not None:
-            cfg["pipeline"] = self.pipe.config_for_record()
+            cfg["pipeline"] = self.pipe.config_for_record(**self.call_options)
             cfg.pop("adapters", None)  # the pipeline's record has the adapters' hash instead
         return cfg
 
