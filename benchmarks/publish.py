@@ -625,9 +625,14 @@ def _short_reason(reason: str) -> str:
 def _provenance(results: Results) -> list[dict]:
     rows = []
     for r in results.runs.itertuples(index=False):
-        d = r._asdict()
-        rows.append({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-                     for k, v in d.items()})
+        row = {}
+        for k, v in r._asdict().items():
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
+                v = ""
+            elif isinstance(v, pd.Timestamp):
+                v = v.strftime("%Y-%m-%d %H:%M:%S")
+            row[k] = v
+        rows.append(row)
     return rows
 
 
