@@ -48,13 +48,15 @@ SITE_MARKER = ".reface-publish"
 STORE_FILE = "results.duckdb"
 
 #: Leaderboard column order: fidelity, perceptual, identity, distribution, no-reference.
-METRIC_ORDER = ("psnr", "ssim", "lpips", "dists", "ids", "deg", "lmd", "fid", "musiq",
-                "clipiqa", "maniqa", "niqe", "brisque")
+METRIC_ORDER = ("psnr", "ssim", "psnr-y", "ssim-y", "lpips", "dists", "ids", "deg", "ids-ref",
+                "lmd", "fid", "musiq", "clipiqa", "maniqa", "niqe", "niqe-skvideo", "brisque",
+                "brisque-pypi")
 #: The identity axis of the identity-vs-quality scatter, first one present wins.
 IDENTITY_METRICS = ("ids", "deg", "lmd")
 #: The quality axis of the scatter, first one present wins (no-reference first: the
 #: question the scatter answers is "does a nicer-looking face cost identity?").
-QUALITY_METRICS = ("musiq", "clipiqa", "maniqa", "niqe", "brisque", "lpips", "ssim", "psnr")
+QUALITY_METRICS = ("musiq", "clipiqa", "maniqa", "niqe", "niqe-skvideo", "brisque",
+                   "brisque-pypi", "lpips", "ssim", "psnr")
 ID_COLUMNS = ("dataset", "dataset_hash", "restorer", "run_id", "config_hash")
 
 #: FFHQ-aligned crop boxes, as fractions of the face size, derived from the FFHQ landmark
@@ -585,13 +587,16 @@ def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
 
 
 def _best_cells(frame: pd.DataFrame) -> dict[str, set[int]]:
-    """Row indices holding the best value per metric column (all of them on a tie)."""
+    """Row indices holding the best value per metric column (all of them on a tie).
+
+    Compared as shown (rounded): two values that print the same are both marked.
+    """
     best = {}
     for col, _, direction in value_columns(frame):
-        vals = frame[col].astype("float64")
+        vals = frame[col].astype("float64").round(DECIMALS)
         if vals.notna().sum() >= 2:
             top = vals.max() if direction == "higher" else vals.min()
-            best[col] = {int(i) for i in vals.index[np.isclose(vals, top, rtol=0, atol=1e-12)]}
+            best[col] = {int(i) for i in vals.index[vals == top]}
     return best
 
 
@@ -632,6 +637,7 @@ def _provenance(results: Results) -> list[dict]:
             elif isinstance(v, pd.Timestamp):
                 v = v.strftime("%Y-%m-%d %H:%M:%S")
             row[k] = v
+        row["short_reason"] = _short_reason(str(row.get("reason") or ""))
         rows.append(row)
     return rows
 
@@ -719,7 +725,9 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
             page=page, css=css, js=js, nav_pages=nav, vcols=vcols, rows=table_rows,
             notes=notes, plots=plots, scatter=scatter, grid=grid, n_cols=n_cols, decimals=DECIMALS,
             skipped=[{"label": labels[r.run_id], "status": r.status,
-                      "reason": "" if r.reason is None or pd.isna(r.reason) else r.reason}
+                      "reason": "" if r.reason is None or pd.isna(r.reason) else r.reason,
+                      "short": "" if r.reason is None or pd.isna(r.reason)
+                      else _short_reason(r.reason)}
                      for r in runs_all.itertuples(index=False) if r.run_id not in done])
         with _atomic(site / page["file"]) as tmp:
             tmp.write_text(html_text, encoding="utf-8")
