@@ -445,6 +445,8 @@ class AssetWriter:
         from reface_core.imageio import ImageLoadError, load_image
         if path is None:
             return GridCell(label, note="no image recorded")
+        if not path.is_file():
+            return GridCell(label, note=f"file missing: {path.name}")
         key = (str(path), crops)
         if key in self.done:
             return dataclasses.replace(self.done[key], label=label)
