@@ -582,7 +582,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
                    help="reference photos shown beside the LQ face (default 2; 0 = none)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     p.add_argument("--token", help="study token for the URL (default: a new random one)")
     p.add_argument("--seed", type=int, help="seed of the pair order (default: random)")
     p.set_defaults(func=_cmd_serve)
@@ -609,6 +609,11 @@ def _cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         print(f"error: --port {args.port}: must be 1-65535", file=sys.stderr)
         return 2
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: --host {args.host} --port {args.port}: cannot listen there ({problem})",
+              file=sys.stderr)
+        return 2
     try:
         study = Study(StudyConfig(results=args.results, methods=_parse_methods(args.methods),
                                   study=args.study, dataset=args.dataset, refs=args.refs,
@@ -618,6 +623,20 @@ def _cmd_serve(args) -> int:
         return 2
     serve(study, args.host, args.port)
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn could not bind host:port (in use, no such address), or None."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def _fmt(v: float) -> str:

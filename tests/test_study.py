@@ -200,6 +200,15 @@ def test_bad_study_setup_is_one_line_error(results, capsys):
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
     assert S.main(["serve", "--results", str(results.parent / "nope"), "--methods", "a,b"]) == 2
     assert "no results.duckdb" in capsys.readouterr().err
+    import socket
+    with socket.socket() as busy:  # a port someone else listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert S.main(["serve", "--results", str(results), "--methods", "lq,blur",
+                       "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host 127.0.0.1 --port") and "in use" in err, err
     # The default address is this machine only.
     args = S.build_parser().parse_args(["serve", "--results", "r", "--methods", "a,b"])
     assert args.host == "127.0.0.1"
