@@ -132,6 +132,8 @@ class MGFRPipeline(DiffusionPipeline):
                  adapter: DualControlAdapter, resolution: int = 64, preset: str = "tiny",
                  base: str = "", adapters_path: str = ""):
         super().__init__()
+        for m in (unet, vae, text_encoder):
+            m.requires_grad_(False)  # the prior is frozen, whatever loaded it
         self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, scheduler=scheduler, adapter=adapter)
         self.register_to_config(resolution=int(resolution), preset=preset, base=base,

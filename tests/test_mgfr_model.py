@@ -9,6 +9,16 @@ from mgfr.base import build_base_from_config, load_base, save_base
 from mgfr.presets import available_presets, get_preset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP workers
+    # spinning against other processes make every call 10x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_base():
     return load_base("tiny", seed=0)
