@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from publish_support import REAL_LIMIT, real_results
+from publish_support import REAL_LIMIT, REAL_RESTORERS, real_results
 
 from benchmarks.store import open_store
 
@@ -122,7 +122,7 @@ def test_report_renders_from_file_url(browser, results, tmp_path):
     assert images == []  # the overview has tables only
     with open_store(results, read_only=True) as store:
         n_runs = len(store.query("SELECT run_id FROM runs"))
-    assert len(column(browser, "provenance", 0)) == n_runs == 2
+    assert len(column(browser, "provenance", 0)) == n_runs == len(REAL_RESTORERS)
     screenshot(browser, tmp_path, "report-index")
 
     browser.find_element(By.LINK_TEXT, "reface-test").click()
@@ -130,21 +130,26 @@ def test_report_renders_from_file_url(browser, results, tmp_path):
     broken = [i["src"] for i in images if not i["w"] or not i["h"]]
     assert not broken, f"images that did not load: {broken}"
     faces = [i for i in images if "/img/" in i["src"]]
-    # LQ, lq, bicubic, GT with eye and mouth crops per face, plus references
-    assert sum(i["src"].endswith("-eyes.png") for i in faces) == 4 * min(REAL_LIMIT, 6)
+    # LQ, each restorer and GT with eye and mouth crops per face, plus references
+    assert sum(i["src"].endswith("-eyes.png") for i in faces) == 5 * min(REAL_LIMIT, 6)
     assert all(i["shown"] > 0 for i in images)
     assert sum("/plots/" in i["src"] for i in images) >= 3  # psnr, ssim, ids (+ scatter)
-    assert sorted(column(browser, "leaderboard", 0)) == ["bicubic", "lq"]
+    assert column(browser, "leaderboard", 0) == REAL_RESTORERS
     headers = browser.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")
     names = [h.text for h in headers]
     assert names[:3] == ["restorer", "run id", "config hash"] and "psnr ↑" in names
 
     # Sorting: the restorer column ascending, then descending.
     headers[0].click()
-    assert column(browser, "leaderboard", 0) == ["bicubic", "lq"]
+    assert column(browser, "leaderboard", 0) == REAL_RESTORERS
     assert headers[0].get_attribute("aria-sort") == "ascending"
     headers[0].click()
-    assert column(browser, "leaderboard", 0) == ["lq", "bicubic"]
+    assert column(browser, "leaderboard", 0) == REAL_RESTORERS[::-1]
+    # A numeric column sorts by its data-sort value.
+    psnr_header = headers[[h.text for h in headers].index("psnr ↑")]
+    psnr_header.click()
+    values = [float(v) for v in column(browser, "leaderboard", names.index("psnr ↑"))]
+    assert values == sorted(values)
     # The numbers shown are the CSV's numbers.
     csv_text = (site / "leaderboards" / "reface-test.csv").read_text()
     psnr = column(browser, "leaderboard", names.index("psnr ↑"))

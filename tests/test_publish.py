@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from publish_support import REAL_LIMIT, handmade_results, real_results
+from publish_support import REAL_LIMIT, REAL_RESTORERS, handmade_results, real_results
 
 from benchmarks import publish as P
 from benchmarks.store import open_store
@@ -82,23 +82,24 @@ def test_csv_numbers_equal_the_leaderboard_view(site, handmade):
 
 @pytest.mark.slow
 def test_publishing_a_real_benchmark_run(identities_dataset, tmp_path_factory, tmp_path):
-    """benchmarks.run (lq, bicubic) on the Reface-HQ test split, then publish."""
+    """benchmarks.run (lq, bicubic, tiny MGFR) on the Reface-HQ test split, then publish."""
     results = real_results(identities_dataset, tmp_path_factory.getbasetemp())
     out = tmp_path / "site"
     assert P.main(["--results", str(results), "--out", str(out)]) == 0
-    assert check_csv_equals_view(out, results) == 2 * 5  # 2 runs x 5 metrics
+    assert check_csv_equals_view(out, results) == 3 * 5  # 3 runs x 5 metrics
     (csv_path,) = (out / "leaderboards").glob("*.csv")
-    header, rows = read_csv(csv_path)
-    assert sorted(r["restorer"] for r in rows) == ["bicubic", "lq"]
+    _, rows = read_csv(csv_path)
+    assert [r["restorer"] for r in rows] == REAL_RESTORERS
     assert all(r["psnr n_scored"] == str(REAL_LIMIT) for r in rows)
     assert all(r["lpips (lower)"] == "" and r["lpips n_unavailable"] == str(REAL_LIMIT)
                for r in rows)
     md = csv_path.with_suffix(".md").read_text()
-    assert "- lpips (bicubic: 6 images, lq: 6 images): pretrained asset" in md
+    assert (f"- lpips (bicubic: {REAL_LIMIT} images, lq: {REAL_LIMIT} images, "
+            f"mgfr: {REAL_LIMIT} images): pretrained asset") in md
     page = (out / csv_path.with_suffix(".html").name).read_text()
     srcs = re.findall(r'<img[^>]+src="([^"]+)"', page)
-    # Grid: LQ, 2 restorers and GT with eye and mouth crops, plus the references.
-    assert sum("-eyes.png" in s for s in srcs) == 4 * min(REAL_LIMIT, 6)
+    # Grid: LQ, 3 restorers and GT with eye and mouth crops, plus the references.
+    assert sum("-eyes.png" in s for s in srcs) == 5 * min(REAL_LIMIT, 6)
     for src in srcs:
         assert (out / src).is_file(), src
 
