@@ -29,6 +29,7 @@ the same tables when votes exist.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -385,7 +386,8 @@ class Study:
                     [session_id, self.config.study, started, answered])
                 con.execute("COMMIT")
             except duckdb.Error as e:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise VoteRefused(409 if "Constraint" in str(e) else 503,
                                   "vote not recorded") from None
             finally:

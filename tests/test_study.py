@@ -215,3 +215,25 @@ def test_bad_study_setup_is_one_line_error(results, capsys):
     from benchmarks.cli import build_parser
     args = build_parser().parse_args(["study", "results", "--results", str(results)])
     assert args.func(args) == 0 and "no votes recorded" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_a_vote_is_all_or_nothing(results):
+    """The vote row and the session row are one transaction: when the second insert fails
+    the first is rolled back, the pair stays answerable, and the participant is told."""
+    study, client = make_client(results)
+    pid = pair_id_of(client.get(f"/study/{TOKEN}").text)
+    with open_store(results) as store:  # break the session insert that follows the vote's
+        store.con.execute("ALTER TABLE study_sessions RENAME TO study_sessions_away")
+    resp = client.post(f"/study/{TOKEN}/vote", data={"pair_id": pid, "choice": "left"},
+                       follow_redirects=False)
+    assert resp.status_code == 303 and resp.headers["location"].endswith("?m=busy")
+    assert "could not be saved" in client.get(resp.headers["location"]).text
+    with open_store(results) as store:
+        assert store.query("SELECT count(*) AS n FROM study_votes")[0]["n"] == 0
+        store.con.execute("ALTER TABLE study_sessions_away RENAME TO study_sessions")
+    assert pid in study.pending
+    assert client.post(f"/study/{TOKEN}/vote", data={"pair_id": pid, "choice": "left"},
+                       follow_redirects=False).headers["location"] == f"/study/{TOKEN}"
+    with open_store(results, read_only=True) as store:
+        assert store.query("SELECT count(*) AS n FROM study_votes")[0]["n"] == 1
