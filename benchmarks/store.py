@@ -124,6 +124,13 @@ COLUMNS = {
 }
 
 
+def _arrow_type(column: str):
+    import pyarrow as pa
+    return {"value": pa.float64(), "seconds": pa.float64(), "n_images": pa.int32(),
+            "degradation_seed": pa.int64(), "started_at": pa.timestamp("us"),
+            "finished_at": pa.timestamp("us")}.get(column, pa.string())
+
+
 class StoreError(RuntimeError):
     """The results store cannot be opened (locked by another process, not a DuckDB file)."""
 
@@ -181,9 +188,23 @@ class Store:
                            for c in cols])
         if not values:
             return 0
-        sql = (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
-               f"VALUES ({', '.join('?' * len(cols))})")
-        self.con.executemany(sql, values)
+        sql_cols = ", ".join(cols)
+        if len(values) == 1:
+            self.con.execute(f"INSERT OR REPLACE INTO {table} ({sql_cols}) "
+                             f"VALUES ({', '.join('?' * len(cols))})", values[0])
+            return 1
+        # Many rows: one INSERT ... SELECT over an Arrow table (executemany costs a
+        # statement per row in DuckDB).
+        import pyarrow as pa
+        # Every column, typed, so a NULL replaces an old value rather than keeping it.
+        batch = pa.table({c: pa.array([v[i] for v in values], type=_arrow_type(c))
+                          for i, c in enumerate(cols)})
+        self.con.register("_upsert_rows", batch)
+        try:
+            self.con.execute(f"INSERT OR REPLACE INTO {table} ({sql_cols}) "
+                             f"SELECT {sql_cols} FROM _upsert_rows")
+        finally:
+            self.con.unregister("_upsert_rows")
         return len(values)
 
     def delete_run_scores(self, run_id: str, metrics: Sequence[str]) -> None:

@@ -38,7 +38,8 @@ def _tiny_adapters(tmp_path) -> Path:
 def test_reface_test_bicubic_mgfr_and_codeformer_without_weights(identities_dataset, tmp_path, capsys):
     adapters = _tiny_adapters(tmp_path)
     out = tmp_path / "results"
-    rc = B.main(["--methods", f"mgfr:adapters={adapters},steps=2,prompt=a face,codeformer,bicubic",
+    rc = B.main(["--methods", f"mgfr:adapters={adapters},steps=1,guidance_scale=1,lambda_na=0,lambda_nq=0,"
+                 "prompt=a face,codeformer,bicubic",
                  "--dataset", "reface-test", "--data", str(identities_dataset), "--out", str(out),
                  "--limit", "2", "--no-progress"])
     text = capsys.readouterr().out

@@ -54,3 +54,14 @@ def test_unknown_column_and_missing_store_are_errors(tmp_path):
     (tmp_path / "bad" / "results.duckdb").write_bytes(b"not a database")
     with pytest.raises(StoreError, match="results.duckdb"):
         open_store(tmp_path / "bad")
+
+
+def test_batch_upsert_replaces_every_column(tmp_path):
+    s = open_store(tmp_path)
+    rows = [dict(run_id="r", image_id=i, metric="ssim", value=None, status="unavailable",
+                 reason="weights missing", embedder=None) for i in "abc"]
+    s.upsert("image_scores", rows)
+    s.upsert("image_scores", [dict(r, value=0.5, status="ok", reason=None) for r in rows])
+    got = s.query("SELECT value, status, reason FROM image_scores")
+    assert got == [{"value": 0.5, "status": "ok", "reason": None}] * 3
+    s.close()
