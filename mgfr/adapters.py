@@ -189,7 +189,7 @@ class AdapterConditions:
     id_tokens: torch.Tensor | None = None    # (B, R * N, token_dim)
     id_mask: torch.Tensor | None = None      # (B, R * N) 1 = attend, or None
 
-    def repeat(self, n: int) -> "AdapterConditions":
+    def repeat(self, n: int) -> AdapterConditions:
         def rep(t):
             return None if t is None else t.repeat_interleave(n, dim=0)
         return AdapterConditions(rep(self.lq_latents), rep(self.rlf), rep(self.id_tokens),

@@ -62,7 +62,7 @@ class BaseModels:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
-    def to(self, device=None, dtype=None) -> "BaseModels":
+    def to(self, device=None, dtype=None) -> BaseModels:
         for m in (self.unet, self.vae, self.text_encoder):
             m.to(device=device, dtype=dtype)
         return self

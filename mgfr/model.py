@@ -21,8 +21,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class MGFRModel(nn.Module):
         self.info: dict[str, Any] = {}
 
     @classmethod
-    def from_base(cls, base, **adapter_options) -> "MGFRModel":
+    def from_base(cls, base, **adapter_options) -> MGFRModel:
         """A new (untrained) model on ``base``; the preset's adapter options are defaults."""
         from .presets import get_preset
 
@@ -160,7 +161,7 @@ class MGFRModel(nn.Module):
     @classmethod
     def load_adapters(cls, directory: str | os.PathLike, *, base=None, unet=None,
                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                      embedder: str | None = None) -> "MGFRModel":
+                      embedder: str | None = None) -> MGFRModel:
         """A model from an adapter folder. The base comes from ``base`` (a BaseModels, a
         preset name or a folder), else ``unet``, else the ``base`` in ``mgfr_adapters.json``.
         ``embedder``: the identity embedder the caller will use; another one than the

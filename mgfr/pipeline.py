@@ -30,9 +30,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -489,17 +490,22 @@ def load_pipeline(base: str | None = None, adapters: str | None = None, device: 
         else:
             base_models = load_base(base or "tiny", device=device, dtype=dtype)
             model = MGFRModel.from_base(base_models)
-        pipe = MGFRPipeline(
-            unet=base_models.unet, vae=base_models.vae, text_encoder=base_models.text_encoder,
-            tokenizer=base_models.tokenizer,
-            scheduler=get_scheduler("ddim", base_models.noise_scheduler.config),
-            adapter=model.adapter, resolution=base_models.resolution,
-            preset=base_models.preset, base=base_models.base,
-            adapters_path=str(adapters) if adapters else "")
+        pipe = pipeline_from_model(base_models, model, adapters_path=adapters)
     pipe.set_scheduler(scheduler)
     if embedder is not None:
         pipe.set_embedder(embedder)
     return pipe
+
+
+def pipeline_from_model(base_models, model: MGFRModel, adapters_path=None,
+                        scheduler: str = "ddim") -> MGFRPipeline:
+    """An :class:`MGFRPipeline` from built parts (``mgfr.base.BaseModels`` and a model)."""
+    return MGFRPipeline(
+        unet=base_models.unet, vae=base_models.vae, text_encoder=base_models.text_encoder,
+        tokenizer=base_models.tokenizer,
+        scheduler=get_scheduler(scheduler, base_models.noise_scheduler.config),
+        adapter=model.adapter, resolution=base_models.resolution, preset=base_models.preset,
+        base=base_models.base, adapters_path=str(adapters_path) if adapters_path else "")
 
 
 def parse_dtype(dtype) -> torch.dtype:

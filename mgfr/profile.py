@@ -6,12 +6,14 @@ encoder, UNet, LCA, RCA (with its exchange links), RLF, identity projection, ide
 embedder. Then one denoising step of MGFR against one bare-UNet step, and the cost of one
 restored image (step-invariant work once, plus ``steps`` steps).
 
-* GFLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; one
-  multiply-add = 2 FLOPs). The dlib embedder is not torch: no count.
+* GFLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and
+  attention, the latter counted through the math SDPA backend; one multiply-add = 2 FLOPs).
+  The dlib embedder is not torch: no count.
 * latency: median of ``--repeats`` timed calls after one warm-up call.
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the level before the call;
   on CPU the peak resident set size above the level before the call (sampled every 2 ms).
-* step ratio: an MGFR step runs the adapter once and the UNet over the guidance branches;
+* step ratio: the bare-UNet and MGFR calls are timed interleaved (a, b, a, b, ...) so load
+  from other processes falls on both alike. An MGFR step runs the adapter once and the UNet over the guidance branches;
   the ratio is reported for the same number of UNet branches with and without the adapter
   (1 branch: the adapter's own overhead; 4 branches: MGFR's dual negative guidance), and
   for MGFR with 4 branches against plain CFG (2 branches).
@@ -24,8 +26,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -104,15 +106,8 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int = 3,
 
     The first call counts FLOPs and is the warm-up; then ``repeats`` timed calls, the first
     of which also records peak memory (sampling costs nothing the timing would notice)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    gflops = None
-    if flops:
-        with FlopCounterMode(display=False) as fc:
-            fn()
-        gflops = fc.get_total_flops() / 1e9
-    else:
-        fn()
+    gflops = count_gflops(fn) if flops else (fn(), None)[1]
     _sync(device)
     times, peak = [], 0
     for i in range(repeats):
@@ -132,6 +127,47 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int = 3,
         elif device.type == "cuda" and i == 0:
             peak = torch.cuda.max_memory_allocated(device) - before
     return {"gflops": gflops, "seconds": statistics.median(times), "peak_mib": peak / 2**20}
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """GFLOPs of one call. Attention runs through the math SDPA backend here: the fused CPU
+    and flash kernels are not known to the FLOP counter and would count as zero."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def measure_pair(fn_a, fn_b, device: torch.device, repeats: int = 3) -> tuple[dict, dict]:
+    """``measure`` for two functions with their timed calls interleaved (a, b, a, b, ...),
+    so that load from other processes falls on both alike and their ratio stays fair."""
+    out = []
+    for fn in (fn_a, fn_b):
+        g = count_gflops(fn)
+        out.append({"gflops": g, "times": []})
+    for i in range(repeats):
+        for fn, o in zip((fn_a, fn_b), out):
+            mem = _PeakRSS() if device.type != "cuda" and i == 0 else None
+            if device.type == "cuda" and i == 0:
+                before = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            if mem is not None:
+                mem.__enter__()
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            o["times"].append(time.perf_counter() - t0)
+            if mem is not None:
+                mem.__exit__(None, None, None)
+                o["peak_mib"] = mem.used / 2**20
+            elif device.type == "cuda" and i == 0:
+                o["peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return tuple({"gflops": o["gflops"], "seconds": statistics.median(o["times"]),
+                  "peak_mib": o["peak_mib"], "all_seconds": o["times"]} for o in out)
 
 
 def _count(params) -> int:
@@ -210,7 +246,7 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         + _count(vae.post_quant_conv.parameters()), calls="1 per image")
     add("text encoder", lambda: base.text_encoder(tokens), _count(base.text_encoder.parameters()),
         calls="1 per image (all prompts in one batch)")
-    unet_m = add("UNet", lambda: base.unet(z, t, ehs1), _count(base.unet.parameters()),
+    add("UNet", lambda: base.unet(z, t, ehs1), _count(base.unet.parameters()),
                  calls="branches per step")
     lca_m = add("LCA (+ output convs)", lambda: adapter(z, t, cond_lca), 0,
                 _count(adapter.lca_parameters()), calls="1 per step")
@@ -255,9 +291,11 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         ehs = ehs1.repeat(k, 1, 1)
         zk = z.repeat(k, 1, 1, 1)
         log(f"measuring one step with {k} branch(es)")
-        step[f"unet_{k}"] = measure(lambda: base.unet(zk, t, ehs), dev, repeats)
-        if k != 2:
-            step[f"mgfr_{k}"] = measure(
+        if k == 2:  # plain CFG: the bare UNet only
+            step["unet_2"] = measure(lambda: base.unet(zk, t, ehs), dev, repeats)
+        else:
+            step[f"unet_{k}"], step[f"mgfr_{k}"] = measure_pair(
+                lambda: base.unet(zk, t, ehs),
                 lambda: model.step(z, t, ehs, cond_full, num_branches=k), dev, repeats)
     ratios = {"mgfr_vs_unet_1_branch": step["mgfr_1"]["seconds"] / step["unet_1"]["seconds"],
               "gflops_mgfr_vs_unet_1_branch": step["mgfr_1"]["gflops"] / step["unet_1"]["gflops"]}

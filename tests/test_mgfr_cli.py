@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_rgb
+
 from mgfr.cli import main
 from reface_core.imageio import load_image, save_image
 

@@ -78,8 +78,8 @@ def test_sd21_base_unet_has_the_published_parameter_count():
 
 
 # ---- the model ----------------------------------------------------------------------------
-from mgfr.adapters import DualControlAdapter  # noqa: E402
-from mgfr.model import MGFRModel, encode_images, encode_prompts  # noqa: E402
+from mgfr.adapters import DualControlAdapter
+from mgfr.model import MGFRModel, encode_images, encode_prompts
 
 
 def _inputs(b=2, r=3, d=128, seed=0):
@@ -211,7 +211,7 @@ def test_encode_images_and_bad_inputs(tiny_base):
     with pytest.raises(ValueError, match="must be uint8"):
         encode_images(tiny_base, np.zeros((64, 64, 3), np.float32))
     model = MGFRModel.from_base(tiny_base)
-    x, t, lq, ref, ide = _inputs()
+    x, t, lq, _, _ = _inputs()
     with pytest.raises(ValueError, match="must match the noisy latents"):
         model(x, t, encode_prompts(tiny_base, ["a", "b"]), lq[:, :, :16, :16])
 
