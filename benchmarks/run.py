@@ -430,13 +430,17 @@ def run_benchmark(methods: str | list[str], dataset: str, data: str | None = Non
         bench.close()
 
 
-def format_summary(out: str | Path, summaries: list[RunSummary]) -> str:
-    """A plain-text table: one row per run, metric means; then what was skipped and why."""
+def format_summary(out: str | Path, summaries: list[RunSummary],
+                   metrics: list[str] | None = None) -> str:
+    """A plain-text table: one row per run, metric means; then what was skipped and why.
+    ``metrics``: only these (default: every metric the runs have in the store)."""
     store = open_store(out, read_only=True)
     try:
         board = store.leaderboard([s.run_id for s in summaries])
     finally:
         store.close()
+    if metrics is not None:
+        board = [r for r in board if r["metric"] in metrics]
     metrics = list(dict.fromkeys(r["metric"] for r in board))
     by_run: dict[str, dict] = {}
     notes: dict[str, str] = {}
@@ -515,7 +519,7 @@ def command(args) -> int:
             ValueError, ImageLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(args.out, summaries))
+    print(format_summary(args.out, summaries, metrics or list(M.DEFAULT_METRICS)))
     print(f"\nresults: {Path(args.out) / 'results.duckdb'}")
     return 0
 

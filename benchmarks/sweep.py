@@ -181,6 +181,7 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
                          for p, s, m in zip(points, summaries, means)]}
     write_json_atomic(folder / "sweep.json", result)
     result["folder"] = str(folder)
+    result["metrics"] = names
     result["summaries"] = summaries
     return result
 
@@ -217,7 +218,7 @@ def command(args) -> int:
             ValueError, ImageLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(args.out, res["summaries"]))
+    print(format_summary(args.out, res["summaries"], res["metrics"]))
     print(f"\nsweep: {res['folder']} (grid.png, curves.png, sweep.json)")
     return 0
 

@@ -229,3 +229,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, identities_dataset):
         assert B.main(argv + ["--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and msg in err and "\n" not in err, err
+
+
+def test_fid_reference_features_are_cached_per_dataset(paired_folder, tmp_path):
+    out = tmp_path / "results"
+    opts = {"fid": {"random_weights_seed": 0, "dims": 64}}  # random Inception: no download
+    res = B.run_benchmark("lq,bicubic:size=512", str(paired_folder), out=out, metrics=["fid"],
+                          progress=False, metric_options=opts)
+    assert [r.status for r in res] == ["done", "done"]
+    (cache,) = (out / "cache" / "fid").iterdir()
+    stamp = cache.stat().st_mtime_ns
+    s = open_store(out, read_only=True)
+    rows = s.query("SELECT * FROM dataset_scores ORDER BY run_id")
+    s.close()
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["n_images"] for r in rows] == [3, 3]
+    assert rows[0]["value"] == pytest.approx(rows[1]["value"])  # same pixels, same FID
+    # a new method reuses the GT features; only its own are computed
+    B.run_benchmark("bicubic:size=384", str(paired_folder), out=out, metrics=["fid"],
+                    progress=False, metric_options=opts)
+    assert [p.name for p in (out / "cache" / "fid").iterdir()] == [cache.name]
+    assert cache.stat().st_mtime_ns == stamp
