@@ -629,9 +629,21 @@ def _short_reason(reason: str) -> str:
     return first if len(first) <= 240 else first[:237] + "..."
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 0.001:
+        return "< 1 ms"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def _provenance(results: Results) -> list[dict]:
+    outs = results.outputs
     rows = []
     for r in results.runs.itertuples(index=False):
+        mine = outs[outs["run_id"] == r.run_id]
+        ok = mine[mine["status"] == "ok"]
+        secs = ok["seconds"].astype("float64")
+        work = {"n_ok": len(ok), "n_failed": len(mine) - len(ok),
+                "time_per_image": _duration(secs.mean()) if secs.notna().any() else ""}
         row = {}
         for k, v in r._asdict().items():
             if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
@@ -640,6 +652,7 @@ def _provenance(results: Results) -> list[dict]:
                 v = v.strftime("%Y-%m-%d %H:%M:%S")
             row[k] = v
         row["short_reason"] = _short_reason(str(row.get("reason") or ""))
+        row.update(work)
         rows.append(row)
     return rows
 
