@@ -219,3 +219,25 @@ def test_benchmarks_cli_has_publish(handmade, tmp_path):
     from benchmarks.cli import main
     assert main(["publish", "--results", str(handmade), "--out", str(tmp_path / "s")]) == 0
     assert json.loads(json.dumps(sorted(p.name for p in (tmp_path / "s").iterdir())))
+
+
+def test_one_board_per_dataset_content(handmade, tmp_path):
+    """Two runs on a dataset of the same name but other content never share a table."""
+    import shutil
+    res = tmp_path / "res"
+    shutil.copytree(handmade, res)
+    with open_store(res) as store:
+        store.con.execute("INSERT INTO runs SELECT * REPLACE ('run-lq-seed1' AS run_id, "
+                          "'e' || repeat('0', 15) AS dataset_hash, 1 AS degradation_seed) "
+                          "FROM runs WHERE run_id = 'run-lq-0001'")
+        store.con.execute("INSERT INTO image_scores SELECT * REPLACE ('run-lq-seed1' AS run_id, "
+                          "value + 1 AS value) FROM image_scores WHERE run_id = 'run-lq-0001'")
+    out = tmp_path / "site"
+    assert P.main(["--results", str(res), "--out", str(out)]) == 0
+    boards = sorted(p.name for p in (out / "leaderboards").glob("*.csv"))
+    assert boards == ["reface-test-dddddddd.csv", "reface-test-e0000000.csv"]
+    _, rows = read_csv(out / "leaderboards" / "reface-test-e0000000.csv")
+    assert [r["run_id"] for r in rows] == ["run-lq-seed1"]
+    assert check_csv_equals_view(out, res) == 2 * 4 + 1 * 3  # the copy has no FID row
+    index = (out / "index.html").read_text()
+    assert 'href="reface-test-dddddddd.html"' in index and 'href="reface-test-e0000000.html"' in index
