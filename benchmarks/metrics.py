@@ -32,6 +32,8 @@ Conventions (they matter when comparing with published tables):
   resize to 299 as clean-fid does, the dataset's GT as the reference set; its features
   cached per dataset hash): pyiqa's architectures, weights found by the asset resolver and
   read with ``torch.load(weights_only=True)``.
+* ``clipiqa`` (CLIP RN50) and ``maniqa`` (KonIQ-10k): pyiqa's architectures built without
+  downloads, weights from the resolver; opt-in (not in ``DEFAULT_METRICS``).
 """
 
 from __future__ import annotations
@@ -517,6 +519,150 @@ class MUSIQ(Metric):
             return float(self.scorer.net(_to_tensor(s.output, self.device)).reshape(-1)[0])
 
 
+#: CLIP RN50's hyper-parameters (OpenAI's RN50.pt), for random-weight test builds.
+CLIP_RN50 = dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
+                 vision_patch_size=None, context_length=77, vocab_size=49408,
+                 transformer_width=512, transformer_heads=8, transformer_layers=12)
+
+
+def _clip_state(path: Path) -> dict:
+    """CLIP weights from a plain state dict (read weights-only), or from OpenAI's
+    TorchScript ``RN50.pt`` after its sha256 matched the pinned one (a TorchScript archive
+    holds TorchScript, not Python pickles; the checksum pins the exact published file)."""
+    import torch
+
+    from reface_core.assets import checksum_matches, get_asset, sha256_file
+    try:
+        return _torch_load(path)
+    except Exception:  # not a weights-only pickle: maybe the TorchScript release file
+        pass
+    pinned = get_asset("openai-clip-rn50").sha256
+    digest = sha256_file(path)
+    if not checksum_matches(pinned, digest):
+        raise MetricUnavailable(f"{path}: neither a weights-only state dict nor OpenAI's RN50.pt "
+                                f"(sha256 {digest[:16]}... is not the pinned {pinned[:16]}...)")
+    return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def _install_clip_imports() -> None:
+    """Give pyiqa's ``clip_imports`` CLIP's tokenizer without importing the ``clip``
+    package, whose ``__init__`` needs ``pkg_resources`` (gone from current setuptools):
+    its ``simple_tokenizer.py`` is loaded from its file, and ``tokenize`` is CLIP's own."""
+    import importlib.util
+    import sys
+    import types
+
+    import torch
+
+    name = "pyiqa.archs.clip_imports"
+    if name in sys.modules:
+        return
+    try:
+        import clip  # noqa: F401  (works where pkg_resources still exists)
+        return
+    except ImportError:
+        sys.modules.pop("clip", None)
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise MetricUnavailable("CLIP-IQA needs the openai-clip package (pip install openai-clip)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "simple_tokenizer.py"
+    tok_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer", path)
+    tok_mod = importlib.util.module_from_spec(tok_spec)
+    tok_spec.loader.exec_module(tok_mod)
+    tokenizer = tok_mod.SimpleTokenizer()
+
+    def tokenize(texts, context_length: int = 77, truncate: bool = False):
+        texts = [texts] if isinstance(texts, str) else texts
+        sot, eot = tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]
+        out = torch.zeros(len(texts), context_length, dtype=torch.int)
+        for i, t in enumerate(texts):
+            ids = [sot] + tokenizer.encode(t) + [eot]
+            if len(ids) > context_length:
+                if not truncate:
+                    raise ValueError(f"prompt {t!r} is longer than {context_length} tokens")
+                ids = ids[:context_length - 1] + [eot]
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+    shim = types.ModuleType(name)
+    shim.clip = types.SimpleNamespace(tokenize=tokenize)
+    shim.SimpleTokenizer = tok_mod.SimpleTokenizer
+    shim.__all__ = ["clip", "SimpleTokenizer"]
+    sys.modules[name] = shim
+
+
+class CLIPIQA(Metric):
+    """pyiqa's CLIP-IQA (``clipiqa``: CLIP RN50, pyiqa's ten antonym prompt pairs, no
+    positional embedding so any image size works)."""
+
+    direction = "higher"
+
+    def __init__(self, device="cpu", path=None, random_weights_seed=None):
+        super().__init__(device)
+        self.path, self.random_weights_seed = path, random_weights_seed
+
+    def prepare(self):
+        from unittest import mock
+
+        import torch
+        _install_clip_imports()
+        from pyiqa.archs import clip_model, clipiqa_arch
+
+        if self.random_weights_seed is None:
+            model = clip_model.build_model(_clip_state(_resolve("openai-clip-rn50", self.path)))
+        else:
+            torch.manual_seed(self.random_weights_seed)
+            model = clip_model.CLIP(**CLIP_RN50)
+        model = model.float().eval()
+        # pyiqa's constructor would fetch RN50.pt itself; hand it the model built above.
+        with mock.patch.object(clipiqa_arch, "load", lambda *a, **k: model):
+            self.net = clipiqa_arch.CLIPIQA(model_type="clipiqa", backbone="RN50").eval().to(self.device)
+
+    def __call__(self, s):
+        import torch
+        with torch.inference_mode():
+            return float(self.net(_to_tensor(s.output, self.device)).reshape(-1)[0])
+
+
+class MANIQA(Metric):
+    """pyiqa's MANIQA (KonIQ-10k checkpoint; ViT-B/8 backbone inside the checkpoint),
+    ``test_sample`` uniform 224 px crops (pyiqa's default 20)."""
+
+    direction = "higher"
+
+    def __init__(self, device="cpu", path=None, random_weights_seed=None, test_sample=20):
+        super().__init__(device)
+        self.path, self.random_weights_seed = path, random_weights_seed
+        self.test_sample = int(test_sample)
+
+    def prepare(self):
+        from unittest import mock
+
+        import timm
+        import torch
+        from pyiqa.archs import maniqa_arch
+
+        weights = None if self.random_weights_seed is not None else \
+            _resolve("pyiqa-maniqa-koniq", self.path)
+        if self.random_weights_seed is not None:
+            torch.manual_seed(self.random_weights_seed)
+        create = timm.create_model  # taken before the patch below replaces it
+
+        def create_without_download(name, pretrained=False, **kw):
+            return create(name, pretrained=False, **kw)
+        # The checkpoint holds the ViT too, so timm's ImageNet weights are not needed.
+        with mock.patch.object(maniqa_arch.timm, "create_model", create_without_download):
+            net = maniqa_arch.MANIQA(pretrained=False, test_sample=self.test_sample)
+        if weights is not None:
+            net.load_state_dict(_torch_load(weights), strict=True)
+        self.net = net.eval().to(self.device)
+
+    def __call__(self, s):
+        import torch
+        with torch.inference_mode():
+            return float(self.net(_to_tensor(s.output, self.device)).reshape(-1)[0])
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between two Gaussians, through the eigenvalues of
     sqrt(S1) S2 sqrt(S1) (symmetric, so no complex square root to clean up)."""
@@ -617,6 +763,8 @@ METRICS: dict[str, MetricSpec] = {
     "ssim-y": MetricSpec(SSIM, {"y_channel": True}, "higher", "image", "SSIM on BasicSR's Y channel"),
     "lpips": MetricSpec(LPIPS, {}, "lower", "image", "LPIPS v0.1 AlexNet (pyiqa architecture)"),
     "musiq": MetricSpec(MUSIQ, {}, "higher", "image", "MUSIQ trained on KonIQ-10k (no reference)"),
+    "clipiqa": MetricSpec(CLIPIQA, {}, "higher", "image", "CLIP-IQA (pyiqa clipiqa: CLIP RN50, antonym prompts)"),
+    "maniqa": MetricSpec(MANIQA, {}, "higher", "image", "MANIQA KonIQ-10k (pyiqa), 20 uniform 224 px crops"),
     "fid": MetricSpec(FID, {}, "lower", "dataset", "FID to the dataset's GT set (pytorch-fid Inception, clean resize)"),
     "ids": MetricSpec(Identity, {}, "higher", "image", "identity cosine to GT (else to the references' mean)"),
     "deg": MetricSpec(Identity, {"degrees": True}, "lower", "image", "identity angle in degrees to GT (else references)"),

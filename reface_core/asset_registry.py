@@ -157,3 +157,19 @@ register(Asset(
     license="Apache-2.0 (TencentARC/GFPGAN; StyleGAN2 parts under NVIDIA's license)",
     url="https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
     source="https://github.com/TencentARC/GFPGAN"))
+register(Asset(
+    name="openai-clip-rn50", filename="RN50.pt", subdir="clip",
+    description="OpenAI CLIP RN50 (TorchScript release file), the backbone of CLIP-IQA",
+    used_by=("benchmarks",), license="MIT (openai/CLIP)",
+    url="https://openaipublic.azureedge.net/clip/models/"
+        "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+    sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
+    other_places=("~/.cache/clip/RN50.pt", f"{_TORCH_HUB}/../clip/RN50.pt"),
+    source="https://github.com/openai/CLIP"))
+register(Asset(
+    name="pyiqa-maniqa-koniq", filename="ckpt_koniq10k.pt", subdir="pyiqa",
+    description="MANIQA trained on KonIQ-10k, ViT-B/8 backbone included (pyiqa)",
+    used_by=("benchmarks",), license="Apache-2.0 (IIGROUP/MANIQA)",
+    url=_PYIQA_URL + "ckpt_koniq10k.pt",
+    other_places=(f"{_PYIQA_CACHE}/ckpt_koniq10k.pt",),
+    source="https://github.com/IIGROUP/MANIQA"))

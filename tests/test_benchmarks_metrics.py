@@ -152,7 +152,7 @@ def test_lmd_is_zero_on_itself_and_grows_with_shift(pairs):
 
 
 def test_missing_weights_are_unavailable_with_the_resolver_message():
-    for name in ("lpips", "musiq", "fid"):
+    for name in ("lpips", "musiq", "fid", "clipiqa", "maniqa"):
         m = create_metric(name)
         with pytest.raises(MetricUnavailable, match="was not found"):
             m.prepare()
@@ -178,3 +178,32 @@ def test_registry_names_and_errors():
             "brisque-pypi"} <= set(list_metrics())
     with pytest.raises(UnknownMetricError, match="did you mean 'niqe-skvideo'"):
         create_metric("niqe-skvide")
+
+
+@pytest.mark.slow
+def test_clipiqa_and_maniqa_load_through_the_resolver(pairs, tmp_path, monkeypatch):
+    import torch
+
+    from reface_core.assets import reface_home
+
+    lq, gt = pairs[0]
+    small = np.ascontiguousarray(gt[::2, ::2])
+    # CLIP-IQA: a random CLIP RN50 saved as a plain state dict where the resolver looks
+    rand = create_metric("clipiqa", random_weights_seed=0)
+    rand.prepare()
+    dest = reface_home() / "clip" / "RN50.pt"
+    dest.parent.mkdir(parents=True)
+    torch.save(rand.net.clip_model[0].state_dict(), dest)
+    m = create_metric("clipiqa")
+    m.prepare()
+    value = m(Sample("x", small))
+    # (CLIP's build_model casts weights to fp16 and we back to fp32: ~1e-4 apart)
+    assert 0.0 < value < 1.0 and value == pytest.approx(rand(Sample("x", small)), abs=1e-3)
+    # a TorchScript file that is not OpenAI's published one is refused, not loaded
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), dest)
+    with pytest.raises(MetricUnavailable, match="not the pinned"):
+        create_metric("clipiqa").prepare()
+    # MANIQA builds without any download (timm's ImageNet ViT is not fetched)
+    rand = create_metric("maniqa", random_weights_seed=0, test_sample=1)
+    rand.prepare()
+    assert sum(p.numel() for p in rand.net.vit.parameters()) > 80e6  # ViT-B/8
