@@ -11,7 +11,9 @@ restored image (step-invariant work once, plus ``steps`` steps).
   The dlib embedder is not torch: no count.
 * latency: median of ``--repeats`` timed calls after one warm-up call.
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the level before the call;
-  on CPU the peak resident set size above the level before the call (sampled every 2 ms).
+  on CPU the peak resident set size above the level before the call (sampled every 2 ms;
+  0 when the allocator reuses memory freed by earlier calls), and the process's high-water
+  mark.
 * step ratio: the bare-UNet and MGFR calls are timed interleaved (a, b, a, b, ...) so load
   from other processes falls on both alike. An MGFR step runs the adapter once and the UNet over the guidance branches;
   the ratio is reported for the same number of UNet branches with and without the adapter
@@ -315,6 +317,11 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
                  "peak_mib": max((r["peak_mib"] or 0) for r in rows + list(step.values())),
                  "note": f"component medians: step-invariant work once, then steps x one "
                          f"{kmax}-branch MGFR step, then the VAE decoder"}
+    import resource
+
+    # Resident memory growth per call reads 0 when the allocator reuses freed memory, so
+    # the process's own high-water mark (weights included) is reported too.
+    per_image["process_max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"preset": preset, "resolution": res, "device": str(dev), "dtype": dtype,
             "refs": refs, "repeats": repeats, "channel_mult": adapter.config.channel_mult,
             "adapter_channels": list(adapter.channels), "torch": torch.__version__,
@@ -360,7 +367,9 @@ def to_markdown(r: dict) -> str:
               f"Per restored image ({pi['steps']} steps of {pi['branches']} branch(es), "
               f"estimated from the medians): "
               f"{pi['seconds']:.2f} s, of which {pi['step_invariant_seconds']:.3f} s "
-              f"step-invariant (done once); peak {pi['peak_mib']:.0f} MiB above idle."]
+              f"step-invariant (done once); peak {pi['peak_mib']:.0f} MiB above the level "
+              f"before the largest call; process high-water mark "
+              f"{pi['process_max_rss_mib']:.0f} MiB (weights included)."]
     return "\n".join(lines) + "\n"
 
 

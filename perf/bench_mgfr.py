@@ -13,7 +13,9 @@ command runs unchanged on a GPU at paper scale. Per setting it times ``--repeats
   embedder's CPU time is in ``python -m mgfr profile``);
 * baseline: plain classifier-free-guided SD sampling with the same UNet, VAE, text
   encoder, scheduler and steps (2 UNet branches per step, no adapter);
-* ratio: MGFR / baseline; and the MGFR step alone against a bare-UNet step (1 branch).
+* ratio: MGFR / baseline, the two timed interleaved (a, b, a, b, ...) so that load from
+  other processes falls on both alike. The MGFR step against a bare-UNet step at the same
+  number of branches is in ``python -m mgfr profile``.
 
 It also counts, with forward hooks, how often the step-invariant parts run per image
 (VAE encoder, text encoder, RLF, identity projection) at two step counts: the counts must
@@ -32,20 +34,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def timed(fn, repeats: int, device) -> float:
+def timed_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` after a warm-up each, their calls interleaved
+    (a, b, a, b, ...) so that load from other processes falls on both alike."""
     import torch
 
-    fn()
-    times = []
+    fn_a()
+    fn_b()
+    times: tuple[list, list] = ([], [])
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, ts in zip((fn_a, fn_b), times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ts.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def peak_mib(fn, device) -> float:
@@ -168,8 +174,7 @@ def main(argv=None) -> int:
 
                 def run_bare():
                     bare_sd(pipe, steps, 4.0, torch.Generator().manual_seed(0))
-                t_m = timed(run_mgfr, args.repeats, device)
-                t_b = timed(run_bare, args.repeats, device)
+                t_m, t_b = timed_pair(run_mgfr, run_bare, args.repeats, device)
                 rows.append({"preset": args.preset, "device": str(device), "dtype": dt_name,
                              "resolution": res, "steps": steps, "refs": args.refs,
                              "mgfr_s": t_m, "bare_cfg_s": t_b, "ratio": t_m / t_b,
