@@ -42,6 +42,26 @@ def test_codeformer_loads_official_keys_and_restores_512(tmp_path):
         load_state_dict({"conv.weight": torch.zeros(3, 3, 3, 3)}, "CodeFormer", "x.pth")
 
 
+@pytest.mark.slow
+def test_gfpgan_v14_loads_official_keys_and_restores(tmp_path):
+    import torch
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    # GFPGANv1.4's clean architecture (GFPGAN's inference_gfpgan.py, arch "clean")
+    torch.manual_seed(0)
+    net = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
+                 fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1,
+                 sft_half=True)
+    path = tmp_path / "GFPGANv1.4.pth"
+    torch.save({"params_ema": net.state_dict()}, path)
+    del net
+    r = create_restorer("gfpgan", path=str(path))
+    r.load("cpu")
+    assert r.descriptor.architecture.id == "GFPGAN"
+    out = r.restore(make_rgb(256, 256, seed=2), [], image_id="a", out_size=(256, 256))
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+
+
 def test_missing_weights_skip_with_the_resolver_message():
     for name, file in (("codeformer", "codeformer.pth"), ("gfpgan", "GFPGANv1.4.pth")):
         with pytest.raises(RestorerUnavailable, match=file):
