@@ -52,8 +52,8 @@ class Item:
     photo: dict | None = None  # whole photos: {"path", "face_index", "matrix"}
 
     def row(self, dataset_hash: str) -> dict:
-        return dict(dataset_hash=dataset_hash, image_id=self.image_id, identity=self.identity,
-                    lq_path=self.lq_path, gt_path=self.gt_path, ref_paths=list(self.ref_paths))
+        return {"dataset_hash": dataset_hash, "image_id": self.image_id, "identity": self.identity,
+                    "lq_path": self.lq_path, "gt_path": self.gt_path, "ref_paths": list(self.ref_paths)}
 
 
 @dataclasses.dataclass
@@ -110,8 +110,8 @@ def _refs_for(ref_root: Path | None, identity: str) -> list[Path]:
 
 
 def _identity_of(image_id: str) -> str:
-    parts = image_id.split("/")
-    return parts[0] if len(parts) > 1 else parts[0]
+    """The first folder of the id (``<identity>/<file>``), or the whole id (a file stem)."""
+    return image_id.split("/")[0]
 
 
 def _need_dir(data: str | Path | None, name: str) -> Path:
@@ -286,12 +286,12 @@ def _no_options(name: str, unknown: dict) -> None:
 
 #: name -> (loader, description). Data: add a layout by adding a line.
 DATASETS: dict[str, tuple[Callable[..., BenchmarkDataset], str]] = {
-    "reface-test": (load_reface_test, "test split of a Reface-HQ folder, LQ synthesized "
-                    "(options: preset, seed, n_references, split)"),
+    "reface-test": (load_reface_test, ("test split of a Reface-HQ folder, LQ synthesized "
+                                       "(options: preset, seed, n_references, split)")),
     "paired": (load_paired, "DIR/lq + DIR/gt (+ DIR/ref/<identity>/)"),
     "lq-only": (load_lq_only, "a folder of LQ faces, or DIR/lq (+ DIR/ref/<identity>/)"),
-    "photos": (load_photos, "whole photos; faces detected, aligned, restored, pasted back "
-               "(options: size, detector)"),
+    "photos": (load_photos, ("whole photos; faces detected, aligned, restored, pasted back "
+                             "(options: size, detector)")),
 }
 
 

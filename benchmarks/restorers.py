@@ -186,7 +186,7 @@ class _SpandrelFace(Restorer):
 def load_state_dict(state: dict, arch_id: str, label: str = "state dict"):
     """A spandrel descriptor for ``state`` (official key names), checked to be ``arch_id``."""
     import spandrel_extra_arches
-    from spandrel import ModelLoader
+    from spandrel import ModelLoader, UnsupportedModelError
 
     if not getattr(load_state_dict, "_installed", False):
         spandrel_extra_arches.install(ignore_duplicates=True)
@@ -198,7 +198,8 @@ def load_state_dict(state: dict, arch_id: str, label: str = "state dict"):
                 break
     try:
         desc = ModelLoader().load_from_state_dict(state)
-    except Exception as e:  # spandrel raises its own UnsupportedModelError
+    except (UnsupportedModelError, KeyError, RuntimeError, ValueError) as e:
+        # an unknown layout, or known keys with the wrong shapes
         raise RestorerUnavailable(f"{label}: not a recognised model ({e})") from None
     if desc.architecture.id != arch_id:
         raise RestorerUnavailable(f"{label}: is a {desc.architecture.id} model, expected {arch_id}")
@@ -243,12 +244,12 @@ class MGFR(Restorer):
                  lambda_na: float | None = None, lambda_nq: float | None = None,
                  prompt: str | None = None, seed: int = 0, use_references: bool = True):
         self.adapters, self.base = adapters, base
-        self.call_options = {k: v for k, v in dict(
-            num_inference_steps=None if steps is None else int(steps),
-            guidance_scale=None if guidance_scale is None else float(guidance_scale),
-            lambda_na=None if lambda_na is None else float(lambda_na),
-            lambda_nq=None if lambda_nq is None else float(lambda_nq),
-            prompt=prompt).items() if v is not None}
+        self.call_options = {k: v for k, v in {
+            "num_inference_steps": None if steps is None else int(steps),
+            "guidance_scale": None if guidance_scale is None else float(guidance_scale),
+            "lambda_na": None if lambda_na is None else float(lambda_na),
+            "lambda_nq": None if lambda_nq is None else float(lambda_nq),
+            "prompt": prompt}.items() if v is not None}
         self.seed = int(seed)
         self.use_references = bool(use_references) if not isinstance(use_references, str) \
             else use_references.lower() in ("1", "true", "yes")

@@ -55,7 +55,7 @@ def code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
+                             capture_output=True, text=True, timeout=5, check=False)
         if rev.returncode == 0:
             return f"{CODE_VERSION} ({rev.stdout.strip()})"
     except (OSError, subprocess.SubprocessError):
@@ -188,8 +188,8 @@ class Benchmark:
                 self.unavailable[name] = str(e)
             self.metrics[name] = m
         with self.store.transaction():
-            self.store.upsert("metrics", [dict(metric=n, direction=m.direction, kind=m.kind,
-                                               description=m.description)
+            self.store.upsert("metrics", [{"metric": n, "direction": m.direction, "kind": m.kind,
+                                               "description": m.description}
                                           for n, m in self.metrics.items()])
             self.store.upsert("images", [it.row(self.ds.dataset_hash) for it in self.ds.items])
 
@@ -205,12 +205,12 @@ class Benchmark:
         record = restorer.config_for_record()
         chash = R.config_hash(record)
         run_id = f"{spec.name}-{chash[:10]}-{self.ds.dataset_hash[:10]}"
-        base_row = dict(run_id=run_id, restorer=spec.name, restorer_config=record,
-                        config_hash=chash, dataset=self.ds.name, dataset_hash=self.ds.dataset_hash,
-                        degradation_preset=self.ds.degradation_preset,
-                        degradation_seed=self.ds.degradation_seed, code_version=code_version(),
-                        packages=package_versions(), device=self.device,
-                        dataset_config=self.ds.config, n_images=len(self.ds.items))
+        base_row = {"run_id": run_id, "restorer": spec.name, "restorer_config": record,
+                        "config_hash": chash, "dataset": self.ds.name, "dataset_hash": self.ds.dataset_hash,
+                        "degradation_preset": self.ds.degradation_preset,
+                        "degradation_seed": self.ds.degradation_seed, "code_version": code_version(),
+                        "packages": package_versions(), "device": self.device,
+                        "dataset_config": self.ds.config, "n_images": len(self.ds.items)}
         summary = RunSummary(run_id, spec.name, spec.label, "running")
         previous = self.store.run(run_id)
         started = previous["started_at"] if previous and previous.get("started_at") else _now()
@@ -276,16 +276,16 @@ class Benchmark:
                         raise ValueError(f"restorer returned shape {output.shape}, not (H, W, 3)")
                 except (ImageLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
                     # Failures are data: the image gets a status row, the run goes on.
-                    pending["outputs"].append(dict(run_id=run_id, image_id=item.image_id,
-                                                   output_path=None, seconds=None,
-                                                   status="failed", error=str(e)))
+                    pending["outputs"].append({"run_id": run_id, "image_id": item.image_id,
+                                                   "output_path": None, "seconds": None,
+                                                   "status": "failed", "error": str(e)})
                     summary.n_failed += 1
                     flush()
                     continue
                 summary.seconds_restore += seconds
                 save_output(out_path, output)
-                out_row = dict(run_id=run_id, image_id=item.image_id, output_path=out_rel,
-                               seconds=seconds, status="ok", error=None)
+                out_row = {"run_id": run_id, "image_id": item.image_id, "output_path": out_rel,
+                               "seconds": seconds, "status": "ok", "error": None}
                 todo = image_metrics  # a new output invalidates any older score
             summary.n_ok += 1
             sample = self._sample(item, output)
@@ -302,8 +302,8 @@ class Benchmark:
                         value, status, why = None, "unavailable", str(e)
                 summary.seconds_metrics[name] = summary.seconds_metrics.get(name, 0.0) + \
                     time.perf_counter() - t0
-                rows.append(dict(run_id=run_id, image_id=item.image_id, metric=name, value=value,
-                                 status=status, reason=why, embedder=m.embedder))
+                rows.append({"run_id": run_id, "image_id": item.image_id, "metric": name, "value": value,
+                                 "status": status, "reason": why, "embedder": m.embedder})
             for name, feats in fid_feats.items():
                 t0 = time.perf_counter()
                 feats[item.image_id] = self.metrics[name].features([output])[0]
@@ -349,8 +349,8 @@ class Benchmark:
 
     def _dataset_score(self, run_id: str, name: str, feats: dict | None) -> dict:
         m = self.metrics[name]
-        row = dict(run_id=run_id, metric=name, value=None, status="unavailable", reason=None,
-                   n_images=0)
+        row = {"run_id": run_id, "metric": name, "value": None, "status": "unavailable", "reason": None,
+                   "n_images": 0}
         if name in self.unavailable:
             return dict(row, reason=self.unavailable[name])
         gt_items = [it for it in self.ds.items if it.gt_path]

@@ -131,7 +131,7 @@ def curves(points: list[MethodSpec], grid: dict[str, list[str]], means: list[dic
             pts = [(xs[i], ys[i]) for i in idx if xs[i] is not None and ys[i] is not None]
             if len(pts) > 1:
                 ax.plot(*zip(*pts), color=f"C{ki + 1}", alpha=0.6,
-                        label=key if idx is list(groups.values())[0] else None)
+                        label=key if idx is next(iter(groups.values())) else None)
     ax.set_xlabel(f"{x_metric} ({M.get_spec(x_metric).direction} is better)")
     ax.set_ylabel(f"{y_metric} ({M.get_spec(y_metric).direction} is better)")
     ax.set_title("identity vs quality over the sweep")

@@ -55,8 +55,8 @@ def main() -> int:
 
     from benchmarks import metrics as M
     from benchmarks import restorers as R
-    from benchmarks.run import Benchmark, MethodSpec
     from benchmarks.datasets import load_dataset
+    from benchmarks.run import Benchmark, MethodSpec
     from reface_core.imageio import load_image
 
     work = Path(tempfile.mkdtemp(prefix="bench_benchmarks_"))

@@ -133,7 +133,7 @@ def test_identity_matches_faces_directly(pairs, data_root):
     assert deg(s) == pytest.approx(np.degrees(np.arccos(cos)), abs=1e-4)
     assert ids.embedder == "dlib-resnet-v1"
     # without GT: to the mean of the references (another photo of the same person)
-    ref = load_image(sorted((data_root / "identities_512" / IDS[0] / "conditioning").glob("*.png"))[0])
+    ref = load_image(min((data_root / "identities_512" / IDS[0] / "conditioning").glob("*.png")))
     (r,) = emb.embed([ref])
     s2 = Sample("x", lq, None, [ref], ref_keys=["r"])
     assert ids(s2) == pytest.approx(float(np.dot(a, r) / np.linalg.norm(a) / np.linalg.norm(r)), abs=1e-6)
@@ -144,7 +144,7 @@ def test_identity_matches_faces_directly(pairs, data_root):
 def test_lmd_is_zero_on_itself_and_grows_with_shift(pairs):
     m = create_metric("lmd")
     m.prepare()
-    lq, gt = pairs[0]
+    _lq, gt = pairs[0]
     assert m(Sample("x", gt, gt, gt_key="g")) == 0.0
     shifted = np.ascontiguousarray(np.roll(gt, 8, axis=1))
     d = m(Sample("x", shifted, gt, gt_key="g"))
@@ -186,7 +186,7 @@ def test_clipiqa_and_maniqa_load_through_the_resolver(pairs, tmp_path, monkeypat
 
     from reface_core.assets import reface_home
 
-    lq, gt = pairs[0]
+    _lq, gt = pairs[0]
     small = np.ascontiguousarray(gt[::2, ::2])
     # CLIP-IQA: a random CLIP RN50 saved as a plain state dict where the resolver looks
     rand = create_metric("clipiqa", random_weights_seed=0)

@@ -8,19 +8,19 @@ from benchmarks.store import StoreError, open_store
 
 
 def _scores(store, values):
-    store.upsert("image_scores", [dict(run_id="r1", image_id=i, metric="psnr", value=v,
-                                       status="ok" if v is not None else "unavailable",
-                                       reason=None if v is not None else "no GT")
+    store.upsert("image_scores", [{"run_id": "r1", "image_id": i, "metric": "psnr", "value": v,
+                                       "status": "ok" if v is not None else "unavailable",
+                                       "reason": None if v is not None else "no GT"}
                                   for i, v in values])
 
 
 def test_upsert_replaces_by_key_and_leaderboard_means(tmp_path):
     s = open_store(tmp_path)
     with s.transaction():
-        s.upsert("runs", [dict(run_id="r1", restorer="bicubic", restorer_config={"size": None},
-                               config_hash="abc", dataset="reface-test", dataset_hash="d1",
-                               status="done")])
-        s.upsert("metrics", [dict(metric="psnr", direction="higher", kind="image", description="")])
+        s.upsert("runs", [{"run_id": "r1", "restorer": "bicubic", "restorer_config": {"size": None},
+                               "config_hash": "abc", "dataset": "reface-test", "dataset_hash": "d1",
+                               "status": "done"}])
+        s.upsert("metrics", [{"metric": "psnr", "direction": "higher", "kind": "image", "description": ""}])
         _scores(s, [("a", 20.0), ("b", 30.0), ("c", None)])
     with s.transaction():  # a rerun writes the same keys again
         _scores(s, [("a", 22.0), ("b", 30.0), ("c", None)])
@@ -46,7 +46,7 @@ def test_rolled_back_transaction_leaves_nothing(tmp_path):
 def test_unknown_column_and_missing_store_are_errors(tmp_path):
     s = open_store(tmp_path)
     with pytest.raises(ValueError, match="unknown columns"):
-        s.upsert("outputs", [dict(run_id="r", image_id="a", colour="red")])
+        s.upsert("outputs", [{"run_id": "r", "image_id": "a", "colour": "red"}])
     s.close()
     with pytest.raises(StoreError, match="no results store"):
         open_store(tmp_path / "elsewhere", read_only=True)
@@ -58,8 +58,8 @@ def test_unknown_column_and_missing_store_are_errors(tmp_path):
 
 def test_batch_upsert_replaces_every_column(tmp_path):
     s = open_store(tmp_path)
-    rows = [dict(run_id="r", image_id=i, metric="ssim", value=None, status="unavailable",
-                 reason="weights missing", embedder=None) for i in "abc"]
+    rows = [{"run_id": "r", "image_id": i, "metric": "ssim", "value": None, "status": "unavailable",
+                 "reason": "weights missing", "embedder": None} for i in "abc"]
     s.upsert("image_scores", rows)
     s.upsert("image_scores", [dict(r, value=0.5, status="ok", reason=None) for r in rows])
     got = s.query("SELECT value, status, reason FROM image_scores")
