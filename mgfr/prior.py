@@ -235,7 +235,7 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     faces, prompts = load_train_faces(data, preset.resolution)
 
     base = build_base_from_config(preset, cfg.seed)
-    vae, unet, text_encoder = base.vae, base.unet, base.text_encoder
+    vae, unet = base.vae, base.unet
     phase, step, scaling = "vae", 0, None
     state_optim = None
     if resume and ckpt.exists():
@@ -262,6 +262,11 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
         _save_checkpoint(ckpt, {"phase": phase, "step": step, "scaling_factor": scaling,
                                 "config": asdict(cfg)},
                          {"vae": vae, "unet": unet}, optimizer)
+
+    def unet_optimizer():
+        # One definition: the checkpoint written at the phase change must hold the same
+        # hyper-parameters (param_groups) as the optimizer that trains.
+        return torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
 
     try:
         # ---- phase 1: the VAE -------------------------------------------------------------
@@ -297,13 +302,13 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
             vae.eval().requires_grad_(False)
             scaling = _latent_scaling(vae, faces)
             phase, step, state_optim = "unet", 0, None
-            checkpoint("unet", 0, torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr))
+            checkpoint("unet", 0, unet_optimizer())
         vae.eval().requires_grad_(False)
         vae.register_to_config(scaling_factor=float(scaling))
 
         # ---- phase 2: the UNet ------------------------------------------------------------
         unet.train().requires_grad_(True)
-        opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+        opt = unet_optimizer()
         if state_optim is not None:
             opt.load_state_dict(state_optim)
         sched = base.noise_scheduler

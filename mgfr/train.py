@@ -227,7 +227,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike, *,
                  init: str | os.PathLike | None = None, resume: bool = False,
-                 cache_dir: str | os.PathLike | None = None, progress: bool = True):
+                 cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                 base_models=None):
+        """``base_models``: an already built ``mgfr.base.BaseModels`` to train on instead of
+        loading ``config.base`` (benchmarks with random paper-scale weights)."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -249,8 +252,11 @@ class Trainer:
         from .model import MGFRModel
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             config.mixed_precision, torch.float32)
-        self.base = load_base(config.base, device=acc.device, dtype=self.weight_dtype,
-                              seed=config.seed)
+        if base_models is not None:
+            self.base = base_models.to(acc.device, self.weight_dtype)
+        else:
+            self.base = load_base(config.base, device=acc.device, dtype=self.weight_dtype,
+                                  seed=config.seed)
         self.resolution = int(config.resolution or self.base.resolution)
 
         # ---- data ----------------------------------------------------------------------
@@ -737,6 +743,32 @@ def score(restored: np.ndarray, val: dict) -> dict:
         "identity_cosine_lq": id_cos(val["lq"]),
         "faces": len(restored),
     }
+
+
+def evaluate(data: str | os.PathLike, *, base: str | None = None,
+             adapters: str | os.PathLike | None = None, with_references: bool | None = None,
+             config: TrainConfig | None = None, cache_dir: str | os.PathLike | None = None,
+             val: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Validation metrics of a run's adapters (``adapters``: RUN_DIR or RUN_DIR/adapters),
+    or of an untrained adapter on ``base`` (``adapters=None``: the initialisation, where
+    the model predicts exactly what the frozen base predicts). The same fixed test faces,
+    LQ inputs, seeds and sampler as the validation during training."""
+    from .base import load_base
+    from .model import MGFRModel
+    cfg = config or TrainConfig()
+    if adapters is not None:
+        folder = Trainer._adapters_dir(Path(adapters))
+        model = MGFRModel.load_adapters(folder, base=base)
+        stage = int(model.info.get("stage", 1))
+    else:
+        if base is None:
+            raise ValueError("evaluate: give adapters, or base for the initialisation")
+        model = MGFRModel.from_base(load_base(base))
+        stage = 1
+    cfg = TrainConfig(**{**asdict(cfg), "stage": stage})
+    model.eval()
+    return validate(model, model.base, Path(data), cfg, resolution=model.base.resolution,
+                    val=val, with_references=with_references, cache_dir=cache_dir)
 
 
 # ---- CLI ----------------------------------------------------------------------------------
