@@ -331,9 +331,11 @@ class MGFRPipeline(DiffusionPipeline):
                 vecs = self.embedder.embed([r for rs in refs for r in rs])
             else:
                 vecs = np.asarray(id_embeds, dtype=np.float32)
-                if vecs.ndim != 3 or vecs.shape[0] != n or vecs.shape[2] != d:
-                    raise ValueError(f"id_embeds must be (B, R, {d}) for embedder "
-                                     f"{self.embedder_name!r}; got {vecs.shape}")
+                if vecs.ndim != 3 or vecs.shape[0] != n or vecs.shape[1] != r_max \
+                        or vecs.shape[2] != d:
+                    raise ValueError(f"id_embeds must be (B, R, {d}) = ({n}, {r_max}, {d}) "
+                                     f"for embedder {self.embedder_name!r} (R: the most "
+                                     f"references of any image); got {vecs.shape}")
             ids = torch.zeros(n, r_max, d, device=device, dtype=dtype)
             k = 0
             for i, rs in enumerate(refs):
