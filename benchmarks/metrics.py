@@ -15,8 +15,8 @@ Conventions (they matter when comparing with published tables):
   same on BasicSR's Y channel (ITU-R BT.601, 16-235).
 * ``ids``: cosine similarity of identity embeddings (the MGFR paper's IDS); ``deg``: the same
   angle in degrees (CodeFormer's "Deg."); to the GT, or to the mean of the references when
-  the dataset has no GT. The embedder's name is stored beside each score; the offline
-  default is dlib's 128-d ResNet, ArcFace (``embedder=arcface-antelopev2``) when present.
+  the dataset has no GT. The embedder's name is stored beside each score; ``auto`` (the
+  default) takes ArcFace when an insightface pack is present, else dlib's 128-d ResNet.
   CodeFormer's Deg. uses ArcFace, so dlib values are not comparable with its table.
 * ``lmd``: mean distance of dlib's 68 landmarks (predicted inside the FFHQ face box) between
   output and GT, in pixels of a 512 px face. CodeFormer uses another landmark model.
@@ -186,12 +186,27 @@ def _embedder(name: str):
         return _EMBEDDERS[name]
 
 
+#: ``embedder="auto"``: the first whose weights are on this machine (ArcFace when present).
+AUTO_EMBEDDERS = (("arcface-antelopev2", "insightface-antelopev2"),
+                  ("arcface-buffalo_l", "insightface-buffalo_l"), ("dlib", "dlib-face-descriptor"))
+
+
+def choose_embedder(name: str = "auto") -> str:
+    if name != "auto":
+        return name
+    from reface_core.assets import find
+    for embedder, asset in AUTO_EMBEDDERS:
+        if find(asset) is not None:
+            return embedder
+    return "dlib"
+
+
 class Identity(Metric):
     """Cosine (``ids``) or angle in degrees (``deg``) to the GT, else to the references."""
 
     needs = "gt_or_refs"
 
-    def __init__(self, device="cpu", embedder="dlib", degrees=False, target="auto"):
+    def __init__(self, device="cpu", embedder="auto", degrees=False, target="auto"):
         super().__init__(device)
         if target not in ("auto", "gt", "refs"):
             raise ValueError(f"target must be 'auto', 'gt' or 'refs', got {target!r}")
@@ -199,12 +214,13 @@ class Identity(Metric):
         self.direction = "lower" if degrees else "higher"
 
     def prepare(self):
+        from faces import ModelLoadError
         from reface_core.assets import AssetNotFoundError
         try:
-            emb = _embedder(self.embedder_option)
+            emb = _embedder(choose_embedder(self.embedder_option))
             emb.embed([np.zeros((64, 64, 3), np.uint8)])  # loads the model files now
-        except AssetNotFoundError as e:
-            raise MetricUnavailable(str(e)) from None
+        except (AssetNotFoundError, ModelLoadError, ImportError) as e:
+            raise MetricUnavailable(f"identity embedder: {e}") from None
         self.emb = emb
         self.embedder = emb.name
 

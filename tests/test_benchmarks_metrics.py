@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,18 @@ def test_lpips_random_weights_runs_and_separates(pairs):
     assert m(Sample("x", lq, gt)) > 0
     with pytest.raises(MetricUnavailable, match="GT is"):
         m(Sample("x", lq[:256, :256], gt))
+
+
+def test_auto_embedder_prefers_arcface_when_present(monkeypatch):
+    from benchmarks import metrics as M
+    from reface_core import assets
+
+    assert M.choose_embedder("auto") == "dlib"  # no insightface pack here
+    real = assets.find
+    monkeypatch.setattr(assets, "find", lambda a, path=None: Path("/x") if a == "insightface-buffalo_l"
+                        else real(a, path))
+    assert M.choose_embedder("auto") == "arcface-buffalo_l"
+    assert M.choose_embedder("dlib") == "dlib"
 
 
 def test_registry_names_and_errors():
