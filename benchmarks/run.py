@@ -252,7 +252,11 @@ class Benchmark:
         for item in bar:
             out_rel = f"outputs/{run_id}/{item.image_id}.png"
             out_path = safe_child(self.out, out_rel)
-            todo = [n for n in image_metrics if (item.image_id, n) not in scored]
+            # A score counts as done only if made by the same embedder (a rerun on a machine
+            # where ArcFace appeared rescores identity rather than mixing embedders).
+            todo = [n for n in image_metrics
+                    if (item.image_id, n) not in scored
+                    or scored[(item.image_id, n)] != self.metrics[n].embedder]
             reuse = item.image_id in done and out_path.is_file()
             if reuse and not todo and not fid_feats:
                 summary.n_ok += 1

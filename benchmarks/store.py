@@ -228,12 +228,12 @@ class Store:
         rows = self.query("SELECT * FROM outputs WHERE run_id = ? AND status = 'ok'", [run_id])
         return {r["image_id"]: r for r in rows}
 
-    def scored(self, run_id: str) -> set[tuple[str, str]]:
-        """(image_id, metric) pairs with an ``ok`` score for this run."""
+    def scored(self, run_id: str) -> dict[tuple[str, str], str | None]:
+        """(image_id, metric) -> embedder, for the ``ok`` scores of this run."""
         rows = self.con.execute(
-            "SELECT image_id, metric FROM image_scores WHERE run_id = ? AND status = 'ok'",
-            [run_id]).fetchall()
-        return {(a, b) for a, b in rows}
+            "SELECT image_id, metric, embedder FROM image_scores "
+            "WHERE run_id = ? AND status = 'ok'", [run_id]).fetchall()
+        return {(a, b): e for a, b, e in rows}
 
     def leaderboard(self, run_ids: Sequence[str] | None = None) -> list[dict]:
         if run_ids:

@@ -252,3 +252,20 @@ def test_fid_reference_features_are_cached_per_dataset(paired_folder, tmp_path):
                     progress=False, metric_options=opts)
     assert [p.name for p in (out / "cache" / "fid").iterdir()] == [cache.name]
     assert cache.stat().st_mtime_ns == stamp
+
+
+def test_rerun_rescores_identity_made_by_another_embedder(paired_folder, tmp_path):
+    out = tmp_path / "results"
+    (res,) = B.run_benchmark("lq", str(paired_folder), out=out, metrics=["ids", "psnr"],
+                             progress=False)
+    s = open_store(out)
+    s.con.execute("UPDATE image_scores SET embedder = 'arcface-x', value = -1 "
+                  "WHERE metric = 'ids' AND image_id = '00052'")
+    s.close()
+    B.run_benchmark("lq", str(paired_folder), out=out, metrics=["ids", "psnr"], progress=False)
+    s = open_store(out, read_only=True)
+    rows = s.query("SELECT image_id, embedder, value FROM image_scores WHERE metric = 'ids'")
+    assert len(rows) == 3 and {r["embedder"] for r in rows} == {"dlib-resnet-v1"}
+    assert all(r["value"] > 0.5 for r in rows)
+    assert s.query("SELECT count(*) AS n FROM image_scores")[0]["n"] == 6
+    s.close()
