@@ -256,8 +256,7 @@ def test_fid_reference_features_are_cached_per_dataset(paired_folder, tmp_path):
 
 def test_rerun_rescores_identity_made_by_another_embedder(paired_folder, tmp_path):
     out = tmp_path / "results"
-    (res,) = B.run_benchmark("lq", str(paired_folder), out=out, metrics=["ids", "psnr"],
-                             progress=False)
+    B.run_benchmark("lq", str(paired_folder), out=out, metrics=["ids", "psnr"], progress=False)
     s = open_store(out)
     s.con.execute("UPDATE image_scores SET embedder = 'arcface-x', value = -1 "
                   "WHERE metric = 'ids' AND image_id = '00052'")
