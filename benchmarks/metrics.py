@@ -545,19 +545,21 @@ def _clip_state(path: Path) -> dict:
     """CLIP weights from a plain state dict (read weights-only), or from OpenAI's
     TorchScript ``RN50.pt`` after its sha256 matched the pinned one (a TorchScript archive
     holds TorchScript, not Python pickles; the checksum pins the exact published file)."""
-    import pickle
+    import zipfile
 
     import torch
 
     from reface_core.assets import checksum_matches, get_asset, sha256_file
-    try:
-        return _torch_load(path)
-    except (pickle.UnpicklingError, RuntimeError):
-        pass  # not a weights-only pickle: maybe the TorchScript release file
+    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    if not any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        state = _torch_load(path)
+        if not isinstance(state, dict):
+            raise MetricUnavailable(f"{path}: not a CLIP state dict")
+        return state
     pinned = get_asset("openai-clip-rn50").sha256
     digest = sha256_file(path)
     if not checksum_matches(pinned, digest):
-        raise MetricUnavailable(f"{path}: neither a weights-only state dict nor OpenAI's RN50.pt "
+        raise MetricUnavailable(f"{path}: a TorchScript file that is not OpenAI's RN50.pt "
                                 f"(sha256 {digest[:16]}... is not the pinned {pinned[:16]}...)")
     return torch.jit.load(str(path), map_location="cpu").state_dict()
 

@@ -194,8 +194,14 @@ def test_registry_names_and_errors():
         create_metric("niqe-skvide")
 
 
+def test_maniqa_builds_without_downloads():
+    m = create_metric("maniqa", random_weights_seed=0, test_sample=1)
+    m.prepare()  # timm's ImageNet ViT is not fetched: the checkpoint holds it
+    assert sum(p.numel() for p in m.net.vit.parameters()) > 80e6  # ViT-B/8
+
+
 @pytest.mark.slow
-def test_clipiqa_and_maniqa_load_through_the_resolver(pairs, tmp_path, monkeypatch):
+def test_clipiqa_loads_through_the_resolver(pairs, tmp_path, monkeypatch):
     import torch
 
     from reface_core.assets import reface_home
@@ -217,7 +223,3 @@ def test_clipiqa_and_maniqa_load_through_the_resolver(pairs, tmp_path, monkeypat
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), dest)
     with pytest.raises(MetricUnavailable, match="not the pinned"):
         create_metric("clipiqa").prepare()
-    # MANIQA builds without any download (timm's ImageNet ViT is not fetched)
-    rand = create_metric("maniqa", random_weights_seed=0, test_sample=1)
-    rand.prepare()
-    assert sum(p.numel() for p in rand.net.vit.parameters()) > 80e6  # ViT-B/8
