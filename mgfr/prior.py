@@ -225,9 +225,9 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     train_dir = out / PRIOR_TRAINING
     ckpt = train_dir / CHECKPOINT
     if (out / BASE_FILE).is_file() and not resume:
-        raise TrainingError(f"{out} already holds a finished prior; choose another --out or "
-                            "delete it")
-    if (out / BASE_FILE).is_file():
+        raise TrainingError(f"{out} already holds a finished prior; choose another --out, "
+                            "delete it, or pass --resume with more --unet-steps to extend it")
+    if (out / BASE_FILE).is_file() and _finished_steps(ckpt) >= (cfg.vae_steps, cfg.unet_steps):
         return out
     if ckpt.exists() and not resume:
         raise TrainingError(f"{out} holds a checkpoint of an unfinished pretraining; pass "
@@ -349,12 +349,25 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
             if step % cfg.checkpoint_every == 0 and step < cfg.unet_steps:
                 checkpoint("unet", step, opt)
         bar.close()
+        # The last state is a checkpoint too, so `--resume --unet-steps N` extends a
+        # finished prior.
+        checkpoint("unet", step, opt)
         unet.eval().requires_grad_(False)
     finally:
         log.close()
     _write_prior(base, out, {"pretrained_on": Path(data).name, "faces": len(faces),
                              "text_encoder": "random, frozen (seeded)", **asdict(cfg)})
     return out
+
+
+def _finished_steps(ckpt: Path) -> tuple[int, int]:
+    """(VAE steps, UNet steps) a finished prior's last checkpoint holds."""
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        vae = int(state["config"]["vae_steps"]) if state["phase"] == "unet" else int(state["step"])
+        return (vae, int(state["step"]) if state["phase"] == "unet" else 0)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return (2 ** 62, 2 ** 62)  # no usable checkpoint: the finished folder stands
 
 
 @torch.no_grad()
