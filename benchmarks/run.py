@@ -237,11 +237,19 @@ class Benchmark:
         # most that batch, which the rerun redoes; per-image commits cost ~10% of a run.
         pending: dict[str, list[dict]] = {"outputs": [], "image_scores": []}
         last_flush = [time.monotonic(), 0]
+        # Outputs are encoded and written on a second thread while the metrics run (the
+        # encoder releases the GIL); their rows are committed only after the file is there.
+        from concurrent.futures import ThreadPoolExecutor
+        saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-output")
+        saving: list = []
 
         def flush(force: bool = False):
             n = len(pending["outputs"]) + last_flush[1]
             if not force and n < 8 and time.monotonic() - last_flush[0] < 5.0:
                 return
+            for fut in saving:
+                fut.result()
+            saving.clear()
             if pending["outputs"] or pending["image_scores"]:
                 with self.store.transaction():
                     for table, rows in pending.items():
@@ -292,7 +300,7 @@ class Benchmark:
                     flush()
                     continue
                 summary.seconds_restore += seconds
-                save_output(out_path, output)
+                saving.append(saver.submit(save_output, out_path, output))
                 out_row = {"run_id": run_id, "image_id": item.image_id, "output_path": out_rel,
                            "seconds": seconds, "status": "ok", "error": None}
                 todo = image_metrics  # a new output invalidates any older score
@@ -324,7 +332,10 @@ class Benchmark:
                 last_flush[1] += 1
             pending["image_scores"].extend(rows)
             flush()
-        flush(force=True)
+        try:
+            flush(force=True)
+        finally:
+            saver.shutdown(wait=True)
         bar.close()
         ds_rows = []
         for name in dataset_metrics:

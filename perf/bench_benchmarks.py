@@ -8,11 +8,13 @@ the overhead is measured against metric compute alone, the hardest case for the 
 
 * per metric: one plain call per image on images decoded once (images/s);
 * baseline: the same work as plain calls (decode LQ and GT, restore, every metric);
-* harness: ``run_benchmark`` into a fresh results folder (store rows, PNG outputs,
-  progress, resumability), with the same metrics already loaded by both sides.
+* harness: dataset loading (hashing) plus ``Benchmark.run_method`` into a fresh results
+  folder (store rows, PNG outputs, resumability), with the same metrics already loaded.
 
-Repeats interleave baseline and harness; medians are reported. Goal: harness / baseline
-<= 1.10.
+Repeats interleave baseline and harness; medians are reported. The goal (at most 10%) is
+checked two ways: harness / baseline wall time, and inside each harness run, the time not
+spent in restorer or metric calls over the time spent in them (decoding counts as
+harness time there), which does not drift with the machine's load between the passes.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def main() -> int:
             m(M.Sample("w", lq0, gt0, gt_key="w"))
 
         per_metric: dict[str, list[float]] = {n: [] for n in METRICS}
-        base_times, harness_times = [], []
+        base_times, harness_times, in_run = [], [], []
         for rep in range(args.repeats):
             # baseline: plain calls
             t0 = time.perf_counter()
@@ -94,9 +96,11 @@ def main() -> int:
             t0 = time.perf_counter()
             ds = load_dataset(str(work / "paired"), results_dir=out_dir)
             bench = Benchmark(ds, METRICS, out_dir, progress=False, prepared=metrics)
-            bench.run_method(MethodSpec("bicubic"))
+            summary = bench.run_method(MethodSpec("bicubic"))
             bench.close()
             harness_times.append(time.perf_counter() - t0)
+            compute = summary.seconds_restore + sum(summary.seconds_metrics.values())
+            in_run.append((time.perf_counter() - t0 - compute) / compute)
 
         n_img = len(ids)
         print(f"{n_img} images (512 px), {args.repeats} repeats, load average "
@@ -109,8 +113,11 @@ def main() -> int:
         b, h = statistics.median(base_times), statistics.median(harness_times)
         print(f"\nbaseline (plain calls): {b:.2f} s ({n_img / b:.2f} images/s)")
         print(f"harness (run_benchmark): {h:.2f} s ({n_img / h:.2f} images/s)")
-        print(f"harness / baseline = {h / b:.3f} (goal <= 1.10); per repeat: "
+        print(f"harness / baseline = {h / b:.3f}; per repeat: "
               + ", ".join(f"{hh / bb:.3f}" for bb, hh in zip(base_times, harness_times)))
+        print(f"overhead inside the run (wall - restore - metrics) / (restore + metrics) = "
+              f"{statistics.median(in_run):.3f} (goal <= 0.10); per repeat: "
+              + ", ".join(f"{v:.3f}" for v in in_run))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
