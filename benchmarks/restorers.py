@@ -12,7 +12,8 @@ codeformer     CodeFormer through spandrel + spandrel-extra-arches, official wei
 gfpgan         GFPGAN v1.4 through spandrel (``path``)
 mgfr           an adapter folder from ``mgfr train`` on its base
                (``adapters``, ``base``, ``steps``, ``guidance_scale``, ``lambda_na``,
-               ``lambda_nq``, ``prompt``, ``seed``)
+               ``lambda_nq``, ``prompt``, ``negative_attribute_prompt``,
+               ``negative_quality_prompt``, ``seed``, ``use_references``)
 =============  =========================================================================
 
 A restorer whose weights are missing raises :class:`RestorerUnavailable` from ``load()``
@@ -242,14 +243,17 @@ class MGFR(Restorer):
     def __init__(self, adapters: str | None = None, base: str | None = None,
                  steps: int | None = None, guidance_scale: float | None = None,
                  lambda_na: float | None = None, lambda_nq: float | None = None,
-                 prompt: str | None = None, seed: int = 0, use_references: bool = True):
+                 prompt: str | None = None, negative_attribute_prompt: str | None = None,
+                 negative_quality_prompt: str | None = None, seed: int = 0,
+                 use_references: bool = True):
         self.adapters, self.base = adapters, base
         self.call_options = {k: v for k, v in {
             "num_inference_steps": None if steps is None else int(steps),
             "guidance_scale": None if guidance_scale is None else float(guidance_scale),
             "lambda_na": None if lambda_na is None else float(lambda_na),
             "lambda_nq": None if lambda_nq is None else float(lambda_nq),
-            "prompt": prompt}.items() if v is not None}
+            "prompt": prompt, "negative_attribute_prompt": negative_attribute_prompt,
+            "negative_quality_prompt": negative_quality_prompt}.items() if v is not None}
         self.seed = int(seed)
         self.use_references = bool(use_references) if not isinstance(use_references, str) \
             else use_references.lower() in ("1", "true", "yes")
