@@ -315,12 +315,19 @@ class Benchmark:
                 else:
                     try:
                         value, status, why = float(m(sample)), "ok", None
+                        if np.isnan(value):
+                            value, status, why = None, "unavailable", f"{name} is NaN here"
                     except M.MetricUnavailable as e:
                         value, status, why = None, "unavailable", str(e)
+                    except (ValueError, RuntimeError, np.linalg.LinAlgError) as e:
+                        # a metric that breaks on one image (a degenerate output, say) is a
+                        # row with the error, not the end of the run
+                        value, status, why = None, "unavailable", f"{name} failed: {e}"
                 summary.seconds_metrics[name] = summary.seconds_metrics.get(name, 0.0) + \
                     time.perf_counter() - t0
-                rows.append({"run_id": run_id, "image_id": item.image_id, "metric": name, "value": value,
-                                 "status": status, "reason": why, "embedder": m.embedder})
+                rows.append({"run_id": run_id, "image_id": item.image_id, "metric": name,
+                             "value": value, "status": status, "reason": why,
+                             "embedder": m.embedder})
             for name, feats in fid_feats.items():
                 t0 = time.perf_counter()
                 feats[item.image_id] = self.metrics[name].features([output])[0]

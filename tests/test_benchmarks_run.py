@@ -268,3 +268,24 @@ def test_rerun_rescores_identity_made_by_another_embedder(paired_folder, tmp_pat
     assert all(r["value"] > 0.5 for r in rows)
     assert s.query("SELECT count(*) AS n FROM image_scores")[0]["n"] == 6
     s.close()
+
+
+def test_a_metric_that_breaks_on_one_image_is_a_row_not_a_crash(paired_folder, tmp_path):
+    method = tmp_path / "flat_method"
+    method.mkdir()
+    for p in sorted((paired_folder / "gt").glob("*.png")):
+        img = load_image(p)
+        if p.stem == "00052":
+            img = np.full_like(img, 128)  # no structure: BRISQUE's fit gives NaN
+        save_image(method / p.name, img)
+    out = tmp_path / "results"
+    (res,) = B.run_benchmark(f"folder:dir={method}", str(paired_folder), out=out,
+                             metrics=["psnr", "brisque-pypi"], progress=False)
+    assert res.status == "done"
+    s = open_store(out, read_only=True)
+    rows = {(r["image_id"], r["metric"]): r for r in s.query("SELECT * FROM image_scores")}
+    s.close()
+    assert rows[("00052", "brisque-pypi")]["status"] == "unavailable"
+    assert "NaN" in rows[("00052", "brisque-pypi")]["reason"]
+    assert rows[("00052", "psnr")]["status"] == "ok"
+    assert rows[("00001", "brisque-pypi")]["status"] == "ok"
