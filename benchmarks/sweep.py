@@ -72,7 +72,7 @@ def _png(fig) -> bytes:
 
 
 def image_grid(out: Path, ds: D.BenchmarkDataset, points: list[MethodSpec], run_ids: list[str],
-               n_images: int, tile: int = 128) -> bytes:
+               n_images: int, tile: int = 128, keys=None) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,7 +80,7 @@ def image_grid(out: Path, ds: D.BenchmarkDataset, points: list[MethodSpec], run_
     from .restorers import resize_to
 
     items = ds.items[:n_images]
-    cols = ["LQ"] + [_short(p) for p in points] + (["GT"] if ds.has_gt else [])
+    cols = ["LQ"] + [_short(p, keys) for p in points] + (["GT"] if ds.has_gt else [])
     fig, axes = plt.subplots(len(items), len(cols), squeeze=False,
                              figsize=(1.6 * len(cols), 1.6 * len(items) + 0.4))
     for r, it in enumerate(items):
@@ -103,8 +103,10 @@ def image_grid(out: Path, ds: D.BenchmarkDataset, points: list[MethodSpec], run_
     return data
 
 
-def _short(p: MethodSpec) -> str:
-    return ",".join(f"{k}={v}" for k, v in p.options.items() if len(str(v)) < 40) or p.name
+def _short(p: MethodSpec, keys=None) -> str:
+    """The grid point's label: only the options the grid varies."""
+    return ",".join(f"{k}={str(v)[:30]}" for k, v in p.options.items()
+                    if keys is None or k in keys) or p.name
 
 
 def curves(points: list[MethodSpec], grid: dict[str, list[str]], means: list[dict],
@@ -119,7 +121,7 @@ def curves(points: list[MethodSpec], grid: dict[str, list[str]], means: list[dic
     for p, x, y in zip(points, xs, ys):
         if x is not None and y is not None:
             ax.scatter([x], [y], color="C0")
-            ax.annotate(_short(p), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_short(p, grid), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     # One line along each option, the others held fixed.
     keys = list(grid)
     for ki, key in enumerate(keys):
@@ -172,7 +174,8 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
                                          sort_keys=True).encode()).hexdigest()[:10]
     folder = safe_child(out, f"sweeps/{points[0].name}-{sweep_id}")
     done = [s.run_id for s in summaries]
-    write_bytes_atomic(folder / "grid.png", image_grid(out, ds, points, done, n_images))
+    write_bytes_atomic(folder / "grid.png", image_grid(out, ds, points, done, n_images,
+                                                           keys=grid))
     write_bytes_atomic(folder / "curves.png", curves(points, grid, means, x_metric, y_metric))
     result = {"method": points[0].name, "grid": grid, "dataset": ds.name,
               "dataset_hash": ds.dataset_hash, "x_metric": x_metric, "y_metric": y_metric,
