@@ -436,12 +436,26 @@ class Benchmark:
         self.store.close()
 
 
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here, before any model is loaded."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+
+
 def run_benchmark(methods: str | list[str], dataset: str, data: str | None = None, *,
                   out: str | Path = "results", metrics: list[str] | None = None,
                   device: str = "cpu", limit: int | None = None, dataset_options: dict | None = None,
                   sets: list[str] = (), progress: bool = True,
                   metric_options: dict | None = None) -> list[RunSummary]:
     """The Python entry of the command line; returns one summary per method."""
+    check_device(device)
     specs = parse_methods(methods, list(sets))
     for s in specs:  # every method's name and options are checked before any work
         R.create_restorer(s.name, **s.options)

@@ -28,7 +28,15 @@ from reface_core.imageio import ImageLoadError, load_image
 from . import datasets as D
 from . import metrics as M
 from . import restorers as R
-from .run import Benchmark, MethodSpec, _abs, _key_values, format_summary, parse_methods
+from .run import (
+    Benchmark,
+    MethodSpec,
+    _abs,
+    _key_values,
+    check_device,
+    format_summary,
+    parse_methods,
+)
 from .store import StoreError, open_store
 
 
@@ -150,6 +158,7 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
               limit: int | None = None, dataset_options: dict | None = None,
               x_metric: str = "niqe-skvideo", y_metric: str = "ids", n_images: int = 4,
               progress: bool = True) -> dict:
+    check_device(device)
     grid = parse_grid(grids)
     points = grid_points(method, grid)
     for p in points:

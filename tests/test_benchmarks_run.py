@@ -227,6 +227,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, identities_dataset):
           "--dataset-option", "preset=gfpgann"], "unknown degradation preset"),
         (["--methods", "codeformer:w=2", "--dataset", "reface-test", "--data",
           str(identities_dataset)], "w must be in"),
+        (["--methods", "bicubic", "--dataset", "reface-test", "--data", str(identities_dataset),
+          "--device", "gpu0"], "--device 'gpu0'"),
     ]
     for argv, msg in cases:
         assert B.main(argv + ["--out", str(tmp_path / "r")]) == 2
