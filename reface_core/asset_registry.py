@@ -164,7 +164,7 @@ register(Asset(
     url="https://openaipublic.azureedge.net/clip/models/"
         "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
     sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
-    other_places=("~/.cache/clip/RN50.pt", f"{_TORCH_HUB}/../clip/RN50.pt"),
+    other_places=("~/.cache/clip/RN50.pt", "~/.cache/torch/hub/clip/RN50.pt"),
     source="https://github.com/openai/CLIP"))
 register(Asset(
     name="pyiqa-maniqa-koniq", filename="ckpt_koniq10k.pt", subdir="pyiqa",
