@@ -227,7 +227,7 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     if (out / BASE_FILE).is_file() and not resume:
         raise TrainingError(f"{out} already holds a finished prior; choose another --out, "
                             "delete it, or pass --resume with more --unet-steps to extend it")
-    if (out / BASE_FILE).is_file() and _finished_steps(ckpt) >= (cfg.vae_steps, cfg.unet_steps):
+    if (out / BASE_FILE).is_file() and _written_steps(out) == (cfg.vae_steps, cfg.unet_steps):
         return out
     if ckpt.exists() and not resume:
         raise TrainingError(f"{out} holds a checkpoint of an unfinished pretraining; pass "
@@ -249,6 +249,9 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
             raise TrainingError(f"{ckpt}: the checkpoint was made with other settings "
                                 f"({', '.join(diff)}); resume with the same options")
         phase, step, scaling = state["phase"], int(state["step"]), state.get("scaling_factor")
+        if phase == "unet" and step > cfg.unet_steps:
+            raise TrainingError(f"{ckpt}: the checkpoint is at UNet step {step}, past "
+                                f"--unet-steps {cfg.unet_steps}")
         if phase == "vae" and step > cfg.vae_steps:
             raise TrainingError(f"{ckpt}: the checkpoint is at VAE step {step}, past "
                                 f"--vae-steps {cfg.vae_steps}")
@@ -360,14 +363,14 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     return out
 
 
-def _finished_steps(ckpt: Path) -> tuple[int, int]:
-    """(VAE steps, UNet steps) a finished prior's last checkpoint holds."""
+def _written_steps(out: Path) -> tuple[int, int] | None:
+    """(VAE steps, UNet steps) of the prior written in ``out`` (None: unknown)."""
+    from .base import BASE_FILE
     try:
-        state = json.loads((ckpt / "state.json").read_text())
-        vae = int(state["config"]["vae_steps"]) if state["phase"] == "unet" else int(state["step"])
-        return (vae, int(state["step"]) if state["phase"] == "unet" else 0)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return (2 ** 62, 2 ** 62)  # no usable checkpoint: the finished folder stands
+        info = json.loads((out / BASE_FILE).read_text())["prior"]
+        return int(info["vae_steps"]), int(info["unet_steps"])
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
 
 
 @torch.no_grad()

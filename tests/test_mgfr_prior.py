@@ -84,3 +84,20 @@ def test_prior_errors_are_one_line(identities_dataset, prior, tmp_path, capsys):
                "--checkpoint-every", "2", "--seed", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "corrupt prior checkpoint" in err
+
+
+@pytest.mark.realdata
+def test_a_finished_prior_extends_with_resume(identities_dataset, prior, tmp_path):
+    import shutil
+    out = tmp_path / "p"
+    shutil.copytree(prior, out)
+    more = PriorConfig(**{**SMALL, "unet_steps": 4})
+    pretrain_prior(identities_dataset, out, more, progress=False, resume=True)
+    info = json.loads((out / "mgfr_base.json").read_text())
+    assert info["prior"]["unet_steps"] == 4
+    assert rows(out)[:-1] == rows(prior) and rows(out)[-1][:2] == ("unet", 4)
+    # Asking again for what the folder holds is a no-op; asking for less is refused.
+    pretrain_prior(identities_dataset, out, more, progress=False, resume=True)
+    with pytest.raises(TrainingError, match="past --unet-steps"):
+        pretrain_prior(identities_dataset, out, PriorConfig(**SMALL), progress=False,
+                       resume=True)
