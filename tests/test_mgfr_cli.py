@@ -30,7 +30,6 @@ def _rows(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 @pytest.mark.realdata
 def test_restore_real_photo_end_to_end_and_resume(data_root, tmp_path, capsys):
     ex = data_root / "unaligned_named" / "examples"

@@ -56,7 +56,6 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.slow
 def test_shapes_determinism_and_references_matter(pipe):
     face, (r1, r2) = _faces(1)[0], _faces(2, 128, seed=5)
     ids = np.random.default_rng(0).standard_normal((1, 2, 128)).astype(np.float32)
