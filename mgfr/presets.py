@@ -174,24 +174,3 @@ def get_preset(name: str) -> BasePreset:
         raise ValueError(f"unknown MGFR base preset {name!r}{hint}; choose from "
                          f"{available_presets()} or give a base folder")
     return PRESETS[name]
-
-
-def _register_sd15_asset() -> None:
-    # The shared asset registry names sd21-base only; sd15 is registered here until it
-    # joins the registry, so `--base sd15` resolves and fails the same documented way.
-    from reface_core.assets import Asset, UnknownAssetError, get_asset, register
-
-    try:
-        get_asset("sd15")
-    except (UnknownAssetError, KeyError):
-        register(Asset(
-            name="sd15", filename="stable-diffusion-v1-5", kind="dir", subdir="hf",
-            required=("model_index.json", "unet/config.json", "vae/config.json",
-                      "text_encoder/config.json"),
-            description="Stable Diffusion 1.5 (diffusers layout): an alternative MGFR prior",
-            used_by=("mgfr",), license="CreativeML Open RAIL-M",
-            hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
-            source="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"))
-
-
-_register_sd15_asset()

@@ -117,6 +117,13 @@ register(Asset(
     used_by=("mgfr",), license="CreativeML Open RAIL++-M",
     hf_repo="stabilityai/stable-diffusion-2-1-base",
     source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base"))
+register(Asset(
+    name="sd15", filename="stable-diffusion-v1-5", kind="dir", subdir="hf",
+    required=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+    description="Stable Diffusion 1.5 (diffusers layout): an alternative MGFR prior",
+    used_by=("mgfr",), license="CreativeML Open RAIL-M",
+    hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    source="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"))
 
 # --- benchmarks --------------------------------------------------------------------------
 register(Asset(

@@ -78,6 +78,127 @@ def step_training_pairs(args) -> str:
             f"{Path(counts['table']).name} -> {args.out / 'training_pairs'}")
 
 
+# MGFR at demo scale: a pipeline check of the whole flow on a CPU, not the paper's model.
+# Steps are few on purpose (the demo runs in minutes on 2 cores); docs/mgfr-training.md has
+# the longer CPU runs and what they show.
+PRIOR_STEPS = {"vae": 150, "unet": 200}
+STAGE_STEPS = {1: 40, 2: 30}
+BENCH_FACES = 6
+RESTORE_STEPS = 10
+
+
+def _run(*cmd: str) -> str:
+    """Run a toolkit command line the way a user types it; its last line is the summary."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise SystemExit(f"`python -m {' '.join(cmd)}` failed:\n  " + "\n  ".join(tail))
+    lines = [ln for ln in done.stdout.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _dataset(args) -> Path:
+    ds = args.out / "reface_hq" / "dataset"
+    if not (ds / "manifest.parquet").is_file():
+        raise SystemExit(f"{ds} has no manifest: run the reface_hq step first")
+    return ds
+
+
+def step_mgfr_prior(args) -> str:
+    """The tiny preset's frozen prior (VAE + text-conditioned UNet) on the train split."""
+    prior = args.out / "mgfr" / "prior"
+    _run("mgfr", "pretrain-prior", "--data", str(_dataset(args)), "--base", "tiny",
+         "--out", str(prior), "--vae-steps", str(PRIOR_STEPS["vae"]),
+         "--unet-steps", str(PRIOR_STEPS["unet"]), "--resume")
+    import pandas as pd
+    loss = pd.read_csv(prior / "training" / "loss.csv")
+    parts = []
+    for phase, rows in loss.groupby("phase", sort=False):
+        head, tail = rows["loss"].head(10).mean(), rows["loss"].tail(10).mean()
+        parts.append(f"{phase} loss {head:.4f} -> {tail:.4f} over {len(rows)} steps")
+    return (f"tiny prior (64 px, random init) pretrained briefly on the demo's train split: "
+            f"{'; '.join(parts)} -> {prior}")
+
+
+def step_mgfr_train(args) -> str:
+    """Stage 1 (LQ adapter) then stage 2 (reference adapter), briefly, on the tiny prior."""
+    import pandas as pd
+    ds, prior = _dataset(args), args.out / "mgfr" / "prior"
+    out = []
+    for stage in (1, 2):
+        run = args.out / "mgfr" / f"stage{stage}"
+        cmd = ["mgfr", "train", "--stage", str(stage), "--data", str(ds), "--base", str(prior),
+               "--config", str(REPO / "mgfr" / "configs" / f"tiny-stage{stage}.yaml"),
+               "--out", str(run), "--max-steps", str(STAGE_STEPS[stage]),
+               "--checkpoint-every", "20", "--validate-every", "0"]
+        if stage == 2:
+            cmd += ["--init", str(args.out / "mgfr" / "stage1")]
+        if (run / "checkpoint").is_dir():
+            cmd.append("--resume")
+        _run(*cmd)
+        log = pd.read_csv(run / "train_log.csv")
+        out.append(f"stage {stage}: {len(log)} steps, loss {log['loss'].head(5).mean():.4f} -> "
+                   f"{log['loss'].tail(5).mean():.4f}")
+    return ("; ".join(out) + f" (a pipeline check at tiny scale, minutes of CPU; adapters in "
+            f"{args.out / 'mgfr' / 'stage2' / 'adapters'})")
+
+
+def step_mgfr_restore(args) -> str:
+    """A real whole photo restored with references of the same person, pasted back."""
+    photo = args.data / "unaligned_named" / "examples" / "obama.jpg"
+    refs = args.data / "unaligned_named" / "examples" / "obama2.jpg"
+    if not photo.is_file() or not refs.is_file():
+        return f"skipped: {photo} or {refs} is not in the photo folder"
+    out = args.out / "mgfr" / "restored"
+    summary = _run("mgfr", "restore", "--input", str(photo), "--refs", str(refs),
+                   "--adapters", str(args.out / "mgfr" / "stage2" / "adapters"),
+                   "--out", str(out), "--steps", str(RESTORE_STEPS), "--seed", "0",
+                   "--no-progress")
+    return f"{summary} -> {out}"
+
+
+def step_benchmark(args) -> str:
+    """MGFR, CodeFormer (skipped without its weights), bicubic and the LQ input on the
+    test split (identities never seen in training), into DuckDB."""
+    results = args.out / "benchmark"
+    adapters = args.out / "mgfr" / "stage2" / "adapters"
+    _run("benchmarks.run", "--methods", f"mgfr:adapters={adapters},codeformer,bicubic,lq",
+         "--dataset", "reface-test", "--data", str(_dataset(args)), "--out", str(results),
+         "--limit", str(BENCH_FACES), "--set", f"mgfr.steps={RESTORE_STEPS}", "--no-progress")
+    import duckdb
+    con = duckdb.connect(str(results / "results.duckdb"), read_only=True)
+    try:
+        runs = con.execute("SELECT restorer, status, coalesce(reason, '') FROM runs "
+                           "ORDER BY restorer").fetchall()
+        board = dict(con.execute(
+            "SELECT restorer || ' ' || metric, value FROM leaderboard "
+            "WHERE metric IN ('psnr', 'ids') AND value IS NOT NULL").fetchall())
+        unavailable = [r[0] for r in con.execute(
+            "SELECT DISTINCT metric FROM leaderboard WHERE value IS NULL ORDER BY metric")]
+    finally:
+        con.close()
+    parts = []
+    for restorer, status, reason in runs:
+        if status == "done":
+            parts.append(f"{restorer}: PSNR {board.get(restorer + ' psnr', float('nan')):.2f} dB,"
+                         f" ids {board.get(restorer + ' ids', float('nan')):.3f}")
+        else:
+            parts.append(f"{restorer}: {status} ({reason.splitlines()[0][:120]})")
+    return (f"{BENCH_FACES} test faces; " + "; ".join(parts)
+            + f"; unavailable metrics (weights missing): {', '.join(unavailable) or 'none'}"
+            + f" -> {results / 'results.duckdb'}")
+
+
+def step_publish(args) -> str:
+    """Leaderboard CSVs and the static HTML report from the DuckDB store."""
+    site = args.out / "report"
+    _run("benchmarks.publish", "--results", str(args.out / "benchmark"), "--out", str(site))
+    csvs = sorted(p.name for p in site.rglob("*.csv"))
+    return f"{len(csvs)} leaderboard CSV(s) ({', '.join(csvs)}); report: {site / 'index.html'}"
+
+
 # Steps run in this order: what each package does on the real photos.
 STEPS = [
     ("assets", step_assets),
@@ -87,6 +208,11 @@ STEPS = [
     ("captioning", _package_step("captioning.demo")),      # attributes and prompts
     ("degradations", _package_step("degradations.demo")),  # seeded LQ synthesis, replay
     ("training_pairs", step_training_pairs),                # dataset -> captions -> LQ pairs
+    ("mgfr_prior", step_mgfr_prior),                        # the tiny frozen prior
+    ("mgfr_train", step_mgfr_train),                        # stages 1 and 2, briefly
+    ("mgfr_restore", step_mgfr_restore),                    # a whole photo with references
+    ("benchmark", step_benchmark),                          # restorers x metrics -> DuckDB
+    ("publish", step_publish),                              # CSVs + HTML report
 ]
 
 
