@@ -222,6 +222,13 @@ def _micro_generator(seed: int, micro: int, process: int, device) -> torch.Gener
     return g
 
 
+def _same_base(a: str, b: str) -> bool:
+    pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
+    if pa.is_dir() and pb.is_dir():
+        return pa.resolve() == pb.resolve()
+    return str(a) == str(b)
+
+
 class Trainer:
     """Builds everything for one run from a config (the CLI and the tests call this)."""
 
@@ -283,7 +290,12 @@ class Trainer:
             adapter_opts = {"id_embedder": config.embedder,
                             "id_embed_dim": int(self.dataset.embedding_dim)}
         if init is not None:
+            from .model import read_adapters_info
             init_dir = self._adapters_dir(Path(init))
+            init_base = read_adapters_info(init_dir).get("base")
+            if init_base is not None and not _same_base(init_base, config.base):
+                raise TrainingError(f"--init {init}: stage 1 was trained on base {init_base!r}, "
+                                    f"this run uses {config.base!r}; stage 2 needs the same base")
             self.model = MGFRModel.load_adapters(init_dir, base=self.base)
             self.model.adapter.to(acc.device)
             if config.stage == 2:
@@ -822,6 +834,12 @@ def train_from_args(args) -> int:
              "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
              "mixed_precision": args.mixed_precision}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.base is None and args.init is not None:
+        # Stage 2 runs on the base stage 1 was trained on, unless told otherwise.
+        from .model import read_adapters_info
+        init_base = read_adapters_info(Trainer._adapters_dir(Path(args.init))).get("base")
+        if init_base:
+            overrides["base"] = init_base
     cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, args.data, args.out, init=args.init, resume=args.resume,
                       cache_dir=args.cache_dir)

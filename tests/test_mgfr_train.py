@@ -204,6 +204,15 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
     rc, err = _cli(["train", "--stage", "1", "--data", str(identities_dataset), "--out",
                     str(stage1_run), *common], capsys)
     assert rc == 2 and "--resume" in err
+    # Stage 2 on another base than its stage 1.
+    other = tmp_path / "other_base_run"
+    shutil.copytree(stage1_run / "adapters", other / "adapters")
+    info_file = other / "adapters" / "mgfr_adapters.json"
+    import json
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "base": "sd15"}))
+    rc, err = _cli(["train", "--stage", "2", "--data", str(identities_dataset), "--base", "tiny",
+                    "--init", str(other), "--out", str(tmp_path / "e"), *common], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "needs the same base" in err
 
 
 def test_configs_parse_and_unknown_fields_are_named(tmp_path):
