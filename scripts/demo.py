@@ -81,8 +81,9 @@ def step_training_pairs(args) -> str:
 # MGFR at demo scale: a pipeline check of the whole flow on a CPU, not the paper's model.
 # Steps are few on purpose (the demo runs in minutes on 2 cores); docs/mgfr-training.md has
 # the longer CPU runs and what they show.
-PRIOR_STEPS = {"vae": 150, "unet": 200}
-STAGE_STEPS = {1: 40, 2: 30}
+PRIOR_STEPS = {"vae": 60, "unet": 80}
+STAGE_STEPS = {1: 20, 2: 15}
+BATCH = {"prior": 8, "stage": 4}
 BENCH_FACES = 6
 RESTORE_STEPS = 10
 
@@ -111,7 +112,7 @@ def step_mgfr_prior(args) -> str:
     prior = args.out / "mgfr" / "prior"
     _run("mgfr", "pretrain-prior", "--data", str(_dataset(args)), "--base", "tiny",
          "--out", str(prior), "--vae-steps", str(PRIOR_STEPS["vae"]),
-         "--unet-steps", str(PRIOR_STEPS["unet"]), "--resume")
+         "--unet-steps", str(PRIOR_STEPS["unet"]), "--batch-size", str(BATCH["prior"]), "--resume")
     import pandas as pd
     loss = pd.read_csv(prior / "training" / "loss.csv")
     parts = []
@@ -132,6 +133,7 @@ def step_mgfr_train(args) -> str:
         cmd = ["mgfr", "train", "--stage", str(stage), "--data", str(ds), "--base", str(prior),
                "--config", str(REPO / "mgfr" / "configs" / f"tiny-stage{stage}.yaml"),
                "--out", str(run), "--max-steps", str(STAGE_STEPS[stage]),
+               "--batch-size", str(BATCH["stage"]),
                "--checkpoint-every", "20", "--validate-every", "0"]
         if stage == 2:
             cmd += ["--init", str(args.out / "mgfr" / "stage1")]
