@@ -81,9 +81,9 @@ def step_training_pairs(args) -> str:
 # MGFR at demo scale: a pipeline check of the whole flow on a CPU, not the paper's model.
 # Steps are few on purpose (the demo runs in minutes on 2 cores); docs/mgfr-training.md has
 # the longer CPU runs and what they show.
-PRIOR_STEPS = {"vae": 60, "unet": 80}
-STAGE_STEPS = {1: 20, 2: 15}
-BATCH = {"prior": 8, "stage": 4}
+PRIOR_STEPS = {"vae": 40, "unet": 40}
+STAGE_STEPS = {1: 15, 2: 10}
+BATCH = {"prior": 4, "stage": 2}
 BENCH_FACES = 6
 RESTORE_STEPS = 10
 
@@ -134,15 +134,18 @@ def step_mgfr_train(args) -> str:
                "--config", str(REPO / "mgfr" / "configs" / f"tiny-stage{stage}.yaml"),
                "--out", str(run), "--max-steps", str(STAGE_STEPS[stage]),
                "--batch-size", str(BATCH["stage"]),
-               "--checkpoint-every", "20", "--validate-every", "0"]
+               "--checkpoint-every", "20", "--validate-every", "0",
+               "--set", "validation_faces=4", "--set", f"validation_steps={RESTORE_STEPS}"]
         if stage == 2:
             cmd += ["--init", str(args.out / "mgfr" / "stage1")]
         if (run / "checkpoint").is_dir():
             cmd.append("--resume")
         _run(*cmd)
         log = pd.read_csv(run / "train_log.csv")
+        val = pd.read_csv(run / "validation.csv").iloc[-1]
         out.append(f"stage {stage}: {len(log)} steps, loss {log['loss'].head(5).mean():.4f} -> "
-                   f"{log['loss'].tail(5).mean():.4f}")
+                   f"{log['loss'].tail(5).mean():.4f}, validation PSNR {val['psnr']:.2f} dB "
+                   f"(LQ input {val['psnr_lq']:.2f} dB)")
     return ("; ".join(out) + f" (a pipeline check at tiny scale, minutes of CPU; adapters in "
             f"{args.out / 'mgfr' / 'stage2' / 'adapters'})")
 
@@ -154,11 +157,18 @@ def step_mgfr_restore(args) -> str:
     if not photo.is_file() or not refs.is_file():
         return f"skipped: {photo} or {refs} is not in the photo folder"
     out = args.out / "mgfr" / "restored"
-    summary = _run("mgfr", "restore", "--input", str(photo), "--refs", str(refs),
-                   "--adapters", str(args.out / "mgfr" / "stage2" / "adapters"),
-                   "--out", str(out), "--steps", str(RESTORE_STEPS), "--seed", "0",
-                   "--no-progress")
-    return f"{summary} -> {out}"
+    _run("mgfr", "restore", "--input", str(photo), "--refs", str(refs),
+         "--adapters", str(args.out / "mgfr" / "stage2" / "adapters"),
+         "--out", str(out), "--steps", str(RESTORE_STEPS), "--seed", "0", "--no-progress")
+    import json
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
+            if line.strip()]
+    row = rows[-1]
+    if row["status"] != "done":
+        return f"{photo.name}: {row['status']} ({row['error']})"
+    return (f"{photo.name}: {row['faces']} face(s) restored with reference {refs.name} and "
+            f"pasted back, the rest of the photo unchanged, {row['seconds']:.1f}s "
+            f"-> {out / row['output']}")
 
 
 def step_benchmark(args) -> str:
@@ -178,7 +188,8 @@ def step_benchmark(args) -> str:
             "SELECT restorer || ' ' || metric, value FROM leaderboard "
             "WHERE metric IN ('psnr', 'ids') AND value IS NOT NULL").fetchall())
         unavailable = [r[0] for r in con.execute(
-            "SELECT DISTINCT metric FROM leaderboard WHERE value IS NULL ORDER BY metric")]
+            "SELECT DISTINCT metric FROM leaderboard WHERE value IS NULL ORDER BY metric"
+        ).fetchall()]
     finally:
         con.close()
     parts = []
@@ -187,7 +198,9 @@ def step_benchmark(args) -> str:
             parts.append(f"{restorer}: PSNR {board.get(restorer + ' psnr', float('nan')):.2f} dB,"
                          f" ids {board.get(restorer + ' ids', float('nan')):.3f}")
         else:
-            parts.append(f"{restorer}: {status} ({reason.splitlines()[0][:120]})")
+            first = reason.splitlines()[0].removesuffix(" Looked in:") if reason else ""
+            parts.append(f"{restorer}: {status} ({first}; `reface-assets where {restorer}` "
+                         "says where to put it)")
     return (f"{BENCH_FACES} test faces; " + "; ".join(parts)
             + f"; unavailable metrics (weights missing): {', '.join(unavailable) or 'none'}"
             + f" -> {results / 'results.duckdb'}")
