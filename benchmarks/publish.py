@@ -657,9 +657,12 @@ def _provenance(results: Results) -> list[dict]:
     return rows
 
 
-def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: int = 2) -> dict:
-    """Write the whole site into ``site`` (a fresh folder); return a summary."""
+def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: int = 2,
+               note: str = "") -> dict:
+    """Write the whole site into ``site`` (a fresh folder); return a summary. ``note`` is
+    shown at the top of every page (e.g. what was trained how long on what)."""
     env, md_env = _template_env(), _template_env(autoescape=False)
+    env.globals["note"] = note
     css, js = _static("report.css"), _static("sortable.js")
     keys = dataset_keys(results.leaderboard, results.runs)
     directions = dict(zip(results.metrics["metric"], results.metrics["direction"]))
@@ -771,7 +774,7 @@ def _check_out_folder(out: Path, results_root: Path) -> None:
 
 
 def publish(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-            grid_images: int = 6, n_refs: int = 2) -> dict:
+            grid_images: int = 6, n_refs: int = 2, note: str = "") -> dict:
     """Publish the store in ``results_dir`` as a site in ``out_dir``; return a summary."""
     if grid_images < 0 or n_refs < 0:
         raise PublishError("--grid-images and --refs must be >= 0")
@@ -781,7 +784,7 @@ def publish(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        summary = build_site(results, tmp, grid_images=grid_images, n_refs=n_refs)
+        summary = build_site(results, tmp, grid_images=grid_images, n_refs=n_refs, note=note)
         (tmp / SITE_MARKER).write_text("written by python -m benchmarks.publish\n")
         old = None
         if out.exists():
@@ -826,13 +829,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="faces per dataset in the side-by-side grid (default 6)")
     p.add_argument("--refs", type=int, default=2, metavar="N",
                    help="reference photos shown per grid row (default 2)")
+    p.add_argument("--note", default="", metavar="TEXT",
+                   help="a sentence shown at the top of every page, e.g. what was trained "
+                        "how long on what")
     p.set_defaults(func=run_cli)
 
 
 def run_cli(args) -> int:
     try:
         summary = publish(args.results, args.out, grid_images=args.grid_images,
-                          n_refs=args.refs)
+                          n_refs=args.refs, note=args.note)
     except PublishError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

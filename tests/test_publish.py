@@ -241,3 +241,13 @@ def test_one_board_per_dataset_content(handmade, tmp_path):
     assert check_csv_equals_view(out, res) == 2 * 4 + 1 * 3  # the copy has no FID row
     index = (out / "index.html").read_text()
     assert 'href="reface-test-dddddddd.html"' in index and 'href="reface-test-e0000000.html"' in index
+
+
+@pytest.mark.realdata
+def test_note_is_shown_escaped_on_every_page(tmp_path, data_root):
+    results = handmade_results(tmp_path / "results", data_root)
+    summary = P.publish(results, tmp_path / "site", note="tiny <b>check</b> & more")
+    for page in (tmp_path / "site").glob("*.html"):
+        text = page.read_text()
+        assert "tiny &lt;b&gt;check&lt;/b&gt; &amp; more" in text, page.name
+    assert summary["index"].endswith("index.html")
