@@ -251,6 +251,8 @@ def main(argv=None) -> int:
     if args.data is None or not Path(args.data).is_dir():
         parser.error("no photo folder: pass --data DIR or set REFACE_TEST_DATA "
                      "(the shared real photos live in ../shared/data)")
+    # The command-line steps run with the repository as their working folder.
+    args.data, args.out = Path(args.data).resolve(), args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     wanted = set(args.steps.split(",")) if args.steps else None
     print(f"demo: photos from {args.data}, outputs in {args.out.resolve()}")
