@@ -548,6 +548,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+
+# Bad input a user can fix (a bad name, folder, option or image): one line, exit status 2.
+USER_ERRORS = (D.DatasetError, M.UnknownMetricError, R.UnknownRestorerError, StoreError,
+               ValueError, ImageLoadError)
+
 def command(args) -> int:
     try:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
@@ -556,8 +561,7 @@ def command(args) -> int:
             device=args.device, limit=args.limit,
             dataset_options=_key_values(args.dataset_option, "--dataset-option"),
             sets=args.set, progress=not args.no_progress)
-    except (D.DatasetError, M.UnknownMetricError, R.UnknownRestorerError, StoreError,
-            ValueError, ImageLoadError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(args.out, summaries, metrics or list(M.DEFAULT_METRICS)))

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from reface_core.atomic import safe_child, write_bytes_atomic, write_json_atomic
-from reface_core.imageio import ImageLoadError, load_image
+from reface_core.imageio import load_image
 
 from . import datasets as D
 from . import metrics as M
 from . import restorers as R
 from .run import (
+    USER_ERRORS,
     Benchmark,
     MethodSpec,
     _abs,
@@ -37,7 +38,7 @@ from .run import (
     format_summary,
     parse_methods,
 )
-from .store import StoreError, open_store
+from .store import open_store
 
 
 def parse_grid(grids: list[str]) -> dict[str, list[str]]:
@@ -226,8 +227,7 @@ def command(args) -> int:
                         dataset_options=_key_values(args.dataset_option, "--dataset-option"),
                         x_metric=args.x_metric, y_metric=args.y_metric,
                         n_images=args.grid_images, progress=not args.no_progress)
-    except (D.DatasetError, M.UnknownMetricError, R.UnknownRestorerError, StoreError,
-            ValueError, ImageLoadError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(args.out, res["summaries"], res["metrics"]))
