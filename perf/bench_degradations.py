@@ -1,28 +1,51 @@
-"""Images per second at 512x512 for every degradation preset, three ways, side by side.
+"""Images per second at 512x512 for every degradation preset, side by side with BasicSR.
 
+* ``basicsr`` (gfpgan only): the anchor. GFPGAN's training degradation
+  (``FFHQDegradationDataset.__getitem__``: ``random_mixed_kernels`` + ``cv2.filter2D``,
+  downsample, ``random_add_gaussian_noise``, ``random_add_jpg_compression``, resize back,
+  colour shift, gray, torchvision colour jitter, rounding) per image, calling the
+  functions of BasicSR's own ``basicsr/data/degradations.py`` (basicsr 1.4.2) with the
+  options of GFPGAN's ``options/train_gfpgan_v1.yml``. The file is taken from the sdist
+  (``pip download --no-deps basicsr==1.4.2``) into ``$REFACE_HOME/perf/basicsr-1.4.2/``,
+  never into the repository, and loaded alone with two in-memory patches for current
+  libraries (see ``load_basicsr``); pass ``--basicsr-file PATH`` to use a copy you have.
+  When it cannot be had, the baseline is skipped with the reason.
 * ``single``: the per-image front end (``Degrader``), one image at a time;
 * ``batched``: ``BatchDegrader`` on CPU tensors (libjpeg JPEG, the same bytes as single),
   and ``batched-torchjpeg`` with the differentiable torch JPEG model;
-* ``reference`` (gfpgan only): a straightforward per-image NumPy/OpenCV implementation of
-  the same pipeline (``cv2.filter2D`` with the full kernel, as the published training
-  code does), on the same records.
+* ``batched-nocolour`` (gfpgan only): ``BatchDegrader`` with the preset's first five
+  stages (blur to resize back), the same work as the ``basicsr`` row; ``basicsr-full``
+  adds GFPGAN's colour shift, gray and torchvision colour jitter, the same work as our
+  full ``gfpgan`` preset. The headline ratio is the strict one: our full preset against
+  ``basicsr`` without colour (which the issue measured).
+* ``reference`` (gfpgan only): our straightforward per-image OpenCV implementation
+  (``degradations.reference``) on the same records.
 
-All paths include parameter sampling. Methods are interleaved within each round so that
-they see the same background load; the script reports the median over rounds and the
-ratio of each path to the reference measured in the same run, plus the median of
-back-to-back gfpgan batched/reference ratios (steadier while the load drifts).
+All paths include parameter sampling; inputs are float images already in memory (no
+file reading). Methods are interleaved within each round so that they see the same
+background load; the script reports the median over rounds and each path's ratio to
+BasicSR measured in the same run, plus the median of back-to-back gfpgan
+batched/basicsr pairs (steadier while the load drifts), once per thread count.
 
-    .venv/bin/python perf/bench_degradations.py [--rounds 5] [--batch 16] [--presets gfpgan ...]
+    .venv/bin/python perf/bench_degradations.py [--rounds 5] [--batch 16] [--threads 2 1] [--presets gfpgan ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
+import math
 import os
+import random
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +60,133 @@ from degradations.pipeline import BatchDegrader, Degrader
 from degradations.presets import get_preset, list_presets
 from degradations.reference import reference_apply
 from degradations.sampling import sample_record
+from reface_core.assets import reface_home
+
+BASICSR_VERSION = "1.4.2"
+BASICSR_MEMBER = f"basicsr-{BASICSR_VERSION}/basicsr/data/degradations.py"
+# SHA-256 of that member in the PyPI sdist, so a cached copy is the file we mean.
+BASICSR_SHA256 = "b78e36137ff8e4d783779b5ed611fcf80305633c492ac494ee52b213806f2d83"
+# The two lines of basicsr 1.4.2 that current libraries reject, and what they become:
+# torchvision 0.17 removed ``functional_tensor``; OpenCV 5 no longer truncates a float
+# JPEG quality to int (OpenCV 4 did, which is what the published training ran).
+BASICSR_PATCHES = (
+    ("from torchvision.transforms.functional_tensor import rgb_to_grayscale",
+     "from torchvision.transforms.functional import rgb_to_grayscale"),
+    ("encode_param = [int(cv2.IMWRITE_JPEG_QUALITY), quality]",
+     "encode_param = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]"),
+)
+
+# GFPGAN options/train_gfpgan_v1.yml, the options FFHQDegradationDataset reads (plus its
+# colour-jitter defaults); our ``gfpgan`` preset has the same ranges (checked in main).
+GFPGAN_OPT = {"blur_kernel_size": 41, "kernel_list": ["iso", "aniso"], "kernel_prob": [0.5, 0.5],
+              "blur_sigma": [0.1, 10], "downsample_range": [0.8, 8], "noise_range": [0, 20],
+              "jpeg_range": [60, 100], "color_jitter_prob": 0.3, "color_jitter_shift": 20,
+              "color_jitter_pt_prob": 0.3, "gray_prob": 0.01, "brightness": (0.5, 1.5),
+              "contrast": (0.5, 1.5), "saturation": (0, 1.5), "hue": (-0.1, 0.1)}
+
+
+def fetch_basicsr(cache: Path) -> Path:
+    """``basicsr/data/degradations.py`` of the basicsr sdist, cached under ``cache``
+    (downloaded with pip on first use). Raises RuntimeError with the reason."""
+    dest = cache / "degradations.py"
+    if dest.is_file():
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               f"basicsr=={BASICSR_VERSION}", "-d", tmp]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RuntimeError(f"pip download basicsr=={BASICSR_VERSION} failed: {e}") from None
+        sdists = sorted(Path(tmp).glob("basicsr-*.tar.gz"))
+        if run.returncode != 0 or not sdists:
+            tail = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no sdist"]
+            raise RuntimeError(f"pip download basicsr=={BASICSR_VERSION} failed: {tail[0]}")
+        with tarfile.open(sdists[0]) as tar:  # read one member by name: no extraction paths
+            try:
+                data = tar.extractfile(BASICSR_MEMBER).read()
+            except (KeyError, AttributeError):
+                raise RuntimeError(f"{sdists[0].name} has no {BASICSR_MEMBER}") from None
+        part = dest.with_suffix(".part")
+        part.write_bytes(data)
+        os.replace(part, dest)
+    return dest
+
+
+def load_basicsr(path: Path) -> types.ModuleType:
+    """Load BasicSR's ``degradations.py`` alone as a module, patched in memory only."""
+    src = Path(path).read_bytes()
+    digest = hashlib.sha256(src).hexdigest()
+    if digest != BASICSR_SHA256:
+        print(f"note: {path} is not basicsr {BASICSR_VERSION}'s degradations.py (sha256 {digest[:12]}...)")
+    text = src.decode("utf-8")
+    for old, new in BASICSR_PATCHES:
+        text = text.replace(old, new)
+    mod = types.ModuleType("basicsr_degradations")
+    mod.__file__ = str(path)
+    exec(compile(text, str(path), "exec"), mod.__dict__)  # our pinned file, read as text
+    return mod
+
+
+def basicsr_gfpgan(bsr, img_gt: np.ndarray, opt: dict = GFPGAN_OPT, colour: bool = True) -> torch.Tensor:
+    """The LQ half of GFPGAN's ``FFHQDegradationDataset.__getitem__`` for one BGR float32
+    HWC image in [0, 1], through BasicSR's functions and the dataset's own steps (no
+    flip, no facial-component crops, no normalisation: not degradations). Global RNGs
+    (``random``, ``np.random``, torch) as there. ``colour=False`` stops after the resize
+    back (blur, downsample, noise, JPEG, resize: the part that calls BasicSR), then
+    converts and rounds as the dataset does."""
+    from torchvision.transforms import functional as TF
+    h, w, _ = img_gt.shape
+    kernel = bsr.random_mixed_kernels(opt["kernel_list"], opt["kernel_prob"], opt["blur_kernel_size"],
+                                      opt["blur_sigma"], opt["blur_sigma"], [-math.pi, math.pi],
+                                      noise_range=None)
+    img = cv2.filter2D(img_gt, -1, kernel)
+    scale = np.random.uniform(*opt["downsample_range"])
+    img = cv2.resize(img, (int(w // scale), int(h // scale)), interpolation=cv2.INTER_LINEAR)
+    img = bsr.random_add_gaussian_noise(img, opt["noise_range"])
+    img = bsr.random_add_jpg_compression(img, opt["jpeg_range"])
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    if colour and np.random.uniform() < opt["color_jitter_prob"]:
+        shift = opt["color_jitter_shift"] / 255.0
+        img = np.clip(img + np.random.uniform(-shift, shift, 3).astype(np.float32), 0, 1)
+    if colour and np.random.uniform() < opt["gray_prob"]:
+        img = np.tile(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None], [1, 1, 3])
+    # basicsr's img2tensor: BGR -> RGB, HWC -> CHW
+    t = torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)).float()
+    if colour and np.random.uniform() < opt["color_jitter_pt_prob"]:
+        for fn in torch.randperm(4):
+            if fn == 0:
+                t = TF.adjust_brightness(t, torch.tensor(1.0).uniform_(*opt["brightness"]).item())
+            elif fn == 1:
+                t = TF.adjust_contrast(t, torch.tensor(1.0).uniform_(*opt["contrast"]).item())
+            elif fn == 2:
+                t = TF.adjust_saturation(t, torch.tensor(1.0).uniform_(*opt["saturation"]).item())
+            else:
+                t = TF.adjust_hue(t, torch.tensor(1.0).uniform_(*opt["hue"]).item())
+    return torch.clamp((t * 255.0).round(), 0, 255) / 255.0
+
+
+def check_preset_matches_gfpgan(preset) -> None:
+    """Our ``gfpgan`` preset must draw from GFPGAN's ranges, or the comparison is moot."""
+    st = {type(s).__name__: s for s in preset.stages}
+    o = GFPGAN_OPT
+    pairs = {"blur_kernel_size": st["Blur"].kernel_size, "kernel_list": st["Blur"].kernel_list,
+             "kernel_prob": st["Blur"].kernel_prob, "blur_sigma": st["Blur"].sigma_x,
+             "blur_sigma (y)": st["Blur"].sigma_y, "downsample_range": st["Downsample"].scale,
+             "noise_range": st["Noise"].sigma, "jpeg_range": st["Jpeg"].quality,
+             "color_jitter_prob": st["ColorShift"].prob, "color_jitter_shift": st["ColorShift"].shift,
+             "gray_prob": st["Gray"].prob, "color_jitter_pt_prob": st["ColorJitter"].prob,
+             "brightness": st["ColorJitter"].brightness, "contrast": st["ColorJitter"].contrast,
+             "saturation": st["ColorJitter"].saturation, "hue": st["ColorJitter"].hue}
+    norm = lambda v: tuple(norm(x) for x in v) if isinstance(v, (tuple, list)) else \
+        (float(v) if isinstance(v, (int, float)) else v)
+    for key, ours in pairs.items():
+        theirs = o[key.split(" ")[0]]
+        if norm(ours) != norm(theirs):
+            raise SystemExit(f"error: gfpgan preset has {key} {ours}, GFPGAN's options {theirs}")
+    if st["Noise"].gaussian_prob != 1.0 or st["Noise"].gray_prob != 0.0 or st["Downsample"].mode != "bilinear":
+        raise SystemExit("error: gfpgan preset's noise or downsample differ from GFPGAN's")
 
 
 def load_faces(n: int, size: int = 512) -> list[np.ndarray]:
@@ -75,67 +225,119 @@ def run_reference(preset, imgs, seed):
         reference_apply(im, rec)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (median reported)")
-    ap.add_argument("--batch", type=int, default=16, help="images per round (and batch size)")
-    ap.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads (default 2)")
-    ap.add_argument("--presets", nargs="*", default=None, help="presets (default: all)")
-    ap.add_argument("--pairs", type=int, default=3, help="back-to-back gfpgan batched/reference pairs per round")
-    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    names = args.presets or list_presets()
-    imgs = load_faces(args.batch)
-    batch = torch.cat([to_tensor(i) for i in imgs])
-    methods = {}
-    for name in names:
-        p = get_preset(name)
-        methods[(name, "single")] = lambda p=p, s=0: run_single(p, imgs, s)
-        methods[(name, "batched")] = lambda p=p, s=0: run_batched(p, batch, s, "libjpeg")
-        methods[(name, "batched-torchjpeg")] = lambda p=p, s=0: run_batched(p, batch, s, "torch")
-        if name == "gfpgan":
-            methods[(name, "reference")] = lambda p=p, s=0: run_reference(p, imgs, s)
+def run_basicsr(bsr, imgs_bgr, seed, colour):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for im in imgs_bgr:
+        basicsr_gfpgan(bsr, im, colour=colour)
+
+
+def bench(methods: dict, rounds: int, pairs: int, pair_keys) -> tuple[dict, list]:
     for fn in methods.values():  # warm-up: imports, DFT plans, allocator
         fn()
     times: dict = {k: [] for k in methods}
-    paired: list[float] = []  # gfpgan batched / reference, measured back to back
-    for r in range(args.rounds):
+    paired: list[float] = []  # gfpgan batched / basicsr, measured back to back
+    for _ in range(rounds):
         for key, fn in methods.items():
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
-        if ("gfpgan", "reference") in methods:
+        if pair_keys:
             # The load of a shared machine drifts between rounds; a ratio of two runs
             # measured seconds apart is steadier than a ratio of two medians.
-            for _ in range(args.pairs):
+            base, fast = pair_keys
+            for _ in range(pairs):
                 t0 = time.perf_counter()
-                methods[("gfpgan", "reference")]()
+                methods[base]()
                 t1 = time.perf_counter()
-                methods[("gfpgan", "batched")]()
+                methods[fast]()
                 t2 = time.perf_counter()
                 paired.append((t1 - t0) / (t2 - t1))
-    rates = {k: args.batch / statistics.median(v) for k, v in times.items()}
-    ref = rates.get(("gfpgan", "reference"))
-    print(f"512x512, batch {args.batch}, {args.rounds} rounds, torch threads {torch.get_num_threads()}, "
-          f"median images/s")
-    print(f"{'preset':14s} {'path':18s} {'img/s':>8s} {'vs ref':>7s}")
+    return times, paired
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (median reported)")
+    ap.add_argument("--batch", type=int, default=16, help="images per round (and batch size)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                    help="torch and OpenCV thread counts, measured one after the other (default 2 1)")
+    ap.add_argument("--presets", nargs="*", default=None, help="presets (default: all)")
+    ap.add_argument("--pairs", type=int, default=3, help="back-to-back gfpgan batched/basicsr pairs per round")
+    ap.add_argument("--basicsr-file", type=Path, default=None,
+                    help="basicsr's data/degradations.py (default: fetched once into "
+                         "$REFACE_HOME/perf/basicsr-1.4.2/)")
+    ap.add_argument("--no-fetch", action="store_true", help="do not download basicsr; skip it if not cached")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    if any(t < 1 for t in args.threads) or args.rounds < 1 or args.batch < 1:
+        print("error: --threads, --rounds and --batch must be >= 1", file=sys.stderr)
+        return 2
+    names = args.presets or list_presets()
+    bsr, skip_reason = None, None
+    if "gfpgan" in names:
+        check_preset_matches_gfpgan(get_preset("gfpgan"))
+        try:
+            if args.basicsr_file is not None:
+                if not args.basicsr_file.is_file():
+                    raise RuntimeError(f"--basicsr-file {args.basicsr_file} is not a file")
+                path = args.basicsr_file
+            else:
+                cache = reface_home() / "perf" / f"basicsr-{BASICSR_VERSION}"
+                if args.no_fetch and not (cache / "degradations.py").is_file():
+                    raise RuntimeError(f"not cached in {cache} and --no-fetch given")
+                path = fetch_basicsr(cache)
+            bsr = load_basicsr(path)
+        except Exception as e:  # any failure to get or import it only skips the baseline
+            skip_reason = f"{type(e).__name__}: {e}"
+            print(f"skipped the basicsr baseline: {skip_reason}")
+    imgs = load_faces(args.batch)
+    imgs_bgr = [np.ascontiguousarray(i[..., ::-1], dtype=np.float32) / np.float32(255.0) for i in imgs]
+    batch = torch.cat([to_tensor(i) for i in imgs])
     out = []
-    for (name, path), rate in rates.items():
-        ratio = rate / ref if ref else float("nan")
-        print(f"{name:14s} {path:18s} {rate:8.1f} {ratio:7.2f}")
-        out.append({"preset": name, "path": path, "images_per_s": rate, "ratio_vs_reference": ratio,
-                    "round_seconds": times[(name, path)]})
-    if ref:
-        b = rates[("gfpgan", "batched")]
-        print(f"\ngfpgan: batched {b:.1f} img/s vs per-image OpenCV reference {ref:.1f} img/s "
-              f"(ratio of medians {b / ref:.2f}); median of {len(paired)} back-to-back ratios "
-              f"{statistics.median(paired):.2f} [min {min(paired):.2f}, max {max(paired):.2f}] (target >= 2)")
-        out.append({"preset": "gfpgan", "path": "paired_ratio_batched_vs_reference",
-                    "median": statistics.median(paired), "all": paired})
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        methods = {}
+        for name in names:
+            p = get_preset(name)
+            if name == "gfpgan" and bsr is not None:
+                methods[(name, "basicsr")] = lambda s=0: run_basicsr(bsr, imgs_bgr, s, False)
+                methods[(name, "basicsr-full")] = lambda s=0: run_basicsr(bsr, imgs_bgr, s, True)
+            methods[(name, "single")] = lambda p=p, s=0: run_single(p, imgs, s)
+            methods[(name, "batched")] = lambda p=p, s=0: run_batched(p, batch, s, "libjpeg")
+            methods[(name, "batched-torchjpeg")] = lambda p=p, s=0: run_batched(p, batch, s, "torch")
+            if name == "gfpgan":
+                methods[(name, "reference")] = lambda p=p, s=0: run_reference(p, imgs, s)
+                # like for like with the ``basicsr`` row: our pipeline without the colour stages
+                core = dataclasses.replace(p, name="gfpgan-nocolour", stages=p.stages[:5])
+                methods[(name, "batched-nocolour")] = lambda p=core, s=0: run_batched(p, batch, s, "libjpeg")
+        pair_keys = (("gfpgan", "basicsr"), ("gfpgan", "batched")) if ("gfpgan", "basicsr") in methods else None
+        times, paired = bench(methods, args.rounds, args.pairs, pair_keys)
+        rates = {k: args.batch / statistics.median(v) for k, v in times.items()}
+        base = rates.get(("gfpgan", "basicsr"))
+        print(f"\n512x512, batch {args.batch}, {args.rounds} rounds, torch/OpenCV threads {threads}, "
+              f"median images/s")
+        print(f"{'preset':14s} {'path':18s} {'img/s':>8s} {'vs basicsr':>10s}")
+        for (name, path), rate in rates.items():
+            ratio = rate / base if base else float("nan")
+            print(f"{name:14s} {path:18s} {rate:8.1f} {ratio:10.2f}")
+            out.append({"threads": threads, "preset": name, "path": path, "images_per_s": rate,
+                        "ratio_vs_basicsr": ratio, "round_seconds": times[(name, path)]})
+        if base:
+            b = rates[("gfpgan", "batched")]
+            print(f"gfpgan, {threads} thread(s): BatchDegrader {b:.1f} img/s vs BasicSR {BASICSR_VERSION} "
+                  f"{base:.1f} img/s: ratio of medians {b / base:.2f}; median of {len(paired)} back-to-back "
+                  f"ratios {statistics.median(paired):.2f} [min {min(paired):.2f}, max {max(paired):.2f}] "
+                  f"(target >= 2)")
+            out.append({"threads": threads, "preset": "gfpgan", "path": "paired_ratio_batched_vs_basicsr",
+                        "median": statistics.median(paired), "all": paired})
+        elif "gfpgan" in names:
+            print(f"gfpgan: no ratio against BasicSR ({skip_reason})")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        args.json.write_text(json.dumps({"load_average": os.getloadavg(), "basicsr_skipped": skip_reason,
+                                         "results": out}, indent=2))
     return 0
 
 
