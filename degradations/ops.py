@@ -72,13 +72,15 @@ def reflect101_index(n: int, pad: int) -> np.ndarray:
     return np.where(i >= n, period - i, i)
 
 
-def _real_spectrum_multiplier(spec: np.ndarray) -> np.ndarray:
+def _real_spectrum_multiplier(spec: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Expand the CCS-packed DFT of a point-symmetric kernel centred at the origin (a real
     spectrum: its imaginary slots hold ~0) so that an elementwise product with an image's
     CCS spectrum multiplies every complex coefficient by it: each imaginary slot gets the
-    value of its real slot. Layout as OpenCV packs real 2-D transforms (CCS)."""
+    value of its real slot. Layout as OpenCV packs real 2-D transforms (CCS). ``inplace``
+    overwrites ``spec`` (every slot written is an imaginary one, every slot read a real
+    one, so the order of the copies does not matter)."""
     m, n = spec.shape
-    mult = spec.copy()
+    mult = spec if inplace else spec.copy()
     half_n = (n - 1) // 2  # columns 1..2*half_n hold (Re, Im) pairs of the inner frequencies
     mult[:, 2:2 * half_n + 1:2] = spec[:, 1:2 * half_n:2]
     half_m = (m - 1) // 2  # column 0 (and column n-1 when n is even) pack (Re, Im) down rows
@@ -112,10 +114,15 @@ def _cv2_correlate(x: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
         kp.fill(0.0)
         symmetric = np.allclose(kern, kern[::-1, ::-1], rtol=0, atol=1e-12)
         if symmetric:
-            # centre tap at (0, 0), negative offsets wrapped to the far ends
-            kp[:k, :k] = kern / (fh * fw)
-            kp[:] = np.roll(kp, (-r, -r), axis=(0, 1))
-            mult = _real_spectrum_multiplier(cv2.dft(kp))
+            # centre tap at (0, 0), negative offsets wrapped to the far ends: the four
+            # quadrants written in place (what np.roll of the corner-placed kernel gives,
+            # without a full-size temporary and copy)
+            scaled = (kern / (fh * fw)).astype(np.float32)
+            kp[:k - r, :k - r] = scaled[r:, r:]
+            kp[:k - r, fw - r:] = scaled[r:, :r]
+            kp[fh - r:, :k - r] = scaled[:r, r:]
+            kp[fh - r:, fw - r:] = scaled[:r, :r]
+            mult = _real_spectrum_multiplier(cv2.dft(kp, dst=work["spec_k"]), inplace=True)
             y0 = r
         else:
             kp[:k, :k] = kern[::-1, ::-1]  # correlation = convolution with the flipped kernel

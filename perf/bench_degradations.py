@@ -93,7 +93,7 @@ def fetch_basicsr(cache: Path) -> Path:
         return dest
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
                f"basicsr=={BASICSR_VERSION}", "-d", tmp]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -108,6 +108,9 @@ def fetch_basicsr(cache: Path) -> Path:
                 data = tar.extractfile(BASICSR_MEMBER).read()
             except (KeyError, AttributeError):
                 raise RuntimeError(f"{sdists[0].name} has no {BASICSR_MEMBER}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != BASICSR_SHA256:  # never run code other than the pinned file
+            raise RuntimeError(f"{BASICSR_MEMBER} from PyPI has sha256 {digest}, expected {BASICSR_SHA256}")
         part = dest.with_suffix(".part")
         part.write_bytes(data)
         os.replace(part, dest)
@@ -170,6 +173,9 @@ def basicsr_gfpgan(bsr, img_gt: np.ndarray, opt: dict = GFPGAN_OPT, colour: bool
 def check_preset_matches_gfpgan(preset) -> None:
     """Our ``gfpgan`` preset must draw from GFPGAN's ranges, or the comparison is moot."""
     st = {type(s).__name__: s for s in preset.stages}
+    missing = {"Blur", "Downsample", "Noise", "Jpeg", "ColorShift", "Gray", "ColorJitter"} - set(st)
+    if missing:
+        raise SystemExit(f"error: preset {preset.name!r} lacks GFPGAN's stages {sorted(missing)}")
     o = GFPGAN_OPT
     pairs = {"blur_kernel_size": st["Blur"].kernel_size, "kernel_list": st["Blur"].kernel_list,
              "kernel_prob": st["Blur"].kernel_prob, "blur_sigma": st["Blur"].sigma_x,

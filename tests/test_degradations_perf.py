@@ -1,0 +1,125 @@
+"""The speed work on the CPU path keeps its bytes, and the BasicSR benchmark measures the
+pipeline it claims to (GFPGAN's options, BasicSR's own functions)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from degradations import presets as P
+from degradations.ops import _real_spectrum_multiplier, filter2d
+from degradations.kernels import make_kernel
+from degradations.pipeline import _quantize_cpu
+
+REPO = Path(__file__).resolve().parents[1]
+# The benchmark's pinned BasicSR file, when a previous run of the benchmark cached it in
+# the user's cache (tests never download it; the conftest points REFACE_HOME elsewhere).
+BASICSR_CACHED = Path.home() / ".cache" / "reface" / "perf" / "basicsr-1.4.2" / "degradations.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_degradations", REPO / "perf" / "bench_degradations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quantize_cpu_matches_rounding_at_every_level_boundary():
+    k = np.arange(256, dtype=np.float32)
+    # every level, every half level and its float32 neighbours, and out-of-range values
+    half = (k + np.float32(0.5)) / np.float32(255.0)
+    vals = np.concatenate([k / np.float32(255.0), half, np.nextafter(half, np.float32(0)),
+                           np.nextafter(half, np.float32(1)), np.float32([-1, -1e-6, 1 + 1e-6, 2])])
+    src = np.resize(vals.astype(np.float32), (2, 3, 8, 100))
+    want = (np.round(np.clip(src, 0, 1) * np.float32(255.0)) / np.float32(255.0)).astype(np.float32)
+    dst = np.empty_like(src)
+    _quantize_cpu(src, dst)
+    assert np.array_equal(dst, want)
+    # a strided destination (a caller's non-contiguous ``out``) gets the same values
+    wide = np.zeros((2, 3, 8, 200), np.float32)
+    _quantize_cpu(src, wide[..., ::2])
+    assert np.array_equal(wide[..., ::2], want)
+
+
+def test_spectrum_multiplier_in_place_equals_copy():
+    spec = np.random.default_rng(0).standard_normal((36, 40)).astype(np.float32)
+    want = _real_spectrum_multiplier(spec)
+    got = _real_spectrum_multiplier(spec.copy(), inplace=True)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("size", [(64, 80), (7, 9)])
+def test_symmetric_kernel_placement_agrees_with_general_path(size):
+    # The in-place quadrant placement of point-symmetric kernels against the general
+    # (flipped-kernel) path, which places it without wrapping: same correlation.
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.random((1, 3, *size), dtype=np.float32))
+    k = make_kernel(type="aniso", size=41, sigma_x=3.0, sigma_y=6.0, theta=0.4)
+    asym = k.copy()
+    asym[0, 0] += 1e-9  # breaks point symmetry by a negligible amount: takes the general path
+    a, b = filter2d(x, [k]).numpy(), filter2d(x, [asym / asym.sum()]).numpy()
+    assert np.abs(a - b).max() < 1e-5
+
+
+def test_gfpgan_preset_has_gfpgans_options():
+    bench = _bench()
+    bench.check_preset_matches_gfpgan(P.get_preset("gfpgan"))
+    with pytest.raises(SystemExit, match="lacks"):
+        bench.check_preset_matches_gfpgan(P.get_preset("codeformer"))  # no colour stages
+    g = P.get_preset("gfpgan")
+    stages = tuple(dataclasses.replace(s, quality=(30.0, 100.0)) if isinstance(s, P.Jpeg) else s
+                   for s in g.stages)
+    with pytest.raises(SystemExit, match="jpeg_range"):
+        bench.check_preset_matches_gfpgan(dataclasses.replace(g, stages=stages))
+
+
+def test_basicsr_file_is_patched_in_memory(tmp_path):
+    bench = _bench()
+    fake = tmp_path / "degradations.py"
+    fake.write_text("import cv2\n"
+                    "from torchvision.transforms.functional_tensor import rgb_to_grayscale\n"
+                    "def add_jpg_compression(img, quality=90):\n"
+                    "    encode_param = [int(cv2.IMWRITE_JPEG_QUALITY), quality]\n"
+                    "    return encode_param\n")
+    before = fake.read_bytes()
+    mod = bench.load_basicsr(fake)
+    assert mod.rgb_to_grayscale.__module__.startswith("torchvision.transforms")
+    assert mod.add_jpg_compression(None, 71.9)[1] == 71  # OpenCV 4's truncation
+    assert fake.read_bytes() == before  # the file on disk is untouched
+
+
+def test_bench_skips_basicsr_with_a_reason_when_not_available(tmp_path, capsys):
+    # REFACE_HOME is an empty folder here (conftest), and --no-fetch forbids the download.
+    out = tmp_path / "r.json"
+    rc = _bench().main(["--no-fetch", "--presets", "mgfr-mild", "gfpgan", "--rounds", "1", "--batch", "1",
+                        "--threads", "1", "--pairs", "1", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert "not cached" in res["basicsr_skipped"]
+    assert "skipped the basicsr baseline" in capsys.readouterr().out
+    assert {r["path"] for r in res["results"]} >= {"batched", "single"}
+
+
+@pytest.mark.realdata
+def test_basicsr_gfpgan_degrades_a_real_face(data_root):
+    if not BASICSR_CACHED.is_file():
+        pytest.skip(f"BasicSR's degradations.py is not cached at {BASICSR_CACHED} "
+                    "(run perf/bench_degradations.py once)")
+    from reface_core.imageio import load_image
+    bench = _bench()
+    bsr = bench.load_basicsr(BASICSR_CACHED)
+    hq = load_image(sorted(data_root.glob("identities_512/*/gt.png"))[0])
+    bgr = np.ascontiguousarray(hq[..., ::-1], dtype=np.float32) / np.float32(255.0)
+    np.random.seed(0)
+    lq = bench.basicsr_gfpgan(bsr, bgr, colour=False)
+    assert lq.shape == (3, *hq.shape[:2])
+    ref = torch.from_numpy(hq.transpose(2, 0, 1) / 255.0).float()
+    psnr = 10 * np.log10(1.0 / float(((lq - ref) ** 2).mean()))
+    assert 15 < psnr < 45  # degraded, but still the same face
+    assert torch.equal(lq, torch.round(lq * 255) / 255)  # on the 8-bit grid, as the dataset rounds
