@@ -48,11 +48,18 @@ def jpeg_libjpeg(image_u8: np.ndarray, quality: int) -> np.ndarray:
     q = int(quality)
     if not 1 <= q <= 100:
         raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
-    bgr = np.ascontiguousarray(image_u8[..., ::-1])
-    ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), q])
+    return jpeg_bgr(np.ascontiguousarray(image_u8[..., ::-1]), q)[..., ::-1]
+
+
+def jpeg_bgr(bgr_u8: np.ndarray, quality: int) -> np.ndarray:
+    """The libjpeg round trip on a BGR ``uint8`` image (OpenCV's channel order), BGR out."""
+    q = int(quality)
+    if not 1 <= q <= 100:
+        raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
+    ok, buf = cv2.imencode(".jpg", bgr_u8, [int(cv2.IMWRITE_JPEG_QUALITY), q])
     if not ok:
-        raise RuntimeError(f"OpenCV failed to JPEG-encode a {image_u8.shape} image")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        raise RuntimeError(f"OpenCV failed to JPEG-encode a {bgr_u8.shape} image")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
 def _dct_matrix(device, dtype) -> torch.Tensor:

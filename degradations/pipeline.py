@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import presets as P
-from .ops import KNOWN_OPS, OPS, quantize, resize_many, to_tensor, to_uint8
+from .ops import KNOWN_OPS, LEVELS, OPS, quantize, resize_many, to_tensor, to_uint8
 from .sampling import RECORD_VERSION, sample_record
 
 JPEG_BACKENDS = ("auto", "libjpeg", "torch")
@@ -133,11 +133,6 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
     return quantize(whole)
 
 
-# ``k / 255`` in float32 for every 8-bit level k: the same values as dividing (checked
-# for all 256 in the tests); a table look-up is cheaper than a division per pixel.
-_LEVELS = (np.arange(256, dtype=np.float32) / np.float32(255.0)).reshape(1, 256)
-
-
 def _quantize_cpu(src: np.ndarray, dst: np.ndarray) -> None:
     """``round(clip(src, 0, 1) * 255) / 255`` into ``dst``, plane by plane through 8-bit:
     OpenCV rounds half to even like ``torch.round``; three passes instead of four, two of
@@ -148,7 +143,7 @@ def _quantize_cpu(src: np.ndarray, dst: np.ndarray) -> None:
         np.clip(s_, 0, 1, out=d_)
         levels = cv2.convertScaleAbs(d_, alpha=255.0)
         if d_.flags.c_contiguous:  # OpenCV writes in place only into a contiguous plane
-            cv2.LUT(levels, _LEVELS, dst=d_)
+            cv2.LUT(levels, LEVELS, dst=d_)
         else:
             np.divide(levels, np.float32(255.0), out=d_, dtype=np.float32)
 

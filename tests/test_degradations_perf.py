@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from degradations import presets as P
-from degradations.ops import _real_spectrum_multiplier, filter2d
+from degradations.jpeg import jpeg_libjpeg
 from degradations.kernels import make_kernel
+from degradations.ops import LEVELS, OPS, _real_spectrum_multiplier, _to_levels, filter2d, to_tensor, to_uint8
 from degradations.pipeline import _quantize_cpu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,28 @@ def test_quantize_cpu_matches_rounding_at_every_level_boundary():
     wide = np.zeros((2, 3, 8, 200), np.float32)
     _quantize_cpu(src, wide[..., ::2])
     assert np.array_equal(wide[..., ::2], want)
+
+
+def test_level_table_and_8bit_conversion_match_numpy():
+    k = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(LEVELS[0], np.divide(k, np.float32(255.0), dtype=np.float32))
+    half = (k.astype(np.float32) + np.float32(0.5)) / np.float32(255.0)
+    plane = np.stack([half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(1)),
+                      k / np.float32(255.0), np.linspace(-0.5, 1.5, 256, dtype=np.float32)])
+    want = np.round(np.clip(plane, 0, 1) * np.float32(255.0)).astype(np.uint8)
+    assert np.array_equal(_to_levels(plane), want)
+
+
+@pytest.mark.realdata
+def test_cpu_jpeg_op_equals_the_per_image_libjpeg_round_trip(data_root):
+    from reface_core.imageio import load_image
+    files = sorted(data_root.glob("identities_512/*/gt.png"))[:2]
+    # off-grid values, and odd sizes (4:2:0 chroma on a half MCU)
+    x = torch.cat([to_tensor(load_image(f)[:173, :251]) for f in files]) * 1.1 - 0.03
+    got = OPS["jpeg"](x, [{"quality": 37}, {"quality": 88}], "libjpeg")
+    for i, q in enumerate((37, 88)):
+        want = jpeg_libjpeg(to_uint8(x[i]), q)
+        assert np.array_equal(to_uint8(got[i]), want)
 
 
 def test_spectrum_multiplier_in_place_equals_copy():
