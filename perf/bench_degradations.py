@@ -132,24 +132,47 @@ def load_basicsr(path: Path) -> types.ModuleType:
     return mod
 
 
-def basicsr_gfpgan(bsr, img_gt: np.ndarray, opt: dict = GFPGAN_OPT, colour: bool = True) -> torch.Tensor:
+class Steps:
+    """Seconds per named step, accumulated over calls (``--profile``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def basicsr_gfpgan(bsr, img_gt: np.ndarray, opt: dict = GFPGAN_OPT, colour: bool = True,
+                   steps: Steps | None = None) -> torch.Tensor:
     """The LQ half of GFPGAN's ``FFHQDegradationDataset.__getitem__`` for one BGR float32
     HWC image in [0, 1], through BasicSR's functions and the dataset's own steps (no
     flip, no facial-component crops, no normalisation: not degradations). Global RNGs
     (``random``, ``np.random``, torch) as there. ``colour=False`` stops after the resize
     back (blur, downsample, noise, JPEG, resize: the part that calls BasicSR), then
-    converts and rounds as the dataset does."""
+    converts and rounds as the dataset does. ``steps`` times each step."""
     from torchvision.transforms import functional as TF
+    mark = steps or (lambda name: None)
+    if steps:
+        steps.t = time.perf_counter()
     h, w, _ = img_gt.shape
     kernel = bsr.random_mixed_kernels(opt["kernel_list"], opt["kernel_prob"], opt["blur_kernel_size"],
                                       opt["blur_sigma"], opt["blur_sigma"], [-math.pi, math.pi],
                                       noise_range=None)
+    mark("kernel")
     img = cv2.filter2D(img_gt, -1, kernel)
+    mark("blur")
     scale = np.random.uniform(*opt["downsample_range"])
     img = cv2.resize(img, (int(w // scale), int(h // scale)), interpolation=cv2.INTER_LINEAR)
+    mark("resize")
     img = bsr.random_add_gaussian_noise(img, opt["noise_range"])
+    mark("noise")
     img = bsr.random_add_jpg_compression(img, opt["jpeg_range"])
+    mark("jpeg")
     img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    mark("resize")
     if colour and np.random.uniform() < opt["color_jitter_prob"]:
         shift = opt["color_jitter_shift"] / 255.0
         img = np.clip(img + np.random.uniform(-shift, shift, 3).astype(np.float32), 0, 1)
@@ -167,7 +190,10 @@ def basicsr_gfpgan(bsr, img_gt: np.ndarray, opt: dict = GFPGAN_OPT, colour: bool
                 t = TF.adjust_saturation(t, torch.tensor(1.0).uniform_(*opt["saturation"]).item())
             else:
                 t = TF.adjust_hue(t, torch.tensor(1.0).uniform_(*opt["hue"]).item())
-    return torch.clamp((t * 255.0).round(), 0, 255) / 255.0
+    mark("colour + to tensor")
+    out = torch.clamp((t * 255.0).round(), 0, 255) / 255.0
+    mark("quantize")
+    return out
 
 
 def check_preset_matches_gfpgan(preset) -> None:
@@ -263,6 +289,59 @@ def bench(methods: dict, rounds: int, pairs: int, pair_keys) -> tuple[dict, list
     return times, paired
 
 
+def profile(bsr, imgs, imgs_bgr, batch, n: int) -> dict:
+    """Milliseconds per image by step, one thread: BasicSR's pipeline (without colour, as
+    the issue measured) and ``BatchDegrader`` with the full gfpgan preset."""
+    import degradations.ops as ops_mod
+    import degradations.pipeline as pipe_mod
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    out = {}
+    if bsr is not None:
+        steps = Steps()
+        np.random.seed(0)
+        for _ in range(n):
+            for im in imgs_bgr:
+                basicsr_gfpgan(bsr, im, colour=False, steps=steps)
+        out["basicsr"] = {k: 1000 * v / (n * len(imgs_bgr)) for k, v in steps.seconds.items()}
+    acc: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+    saved = (dict(ops_mod.OPS), pipe_mod.resize_many, pipe_mod._quantize_cpu, pipe_mod.sample_record,
+             ops_mod.make_kernel)
+    try:
+        for k, fn in saved[0].items():
+            ops_mod.OPS[k] = timed("blur" if k in ("blur", "sinc", "motion") else k, fn)
+        pipe_mod.resize_many = timed("resize", saved[1])
+        pipe_mod._quantize_cpu = timed("quantize", saved[2])
+        pipe_mod.sample_record = timed("sample", saved[3])
+        ops_mod.make_kernel = timed("kernel", saved[4])
+        deg = BatchDegrader("gfpgan", jpeg="libjpeg")
+        ids = [str(i) for i in range(batch.shape[0])]
+        t0 = time.perf_counter()
+        for s in range(n):
+            deg(batch, s, ids)
+        total = time.perf_counter() - t0
+    finally:
+        ops_mod.OPS.update(saved[0])
+        pipe_mod.resize_many, pipe_mod._quantize_cpu, pipe_mod.sample_record, ops_mod.make_kernel = saved[1:]
+    acc["blur"] = acc.get("blur", 0.0) - acc.get("kernel", 0.0)  # blur's time includes building kernels
+    acc["other (batching, copies, Python)"] = total - sum(acc.values())
+    out["batched"] = {k: 1000 * v / (n * batch.shape[0]) for k, v in acc.items()}
+    for name, d in out.items():
+        print(f"\nprofile, 1 thread, {name}: ms per image (total {sum(d.values()):.2f})")
+        for k, v in sorted(d.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:34s} {v:6.2f}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (median reported)")
@@ -275,6 +354,8 @@ def main(argv=None) -> int:
                     help="basicsr's data/degradations.py (default: fetched once into "
                          "$REFACE_HOME/perf/basicsr-1.4.2/)")
     ap.add_argument("--no-fetch", action="store_true", help="do not download basicsr; skip it if not cached")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also time each step of BasicSR and of BatchDegrader (gfpgan, 1 thread) over N batches")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if any(t < 1 for t in args.threads) or args.rounds < 1 or args.batch < 1:
@@ -341,9 +422,10 @@ def main(argv=None) -> int:
                         "median": statistics.median(paired), "all": paired})
         elif "gfpgan" in names:
             print(f"gfpgan: no ratio against BasicSR ({skip_reason})")
+    prof = profile(bsr, imgs, imgs_bgr, batch, args.profile) if args.profile > 0 else None
     if args.json:
         args.json.write_text(json.dumps({"load_average": os.getloadavg(), "basicsr_skipped": skip_reason,
-                                         "results": out}, indent=2))
+                                         "results": out, "profile_ms_per_image": prof}, indent=2))
     return 0
 
 
