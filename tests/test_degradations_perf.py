@@ -15,7 +15,15 @@ import torch
 from degradations import presets as P
 from degradations.jpeg import jpeg_libjpeg
 from degradations.kernels import make_kernel
-from degradations.ops import LEVELS, OPS, _real_spectrum_multiplier, _to_levels, filter2d, to_tensor, to_uint8
+from degradations.ops import (
+    LEVELS,
+    OPS,
+    _real_spectrum_multiplier,
+    _to_levels,
+    filter2d,
+    to_tensor,
+    to_uint8,
+)
 from degradations.pipeline import _quantize_cpu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +145,7 @@ def test_basicsr_gfpgan_degrades_a_real_face(data_root):
     from reface_core.imageio import load_image
     bench = _bench()
     bsr = bench.load_basicsr(BASICSR_CACHED)
-    hq = load_image(sorted(data_root.glob("identities_512/*/gt.png"))[0])
+    hq = load_image(min(data_root.glob("identities_512/*/gt.png")))
     bgr = np.ascontiguousarray(hq[..., ::-1], dtype=np.float32) / np.float32(255.0)
     np.random.seed(0)
     lq = bench.basicsr_gfpgan(bsr, bgr, colour=False)
