@@ -28,6 +28,7 @@ BasicSR measured in the same run, plus the median of back-to-back gfpgan
 batched/basicsr pairs (steadier while the load drifts), once per thread count.
 
     .venv/bin/python perf/bench_degradations.py [--rounds 5] [--batch 16] [--threads 2 1] [--presets gfpgan ...]
+        [--basicsr-file PATH] [--no-fetch] [--profile 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -362,13 +363,20 @@ def main(argv=None) -> int:
         print("error: --threads, --rounds and --batch must be >= 1", file=sys.stderr)
         return 2
     names = args.presets or list_presets()
+    for name in names:
+        try:
+            get_preset(name)
+        except (ValueError, OSError) as e:
+            print(f"error: --presets {name}: {e}", file=sys.stderr)
+            return 2
+    if args.basicsr_file is not None and not args.basicsr_file.is_file():
+        print(f"error: --basicsr-file {args.basicsr_file} is not a file", file=sys.stderr)
+        return 2
     bsr, skip_reason = None, None
     if "gfpgan" in names:
         check_preset_matches_gfpgan(get_preset("gfpgan"))
         try:
             if args.basicsr_file is not None:
-                if not args.basicsr_file.is_file():
-                    raise RuntimeError(f"--basicsr-file {args.basicsr_file} is not a file")
                 path = args.basicsr_file
             else:
                 cache = reface_home() / "perf" / f"basicsr-{BASICSR_VERSION}"

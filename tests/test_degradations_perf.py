@@ -186,3 +186,12 @@ def test_basicsr_gfpgan_degrades_a_real_face(data_root):
     psnr = 10 * np.log10(1.0 / float(((lq - ref) ** 2).mean()))
     assert 15 < psnr < 45  # degraded, but still the same face
     assert torch.equal(lq, torch.round(lq * 255) / 255)  # on the 8-bit grid, as the dataset rounds
+
+
+def test_bench_rejects_bad_arguments_with_one_line(tmp_path, capsys):
+    bench = _bench()
+    assert bench.main(["--presets", "gfpgn"]) == 2
+    assert "did you mean 'gfpgan'" in capsys.readouterr().err
+    assert bench.main(["--basicsr-file", str(tmp_path / "missing.py")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert bench.main(["--threads", "0"]) == 2
