@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from reface_core.argtypes import at_least, between, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 
@@ -87,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST", help="folder of images or manifest file")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--preset", default="gfpgan", help="preset name (see `presets`) or a .yaml/.json preset file")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--seed", type=seed, default=0, help="run seed (default 0)")
+    p.add_argument("--workers", type=between(1, 256), default=1, help="worker processes (default 1)")
+    p.add_argument("--limit", type=at_least(0), default=None, help="only the first N inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
