@@ -42,20 +42,32 @@ def _cmd_replay(args) -> int:
 
     from .pipeline import Degrader
     from .synth import pixel_sha256
+    from .records import MAX_RECORD_BYTES, validate_record
     path = Path(args.record)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        n_bytes = path.stat().st_size
+        # records are a few kB: refuse a huge file before reading it
+        text = path.read_text() if n_bytes <= MAX_RECORD_BYTES else None
+        data = json.loads(text) if text is not None else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"record {path}: cannot read as JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # 5,000-digit numbers, nesting thousands deep
+        raise ValueError(f"record {path}: cannot read as JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if text is None:
+        raise ValueError(f"record {path}: {n_bytes:,} bytes, more than the cap of {MAX_RECORD_BYTES:,} "
+                         f"for a record file")
     if not isinstance(data, dict):
         raise ValueError(f"record {path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004 - input error: main prints it as one line
     # A synth record file wraps the sampled record with its input path and pixel hash.
     record = data.get("record", data)
     if not isinstance(record, dict) or "ops" not in record:
         raise ValueError(f"record {path}: no 'ops' (not a degradation record)")
+    validate_record(record, where=f"record {path}")  # before the image is even read
     hq = args.hq or data.get("input")
     if not hq:
         raise ValueError(f"record {path} names no input image; pass --hq PATH")
+    if not isinstance(hq, str):
+        raise ValueError(f"record {path}: field input must be a path string, got {type(hq).__name__}")
     lq = Degrader.replay(load_image(hq), record)
     if args.output:
         save_image(args.output, lq)
