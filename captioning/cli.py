@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_EPILOG)
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
                    help="manifest file; image_path is read relative to its folder")
+    p.add_argument("--images-root", type=Path, default=None, metavar="DIR",
+                   help="read image_path relative to DIR instead (paths must stay inside it)")
     p.add_argument("--batch-size", type=int, default=16, help="faces per batch (default: %(default)s)")
     p.add_argument("--limit", type=at_least(1), default=None, metavar="N",
                    help="stop after N faces (rest on the next run)")
@@ -211,7 +213,8 @@ def cmd_annotate(args) -> int:
     report = annotate_manifest(args.manifest, _captioner(args), batch_size=args.batch_size,
                                overwrite=args.overwrite, restart=args.restart,
                                retry_failed=args.retry_failed, limit=args.limit,
-                               aligned=not args.not_aligned, progress=not args.quiet)
+                               aligned=not args.not_aligned, progress=not args.quiet,
+                               images_root=args.images_root)
     print(report.summary())
     return 0 if report.failed == 0 else 1
 
