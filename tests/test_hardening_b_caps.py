@@ -60,3 +60,21 @@ def test_degradations_synth_seed_capped(tmp_path, capsys):
     _refused(main, ["synth", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                     "--seed", str(10 ** 23)], capsys, "--seed")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("backends, expected", [
+    ("vlmm", "unknown attribute backend 'vlmm'; did you mean vlm"),
+    ("offline,blip3", "unknown attribute backend 'blip3'"),
+    ("vlm", "pretrained asset 'blip-caption-base'"),  # no BLIP weights on this machine
+])
+def test_caption_backends_checked_before_the_build(data_root, tmp_path, capsys, backends, expected):
+    from reface_hq.cli import main
+    photos = data_root / "identities_512" / "00001" / "conditioning"
+    out = tmp_path / "ds"
+    rc = main(["build", "--source", f"folder:{photos}", "--out", str(out), "--captions",
+               "--caption-backends", backends, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and expected in err, err[:400]
+    # Nothing was detected, aligned or written: the check ran before the first stage.
+    assert not (out / ".work").exists() and not (out / "manifest.parquet").exists()
