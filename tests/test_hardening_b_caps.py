@@ -78,3 +78,13 @@ def test_caption_backends_checked_before_the_build(data_root, tmp_path, capsys, 
     assert rc == 2 and err.startswith("error: ") and expected in err, err[:400]
     # Nothing was detected, aligned or written: the check ran before the first stage.
     assert not (out / ".work").exists() and not (out / "manifest.parquet").exists()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--min-confidence", "nan"], "--min-confidence"),
+    (["--batch-size", "1000000000"], "--batch-size"),
+    (["--max-tokens", "100000000"], "--max-tokens"),
+])
+def test_captioning_annotate_caps(tmp_path, capsys, argv, option):
+    from captioning.cli import main
+    _refused(main, ["annotate", "--manifest", str(tmp_path / "m.parquet"), *argv], capsys, option)
