@@ -246,6 +246,7 @@ class BatchDegrader:
             # allocator and stay in cache, where whole-batch buffers would be fresh
             # memory-mapped pages on every call.
             starts = list(range(0, x.shape[0], self.chunk))
+            _check_records(records, tuple(x.shape[-2:]))  # before output_size is read below
             oh, ow = records[0]["output_size"] if records else x.shape[-2:]
             # NumPy allocates large buffers on huge pages: far fewer page faults than a
             # fresh torch buffer of the same size.

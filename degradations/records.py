@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 from .kernels import KERNEL_TYPES
+from .ops import KNOWN_OPS
 from .presets import RESIZE_MODES
 from .sampling import RECORD_VERSION
 
@@ -147,7 +148,6 @@ def _check_op(c: _Check, e: Any, field: str, cur: list[int], limit: int) -> list
     name = c.get(e, "op", f"{field}.op")
     if not isinstance(name, str):
         c.fail(f"{field}.op", "must be a string", name)
-    from .ops import KNOWN_OPS
     if name not in KNOWN_OPS:
         import difflib
         close = difflib.get_close_matches(name, sorted(KNOWN_OPS), n=1)

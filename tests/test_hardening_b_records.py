@@ -164,3 +164,18 @@ def test_huge_record_file_refused_before_reading(tmp_path, capsys):
 def test_float_rounding_of_json_does_not_matter():
     # Sanity of the check helpers on plain values (no image).
     assert math.isinf(json.loads("1e999"))
+
+
+@pytest.mark.realdata
+def test_batch_front_end_checks_records_first(face):
+    import torch
+
+    from degradations import BatchDegrader
+    from degradations.ops import to_tensor
+    deg = BatchDegrader("gfpgan", jpeg="libjpeg")
+    x = torch.cat([to_tensor(face)] * 2)
+    _, records = deg(x, seed=0, image_ids=["a", "b"])
+    for bad in ({k: v for k, v in records[0].items() if k != "output_size"}, "not a record",
+                {**records[0], "output_size": [10 ** 9, 1]}):
+        with pytest.raises(RecordError):
+            deg.apply(x, [bad, records[1]])
