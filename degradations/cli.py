@@ -41,8 +41,8 @@ def _cmd_replay(args) -> int:
     from reface_core.imageio import load_image, save_image
 
     from .pipeline import Degrader
-    from .synth import pixel_sha256
     from .records import MAX_RECORD_BYTES, validate_record
+    from .synth import pixel_sha256
     path = Path(args.record)
     try:
         n_bytes = path.stat().st_size
@@ -67,7 +67,7 @@ def _cmd_replay(args) -> int:
     if not hq:
         raise ValueError(f"record {path} names no input image; pass --hq PATH")
     if not isinstance(hq, str):
-        raise ValueError(f"record {path}: field input must be a path string, got {type(hq).__name__}")
+        raise ValueError(f"record {path}: field input must be a path string, got {type(hq).__name__}")  # noqa: TRY004 - input error: main prints it as one line
     lq = Degrader.replay(load_image(hq), record)
     if args.output:
         save_image(args.output, lq)

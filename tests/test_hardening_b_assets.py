@@ -31,7 +31,7 @@ def _corrupt(path):
 
 @pytest.mark.realdata
 def test_corrupted_override_is_refused_with_both_digests(age_copy, monkeypatch, capsys, data_root):
-    shipped, copy = age_copy
+    _, copy = age_copy
     monkeypatch.setenv("REFACE_ASSET_AGE_ONNX", str(copy))
     assert A.resolve("age-onnx") == copy  # an intact copy is used
     _corrupt(copy)

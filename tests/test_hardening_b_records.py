@@ -132,8 +132,8 @@ def test_caps_and_names_in_messages(face):
     ('{"ops": [], "input_size": [96, 96], "n": ' + "9" * 6000 + "}", "cannot read as JSON"),
     ('{"ops": [{"op": "jpeg", "quality": NaN}], "input_size": [96, 96], "output_size": [96, 96]}',
      r"field ops\[0\]\.quality"),
-    ('{"ops": [{"op": "blur", "kernel": {"type": "iso", "size": 99999, "sigma_x": 1e999}}], '
-     '"input_size": [96, 96], "output_size": [96, 96]}', r"field ops\[0\]\.kernel\.size"),
+    (('{"ops": [{"op": "blur", "kernel": {"type": "iso", "size": 99999, "sigma_x": 1e999}}], '
+      '"input_size": [96, 96], "output_size": [96, 96]}'), r"field ops\[0\]\.kernel\.size"),
     ('{"ops": "blur", "input_size": [96, 96]}', r"field ops: must be a list"),
     ('{"record": {"ops": [], "input_size": {"h": 1}}}', r"field input_size: must be \[height, width\]"),
 ])
