@@ -234,6 +234,8 @@ def validate_record(record: Any, size: tuple[int, int] | None = None, *, where: 
                           f"{RECORD_VERSION} (resample it)")
     if "image_id" in record and not isinstance(image_id, str):
         c.fail("image_id", "must be a string", image_id)
+    if "seed" in record:  # not replayed, but stored in int64 table columns
+        c.integer(record["seed"], "seed", -(2 ** 63), 2 ** 63 - 1)
     in_size = c.size(c.get(record, "input_size", "input_size"), "input_size")
     if size is not None and in_size != [int(size[0]), int(size[1])]:
         c.fail("input_size", f"was sampled for input size {in_size}, but the image is "

@@ -179,3 +179,10 @@ def test_batch_front_end_checks_records_first(face):
                 {**records[0], "output_size": [10 ** 9, 1]}):
         with pytest.raises(RecordError):
             deg.apply(x, [bad, records[1]])
+
+
+@pytest.mark.realdata
+def test_record_seed_must_fit_the_tables(face):
+    deg = Degrader("mgfr-mild")
+    with pytest.raises(RecordError, match=r"field seed: must be in \[-9223372036854775808, 9223372036854775807\]"):
+        deg(face, seed=10 ** 23, image_id="a")  # refused before the pixels, not at the table
