@@ -121,3 +121,14 @@ def test_every_downloadable_file_is_pinned_or_says_why():
     for asset in A.list_assets():
         if asset.url:
             assert asset.sha256 or asset.unpinned, asset.name
+
+
+def test_missing_member_of_a_found_pack_is_named(tmp_path, monkeypatch):
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    for name in A.get_asset("insightface-buffalo_l").required:
+        (pack / name).write_bytes(b"x")
+    monkeypatch.setenv("REFACE_ASSET_INSIGHTFACE_BUFFALO_L", str(pack))
+    assert A.resolve_member("insightface-buffalo_l", "w600k_r50.onnx") == pack / "w600k_r50.onnx"
+    with pytest.raises(A.AssetNotFoundError, match="member 2d106det.onnx"):
+        A.resolve_member("insightface-buffalo_l", "2d106det.onnx")
