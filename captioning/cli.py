@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from reface_core.argtypes import at_least
+from reface_core.argtypes import at_least, between
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 from .attributes import DEFAULT_PRECEDENCE
@@ -39,7 +39,7 @@ def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> N
     g.add_argument("--detector", default="dlib-hog",
                    help="faces detector for landmarks and for photos that are not aligned "
                         "crops (default: %(default)s)")
-    g.add_argument("--detector-max-side", type=int, default=None, metavar="PX",
+    g.add_argument("--detector-max-side", type=between(0, 65536), default=None, metavar="PX",
                    help="downscale photos to this longer side for detection (faster; the "
                         "detector's default when unset)")
     g.add_argument("--alignment", choices=("similarity", "ffhq"), default="similarity",
@@ -64,7 +64,7 @@ def _add_backend_options(p: argparse.ArgumentParser, default_backends: str) -> N
     g.add_argument("--vqa-mode", choices=("rank", "generate"), default="rank",
                    help="vlm: rank candidate answers (confidences) or parse free answers")
     g.add_argument("--device", default="auto", help="vlm: auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--vlm-batch-size", type=int, default=8, help="vlm: images per forward pass")
+    g.add_argument("--vlm-batch-size", type=between(1, 1024), default=8, help="vlm: images per forward pass")
 
 
 def _add_prompt_options(p: argparse.ArgumentParser) -> None:
@@ -72,9 +72,9 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", default="auto",
                    help="token counting: auto (CLIP if installed), clip, words, or a Hugging "
                         "Face tokenizer folder (default: %(default)s)")
-    g.add_argument("--max-tokens", type=int, default=77,
+    g.add_argument("--max-tokens", type=between(1, 4096), default=77,
                    help="token budget per prompt, markers included (default: %(default)s)")
-    g.add_argument("--min-confidence", type=float, default=0.6,
+    g.add_argument("--min-confidence", type=between(0.0, 1.0, float), default=0.6,
                    help="attributes below this confidence stay out of prompts (default: %(default)s)")
     g.add_argument("--exclude", type=_csv, default=[], metavar="NAME,...",
                    help="attributes never put in prompts")
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_EPILOG)
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
                    help="manifest file; image_path is read relative to its folder")
-    p.add_argument("--batch-size", type=int, default=16, help="faces per batch (default: %(default)s)")
+    p.add_argument("--images-root", type=Path, default=None, metavar="DIR",
+                   help="read image_path relative to DIR instead (paths must stay inside it)")
+    p.add_argument("--batch-size", type=between(1, 4096), default=16, help="faces per batch (default: %(default)s)")
     p.add_argument("--limit", type=at_least(1), default=None, metavar="N",
                    help="stop after N faces (rest on the next run)")
     p.add_argument("--overwrite", action="store_true", help="redo faces annotated before")
@@ -211,7 +213,8 @@ def cmd_annotate(args) -> int:
     report = annotate_manifest(args.manifest, _captioner(args), batch_size=args.batch_size,
                                overwrite=args.overwrite, restart=args.restart,
                                retry_failed=args.retry_failed, limit=args.limit,
-                               aligned=not args.not_aligned, progress=not args.quiet)
+                               aligned=not args.not_aligned, progress=not args.quiet,
+                               images_root=args.images_root)
     print(report.summary())
     return 0 if report.failed == 0 else 1
 

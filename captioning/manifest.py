@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from reface_core.atomic import atomic_path
+from reface_core.atomic import atomic_path, safe_child
 
 from .attributes import attributes_from_json, attributes_to_json
 from .extractors import FaceSample
@@ -181,8 +181,13 @@ def _rebuild_prompts(captioner: Captioner, row: dict, values: dict, i: int) -> N
 def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
                       batch_size: int = 16, overwrite: bool = False, restart: bool = False,
                       retry_failed: bool = False, limit: int | None = None,
-                      aligned: bool = True, progress: bool = True) -> AnnotateReport:
+                      aligned: bool = True, progress: bool = True,
+                      images_root: str | os.PathLike | None = None) -> AnnotateReport:
     """Add attribute, caption and prompt columns to ``manifest`` (see module docstring).
+
+    Image paths are read relative to ``images_root`` (default: the manifest's folder) and
+    must stay inside it, as the ``reface_hq`` loaders require: an absolute path elsewhere or
+    one that climbs out (``../``) is refused before any work, naming the row.
 
     ``aligned``: the manifest's images are FFHQ-aligned crops (Reface-HQ's are); False
     detects and aligns the largest face of each image first. ``limit`` stops after that
@@ -219,6 +224,21 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
                                 f"{missing}, which the manifest lacks; columns are "
                                 f"{', '.join(columns)}")
     eligible = [i for i, r in enumerate(rows) if r.get("status", "ok") == "ok"]
+    base = Path(images_root) if images_root is not None else manifest.parent
+    if images_root is not None and not base.is_dir():
+        raise ManifestError(f"images root {base} is not a folder")
+    if path_column:
+        for i in eligible:
+            rel = rows[i].get(path_column)
+            if not _is_set(rel):
+                continue
+            try:
+                safe_child(base, str(rel))
+            except ValueError:
+                raise ManifestError(
+                    f"{manifest}: row {keys[i][:80]!r}: {path_column} {str(rel)[:120]!r} is absolute "
+                    f"or climbs out of the image folder {base} (paths are read relative to it; "
+                    "pass --images-root to read images from another folder)") from None
 
     fingerprint = captioner.fingerprint()
     # Rows annotated by an earlier run are skipped; that is only right when that run used the
@@ -257,7 +277,6 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
     if limit is not None:
         todo = todo[:max(0, int(limit))]
 
-    base = manifest.parent
     with tqdm(total=len(todo), desc=f"captioning {manifest.name}", unit="face",
               disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
@@ -266,7 +285,7 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
             for i in chunk:
                 row = rows[i]
                 rel = row.get(path_column) if path_column else None
-                path = (base / str(rel)) if _is_set(rel) else None
+                path = safe_child(base, str(rel)) if _is_set(rel) else None
                 samples.append(FaceSample(key=keys[i], path=path, aligned=aligned, row=row,
                                           error=None if (path or not path_column) else
                                           f"{keys[i]}: empty {path_column}"))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from reface_core.argtypes import at_least, between, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 
@@ -40,21 +41,33 @@ def _cmd_replay(args) -> int:
     from reface_core.imageio import load_image, save_image
 
     from .pipeline import Degrader
+    from .records import MAX_RECORD_BYTES, validate_record
     from .synth import pixel_sha256
     path = Path(args.record)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        n_bytes = path.stat().st_size
+        # records are a few kB: refuse a huge file before reading it
+        text = path.read_text() if n_bytes <= MAX_RECORD_BYTES else None
+        data = json.loads(text) if text is not None else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"record {path}: cannot read as JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # 5,000-digit numbers, nesting thousands deep
+        raise ValueError(f"record {path}: cannot read as JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if text is None:
+        raise ValueError(f"record {path}: {n_bytes:,} bytes, more than the cap of {MAX_RECORD_BYTES:,} "
+                         f"for a record file")
     if not isinstance(data, dict):
         raise ValueError(f"record {path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004 - input error: main prints it as one line
     # A synth record file wraps the sampled record with its input path and pixel hash.
     record = data.get("record", data)
     if not isinstance(record, dict) or "ops" not in record:
         raise ValueError(f"record {path}: no 'ops' (not a degradation record)")
+    validate_record(record, where=f"record {path}")  # before the image is even read
     hq = args.hq or data.get("input")
     if not hq:
         raise ValueError(f"record {path} names no input image; pass --hq PATH")
+    if not isinstance(hq, str):
+        raise ValueError(f"record {path}: field input must be a path string, got {type(hq).__name__}")  # noqa: TRY004 - input error: main prints it as one line
     lq = Degrader.replay(load_image(hq), record)
     if args.output:
         save_image(args.output, lq)
@@ -87,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST", help="folder of images or manifest file")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--preset", default="gfpgan", help="preset name (see `presets`) or a .yaml/.json preset file")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--seed", type=seed, default=0, help="run seed (default 0)")
+    p.add_argument("--workers", type=between(1, 256), default=1, help="worker processes (default 1)")
+    p.add_argument("--limit", type=at_least(0), default=None, help="only the first N inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 

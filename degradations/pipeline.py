@@ -30,6 +30,7 @@ import torch
 
 from . import presets as P
 from .ops import KNOWN_OPS, LEVELS, OPS, quantize, resize_many, to_tensor, to_uint8
+from .records import validate_record
 from .sampling import RECORD_VERSION, sample_record
 
 JPEG_BACKENDS = ("auto", "libjpeg", "torch")
@@ -37,6 +38,7 @@ JPEG_BACKENDS = ("auto", "libjpeg", "torch")
 
 def _check_records(records: Sequence[dict], size: tuple[int, int]) -> None:
     for r in records:
+        validate_record(r, size)  # types, caps and sizes of every field, one-line errors
         if not isinstance(r, dict) or "ops" not in r or "input_size" not in r:
             raise ValueError(f"not a degradation record (needs 'ops' and 'input_size'): {str(r)[:120]}")
         if r.get("version", RECORD_VERSION) != RECORD_VERSION:
@@ -248,6 +250,7 @@ class BatchDegrader:
             # allocator and stay in cache, where whole-batch buffers would be fresh
             # memory-mapped pages on every call.
             starts = list(range(0, x.shape[0], self.chunk))
+            _check_records(records, tuple(x.shape[-2:]))  # before output_size is read below
             oh, ow = records[0]["output_size"] if records else x.shape[-2:]
             # NumPy allocates large buffers on huge pages: far fewer page faults than a
             # fresh torch buffer of the same size.

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from reface_core.argtypes import at_least
+from reface_core.argtypes import at_least, between, finite_float
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
@@ -301,15 +301,15 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
         p.add_argument("--detector", default="dlib-hog", choices=sorted(DETECTORS),
                        help="face detector (default: dlib-hog; retinaface/scrfd need weights)")
         p.add_argument("--model-path", help="detector weights file (else the asset resolver)")
-        p.add_argument("--min-score", type=float, default=None,
+        p.add_argument("--min-score", type=finite_float, default=None,
                        help="confidence threshold (default: the detector's own)")
         p.add_argument("--min-size", type=at_least(0, float), default=0, help="drop faces smaller than this (px)")
-        p.add_argument("--max-side", type=int, default=None,
+        p.add_argument("--max-side", type=between(0, 65536), default=None,
                        help="downscale larger images to this side before detecting (0: never)")
-        p.add_argument("--upsample", type=int, default=None,
+        p.add_argument("--upsample", type=between(0, 4), default=None,
                        help="dlib detectors: pyramid upsampling steps (finds smaller faces)")
     if align or aligned_flag:
-        p.add_argument("--size", type=at_least(8), default=512, help="FFHQ-aligned crop size (default 512)")
+        p.add_argument("--size", type=between(8, 2048), default=512, help="FFHQ-aligned crop size (default 512)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
     p.add_argument("--retry-failed", action="store_true",
                    help="redo inputs whose record says failed (e.g. a file fixed since)")

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from reface_core.argtypes import at_least
+from reface_core.argtypes import at_least, seed
 
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
@@ -49,7 +49,7 @@ def add_subcommands(sub) -> None:
                    help="classifier-free guidance scale")
     p.add_argument("--steps", type=at_least(1), default=30, help="denoising steps")
     p.add_argument("--scheduler", default="ddim", help="ddim, dpm++, euler, unipc, ...")
-    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--upscale", type=at_least(1.0, float), default=1.0,
                    help="upsample the photo by this factor before pasting faces back")
     p.add_argument("--adapters", default=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reface_core.argtypes import at_least
+from reface_core.argtypes import at_least, seed
 
 
 def _run(job, args) -> int:
@@ -61,7 +61,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--max-steps", type=at_least(1), default=None)
     p.add_argument("--batch-size", type=at_least(1), default=None)
     p.add_argument("--lr", type=at_least(0.0, float), default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--checkpoint-every", type=at_least(1), default=None)
     p.add_argument("--validate-every", type=at_least(0), default=None,
                    help="steps between validations (0: only at the end)")
@@ -86,7 +86,7 @@ def add_subcommands(subparsers) -> None:
     q.add_argument("--unet-steps", type=at_least(0), default=None)
     q.add_argument("--batch-size", type=at_least(1), default=None)
     q.add_argument("--lr", type=at_least(0.0, float), default=None)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=seed, default=0)
     q.add_argument("--checkpoint-every", type=at_least(1), default=None)
     q.add_argument("--resume", action="store_true",
                    help="continue a killed pretraining from its last checkpoint")

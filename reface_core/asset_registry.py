@@ -2,7 +2,10 @@
 
 Checksums are pinned where they are known: for the files shipped in PyPI packages we
 recorded the sha256 of the released files; for torch-hub style files the 8-hex prefix in
-the published file name is the sha256 prefix that torch hub itself checks.
+the published file name is the sha256 prefix that torch hub itself checks. A downloadable
+file without a pin says why in ``unpinned`` (shown by ``reface-assets verify``): its
+publisher gives no checksum and no copy was available to record one from; pin it by
+adding ``sha256=`` once a copy from the official URL has been hashed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ _DLIB_SRC = "https://github.com/davisking/dlib-models (shipped in PyPI face-reco
 _TORCH_HUB = "~/.cache/torch/hub/checkpoints"
 _PYIQA_CACHE = "~/.cache/torch/hub/pyiqa"
 _PYIQA_URL = "https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/"
+_NO_PIN = ("the release page publishes no checksum, no PyPI package ships the file, and no "
+           "copy was available offline to record one")
+_NO_PIN_ZIP = (_NO_PIN + "; the zip is extracted into a folder, so only its members could be "
+               "pinned, per file")
 
 # --- offline defaults, shipped inside PyPI packages -------------------------------------
 register(Asset(
@@ -58,7 +65,7 @@ register(Asset(
     used_by=("faces", "mgfr", "benchmarks"),
     license="non-commercial research only (insightface model zoo)",
     url="https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
-    archive="zip", other_places=("~/.insightface/models/antelopev2",),
+    archive="zip", other_places=("~/.insightface/models/antelopev2",), unpinned=_NO_PIN_ZIP,
     source="https://github.com/deepinsight/insightface/tree/master/model_zoo"))
 register(Asset(
     name="insightface-buffalo_l", filename="buffalo_l", kind="dir", subdir="insightface",
@@ -67,27 +74,30 @@ register(Asset(
     used_by=("faces", "mgfr", "benchmarks"),
     license="non-commercial research only (insightface model zoo)",
     url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-    archive="zip", other_places=("~/.insightface/models/buffalo_l",),
+    archive="zip", other_places=("~/.insightface/models/buffalo_l",), unpinned=_NO_PIN_ZIP,
     source="https://github.com/deepinsight/insightface/tree/master/model_zoo"))
 register(Asset(
     name="retinaface-resnet50", filename="detection_Resnet50_Final.pth", subdir="facexlib",
     description="RetinaFace ResNet-50 detector (facexlib)", used_by=("faces",),
     license="MIT (facexlib); trained on WIDER FACE",
     url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-    package=("facexlib", "weights"), other_places=(f"{_TORCH_HUB}/detection_Resnet50_Final.pth",)))
+    package=("facexlib", "weights"), other_places=(f"{_TORCH_HUB}/detection_Resnet50_Final.pth",),
+    unpinned=_NO_PIN + " (PyPI facexlib downloads it at run time, unverified)"))
 register(Asset(
     name="retinaface-mobilenet0.25", filename="detection_mobilenet0.25_Final.pth",
     subdir="facexlib", description="RetinaFace MobileNet-0.25 detector (facexlib, fast)",
     used_by=("faces",), license="MIT (facexlib); trained on WIDER FACE",
     url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
     package=("facexlib", "weights"),
-    other_places=(f"{_TORCH_HUB}/detection_mobilenet0.25_Final.pth",)))
+    other_places=(f"{_TORCH_HUB}/detection_mobilenet0.25_Final.pth",),
+    unpinned=_NO_PIN + " (PyPI facexlib downloads it at run time, unverified)"))
 register(Asset(
     name="facexlib-parsenet", filename="parsing_parsenet.pth", subdir="facexlib",
     description="ParseNet face parsing (soft paste-back masks)", used_by=("faces",),
     license="MIT (facexlib)",
     url="https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
-    package=("facexlib", "weights")))
+    package=("facexlib", "weights"),
+    unpinned=_NO_PIN + " (PyPI facexlib downloads it at run time, unverified)"))
 
 # --- captioning --------------------------------------------------------------------------
 for _name, _repo, _desc in (
@@ -131,7 +141,7 @@ register(Asset(
     description="CodeFormer restorer weights", used_by=("benchmarks",),
     license="S-Lab License 1.0 (non-commercial)",
     url="https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
-    source="https://github.com/sczhou/CodeFormer"))
+    source="https://github.com/sczhou/CodeFormer", unpinned=_NO_PIN))
 register(Asset(
     name="pyiqa-musiq-koniq", filename="musiq_koniq_ckpt-e95806b9.pth", subdir="pyiqa",
     description="MUSIQ no-reference IQA trained on KonIQ-10k (pyiqa)",
@@ -163,7 +173,7 @@ register(Asset(
     description="GFPGAN v1.4 face restorer weights (clean architecture)", used_by=("benchmarks",),
     license="Apache-2.0 (TencentARC/GFPGAN; StyleGAN2 parts under NVIDIA's license)",
     url="https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
-    source="https://github.com/TencentARC/GFPGAN"))
+    source="https://github.com/TencentARC/GFPGAN", unpinned=_NO_PIN))
 register(Asset(
     name="openai-clip-rn50", filename="RN50.pt", subdir="clip",
     description="OpenAI CLIP RN50 (TorchScript release file), the backbone of CLIP-IQA",
@@ -178,5 +188,5 @@ register(Asset(
     description="MANIQA trained on KonIQ-10k, ViT-B/8 backbone included (pyiqa)",
     used_by=("benchmarks",), license="Apache-2.0 (IIGROUP/MANIQA)",
     url=_PYIQA_URL + "ckpt_koniq10k.pt",
-    other_places=(f"{_PYIQA_CACHE}/ckpt_koniq10k.pt",),
+    other_places=(f"{_PYIQA_CACHE}/ckpt_koniq10k.pt",), unpinned=_NO_PIN,
     source="https://github.com/IIGROUP/MANIQA"))

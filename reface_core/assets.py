@@ -12,12 +12,21 @@ Search order for an asset (first hit wins):
 
 Nothing is downloaded at import time. A missing asset raises :class:`AssetNotFoundError`
 naming the asset, every place that was looked at, and how to get it.
+
+Integrity: a file asset with a pinned sha256 is checked when it is resolved, wherever it
+was found; the digest is cached by path, size and modification time in
+``$REFACE_HOME/verified-assets.json``, so each file is hashed once. A mismatch raises
+:class:`AssetIntegrityError` (expected and actual sha256) instead of falling back to
+another copy, and so does ``$REFACE_ASSET_<NAME>`` pointing at a missing path, an empty
+file, or a folder where a file is expected. ``REFACE_VERIFY_ASSETS=0`` turns the load-time
+check off (``reface-assets verify`` still checks).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -63,6 +72,8 @@ class Asset:
     package: tuple[str, str] | None = None  # (import name, folder inside it)
     other_places: tuple[str, ...] = ()
     hf_repo: str | None = None
+    #: Why a downloadable file has no pinned ``sha256`` (so the gap is stated, not silent).
+    unpinned: str | None = None
 
     @property
     def env_var(self) -> str:
@@ -105,6 +116,18 @@ class AssetNotFoundError(FileNotFoundError):
 
 class AssetChecksumError(ValueError):
     """A file exists but its checksum does not match the pinned one."""
+
+
+class AssetIntegrityError(AssetNotFoundError):
+    """An asset file that is there but must not be used: its sha256 differs from the pinned
+    one, or ``$REFACE_ASSET_<NAME>`` points at nothing usable. Never a reason to fall back
+    to another copy. (An ``AssetNotFoundError``, so every caller that stops a run on a
+    missing asset stops on this one too.)"""
+
+    def __init__(self, asset: Asset, message: str):
+        self.asset = asset
+        self.searched = []
+        FileNotFoundError.__init__(self, message)
 
 
 class UnknownAssetError(KeyError):
@@ -192,11 +215,101 @@ def _is_present(asset: Asset, p: Path | None) -> bool:
     return p.is_dir() and all((p / r).exists() for r in asset.required)
 
 
-def find(asset: Asset | str, path: str | os.PathLike | None = None) -> Path | None:
-    """The first place ``asset`` is present, or None. Never downloads."""
+def verification_enabled() -> bool:
+    return os.environ.get("REFACE_VERIFY_ASSETS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # this process's digests
+
+
+def _cache_file() -> Path:
+    return reface_home() / "verified-assets.json"
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of ``path``, computed once per (path, size, mtime): remembered in this
+    process and in ``$REFACE_HOME/verified-assets.json`` for the next ones."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(str(p))
+    if (isinstance(entry, dict) and entry.get("size") == st.st_size
+            and entry.get("mtime_ns") == st.st_mtime_ns and isinstance(entry.get("sha256"), str)):
+        digest = entry["sha256"]
+    else:
+        digest = sha256_file(p)
+        cache[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        try:
+            from .atomic import write_json_atomic
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache_path, cache)
+        except OSError:
+            pass  # a read-only cache root: hash again next time, still correct
+    _VERIFIED[key] = digest
+    return digest
+
+
+def check_integrity(asset: Asset | str, p: Path) -> None:
+    """Raise :class:`AssetIntegrityError` when file ``p`` does not match ``asset``'s pin."""
+    asset = get_asset(asset) if isinstance(asset, str) else asset
+    if asset.kind != "file" or not asset.sha256 or not verification_enabled():
+        return
+    digest = cached_sha256(p)
+    if not checksum_matches(asset.sha256, digest):
+        raise AssetIntegrityError(
+            asset, f"pretrained asset {asset.name!r}: {p} is corrupt or another file: sha256 "
+                   f"{digest}, expected {asset.sha256}{'...' if len(asset.sha256) < 64 else ''}. "
+                   f"Replace it ({asset.how_to_get()}), or set REFACE_VERIFY_ASSETS=0 to use it "
+                   "anyway")
+
+
+def _check_override(asset: Asset, p: Path) -> None:
+    """``$REFACE_ASSET_<NAME>`` names one place: anything but a usable asset there is an
+    error, never a reason to use another copy silently."""
+    where = f"${asset.env_var} points at {p}"
+    hint = f"; point it at the {'file' if asset.kind == 'file' else 'folder'} {asset.filename} or unset it"
+    if not p.exists():
+        raise AssetIntegrityError(asset, f"pretrained asset {asset.name!r}: {where}, which does not exist{hint}")
+    if asset.kind == "file":
+        if p.is_dir():
+            raise AssetIntegrityError(asset, f"pretrained asset {asset.name!r}: {where}, which is a "
+                                             f"folder; a file is expected{hint}")
+        if not p.is_file() or p.stat().st_size == 0:
+            raise AssetIntegrityError(asset, f"pretrained asset {asset.name!r}: {where}, which is "
+                                             f"empty or not a regular file{hint}")
+    else:
+        if not p.is_dir():
+            raise AssetIntegrityError(asset, f"pretrained asset {asset.name!r}: {where}, which is "
+                                             f"not a folder{hint}")
+        missing = [r for r in asset.required if not (p / r).exists()]
+        if missing:
+            raise AssetIntegrityError(asset, f"pretrained asset {asset.name!r}: {where}, which lacks "
+                                             f"{', '.join(missing)}{hint}")
+
+
+def find(asset: Asset | str, path: str | os.PathLike | None = None, *,
+         check: bool = True) -> Path | None:
+    """The first place ``asset`` is present, or None. Never downloads.
+
+    ``check``: verify a pinned file's sha256 (cached) and raise
+    :class:`AssetIntegrityError` on a mismatch rather than look further.
+    """
     asset = get_asset(asset) if isinstance(asset, str) else asset
     for how, p in candidate_paths(asset, path):
+        if how == f"${asset.env_var}" and p is not None:
+            _check_override(asset, p)
         if _is_present(asset, p):
+            if check:
+                check_integrity(asset, p)
             return p
         if how == "explicit path" and p is not None:
             # An explicit path that is wrong is an error, not a reason to look elsewhere.
@@ -236,7 +349,10 @@ def resolve_member(name: str, member: str, path: str | os.PathLike | None = None
         if not p.is_file():
             raise AssetNotFoundError(asset, [("explicit path", p)])
         return p
-    return resolve(name, allow_download=allow_download) / member
+    member_path = resolve(name, allow_download=allow_download) / member
+    if not member_path.is_file():  # a pack found by its required files lacks this one
+        raise AssetNotFoundError(asset, [(f"{name} member {member}", member_path)])
+    return member_path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -321,10 +437,12 @@ def fetch(name: str, *, progress: bool = True) -> Path:
 def verify(name: str, path: str | os.PathLike | None = None) -> tuple[Path, str, bool | None]:
     """(path, sha256, ok) for a present file asset; ok is None when no checksum is pinned."""
     asset = get_asset(name)
-    p = resolve(name, path, allow_download=False)
+    p = find(asset, path, check=False)  # report a mismatch here rather than raise it
+    if p is None:
+        raise AssetNotFoundError(asset, candidate_paths(asset, path))
     if asset.kind == "dir":
         return p, "", None
-    digest = sha256_file(p)
+    digest = sha256_file(p)  # the explicit check reads the file, whatever the cache says
     return p, digest, (checksum_matches(asset.sha256, digest) if asset.sha256 else None)
 
 

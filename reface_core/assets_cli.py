@@ -8,33 +8,38 @@ import sys
 from . import assets as A
 
 
-def _status_rows(names: list[str] | None = None, package: str | None = None):
+def _status_rows(names: list[str] | None = None, package: str | None = None, check: bool = True):
+    """(asset, path or None, problem or None) per asset: ``problem`` is the one-line reason
+    an asset that is there is refused (checksum, a bad ``$REFACE_ASSET_*``)."""
     rows = []
     for asset in A.list_assets():
         if names and asset.name not in names:
             continue
         if package and package not in asset.used_by:
             continue
+        problem = None
         try:
-            found = A.find(asset)
+            found = A.find(asset, check=check)
+        except A.AssetIntegrityError as e:
+            found, problem = None, str(e)
         except A.AssetNotFoundError:
             found = None
-        rows.append((asset, found))
+        rows.append((asset, found, problem))
     return rows
 
 
 def cmd_list(args) -> int:
     rows = _status_rows(package=args.package)
     print(f"cache root ($REFACE_HOME): {A.reface_home()}")
-    w = max(len(a.name) for a, _ in rows) if rows else 10
-    for asset, found in rows:
-        state = "present" if found else "missing"
+    w = max(len(a.name) for a, _, _ in rows) if rows else 10
+    for asset, found, problem in rows:
+        state = "present" if found else ("REFUSED" if problem else "missing")
         print(f"{asset.name:<{w}}  {state:<7}  {', '.join(asset.used_by):<28}  "
-              f"{found if found else asset.how_to_get().split(';')[0]}")
+              f"{found if found else (problem or asset.how_to_get().split(';')[0])}")
         if args.verbose:
             for how, p in A.candidate_paths(asset):
                 print(f"{'':<{w}}    searched {how}: {p if p is not None else '(not set)'}")
-    n_present = sum(1 for _, f in rows if f)
+    n_present = sum(1 for _, f, _ in rows if f)
     print(f"{n_present}/{len(rows)} assets present")
     return 0
 
@@ -66,14 +71,19 @@ def cmd_fetch(args) -> int:
 
 def cmd_verify(args) -> int:
     status = 0
-    for asset, found in _status_rows(names=args.names or None):
+    for asset, found, problem in _status_rows(names=args.names or None, check=False):
+        if problem:
+            print(f"{asset.name}: REFUSED  {problem}", file=sys.stderr)
+            status = 1
+            continue
         if not found:
             if args.names:
                 print(f"{asset.name}: MISSING", file=sys.stderr)
                 status = 1
             continue
         path, digest, ok = A.verify(asset.name)
-        label = {True: "OK", False: "CHECKSUM MISMATCH", None: "present (no pinned checksum)"}[ok]
+        label = {True: "OK", False: "CHECKSUM MISMATCH", None: "present (no pinned checksum"
+                 + (f": {asset.unpinned}" if asset.unpinned else "") + ")"}[ok]
         print(f"{asset.name}: {label}  {path}" + (f"  sha256={digest}" if digest else ""))
         if ok is False:
             status = 1

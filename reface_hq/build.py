@@ -183,6 +183,8 @@ def build(config: BuildConfig) -> dict:
     # Every stage is built (and its config checked) before any work starts: a bad global
     # stage option must not surface only after detection and embedding have run.
     map_stages, global_stages = config.map_stages(), config.global_stages()
+    if config.captions:  # a bad backend name or missing VLM weights: say so now, not at the end
+        check_caption_backends(config.caption_backends)
     executor = get_executor(config.executor, shard_size=config.shard_size,
                             progress=config.progress,
                             **({"workers": config.workers} if config.executor == "local" else {}))
@@ -202,6 +204,23 @@ def build(config: BuildConfig) -> dict:
         stats["captions"] = annotate_captions(Path(config.out), config.caption_backends,
                                               config.progress)
     return stats
+
+
+def check_caption_backends(backends: Sequence[str]) -> None:
+    """Raise now if a caption backend is unknown or its weights are missing (the captions
+    run last, after the whole build): names through the registry (did-you-mean error),
+    weights through the asset resolver (the error says where to put them)."""
+    from captioning.extractors import extractor_class
+    from reface_core.assets import resolve
+    if not backends:
+        raise ValueError("captions need at least one backend (e.g. offline)")
+    for name in backends:
+        cls = extractor_class(name)
+        # The VLM backends name their checkpoints in class attributes (asset, vqa_asset...).
+        for attr in sorted(a for a in dir(cls) if a == "asset" or a.endswith("_asset")):
+            asset = getattr(cls, attr)
+            if isinstance(asset, str):
+                resolve(asset, allow_download=False)
 
 
 def annotate_captions(out: Path, backends: Sequence[str] = ("offline",),

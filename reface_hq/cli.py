@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from reface_core.argtypes import between, finite_float, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 _SOURCE_HELP = (
@@ -26,18 +27,18 @@ def _add_build(sub) -> None:
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--work-dir", help="stage cache folder (default OUT/.work); builds that "
                                       "share it reuse each other's finished stages")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and retry jitter")
-    p.add_argument("--workers", type=int, default=1, help="processes for the map stages")
-    p.add_argument("--shard-size", type=int, default=32, help="rows per shard (resume unit)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the split and retry jitter")
+    p.add_argument("--workers", type=between(1, 256), default=1, help="processes for the map stages")
+    p.add_argument("--shard-size", type=between(1, 100_000), default=32, help="rows per shard (resume unit)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local process pool (default) or Ray Data (pip install '.[ray]')")
     p.add_argument("--no-identity-hints", action="store_true",
                    help="ignore the sources' identity hints and cluster all faces")
-    p.add_argument("--min-photos", type=int, default=3, metavar="K",
+    p.add_argument("--min-photos", type=between(1, 100_000), default=3, metavar="K",
                    help="drop identities with fewer than K photos (default 3)")
     p.add_argument("--size", type=int, choices=(512, 1024), default=512,
                    help="side of the aligned faces")
-    p.add_argument("--transform-size", type=int, default=None,
+    p.add_argument("--transform-size", type=between(8, 8192), default=None,
                    help="FFHQ recipe's working resolution before the final resize (default "
                         "4x --size); smaller is faster and slightly softer")
     p.add_argument("--no-align-padding", action="store_true",
@@ -50,24 +51,24 @@ def _add_build(sub) -> None:
                    help="faces embedder: dlib (default, offline), arcface-antelopev2, "
                         "arcface-buffalo_l (need weights; the identity thresholds are tuned "
                         "for dlib)")
-    p.add_argument("--min-face-size", type=float, default=128.0,
+    p.add_argument("--min-face-size", type=finite_float, default=128.0,
                    help="minimum face size in the source photo, pixels")
-    p.add_argument("--min-sharpness", type=float, default=50.0,
+    p.add_argument("--min-sharpness", type=finite_float, default=50.0,
                    help="minimum variance of the Laplacian of the centre of the aligned face "
                         "(at 256 px)")
     p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
     p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
-    p.add_argument("--min-musiq", type=float, help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
+    p.add_argument("--min-musiq", type=finite_float, help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
                         "without them the build stops with the asset error)")
-    p.add_argument("--max-identity-distance", type=float, default=0.12,
+    p.add_argument("--max-identity-distance", type=finite_float, default=0.12,
                    help="cosine distance from an identity's centre beyond which a photo is dropped")
-    p.add_argument("--cluster-threshold", type=float, default=0.08,
+    p.add_argument("--cluster-threshold", type=finite_float, default=0.08,
                    help="average-linkage cosine distance cut for clustering unhinted faces")
-    p.add_argument("--assign-distance", type=float, default=0.05,
+    p.add_argument("--assign-distance", type=finite_float, default=0.05,
                    help="an unhinted face joins a hinted identity within this cosine distance "
                         "(0: never)")
-    p.add_argument("--test-fraction", type=float, default=0.1,
+    p.add_argument("--test-fraction", type=between(0.0, 1.0, float), default=0.1,
                    help="fraction of identities in the test split")
     p.add_argument("--exclude", help="exclusion list: one URL, origin path or sha256 per line")
     p.add_argument("--allow-private-addresses", action="store_true",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -31,6 +32,30 @@ _META_COLUMNS = ("face_id", "identity", "split", "source", "origin", "license", 
                  "width", "height", "face_size", "det_score", "sharpness", "musiq",
                  "embedder", "caption", "prompt", "negative_attribute_prompt",
                  "negative_quality_prompt", "attributes")
+
+
+#: What a face id may look like in an export: the builder writes ``<row id>-<index>``.
+#: No dots (WebDataset splits keys at the first one), no separators, no ``..``, so a tar
+#: entry ``<face_id>.png`` or a Parquet image path can never leave the extraction folder.
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
+
+
+def check_face_ids(rows: list[dict]) -> None:
+    """Refuse rows whose ``face_id`` is not a plain name (a tampered or foreign manifest):
+    tar entry names and Parquet paths are derived from it."""
+    for i, r in enumerate(rows):
+        fid = r.get("face_id")
+        if not isinstance(fid, str) or not _SAFE_ID.fullmatch(fid):
+            shown = repr(fid[:80]) if isinstance(fid, str) else type(fid).__name__
+            raise DatasetError(f"manifest row {i}: face_id {shown} is not a plain name (letters, "
+                               "digits, '-' and '_', at most 200); refusing to export it as a "
+                               "file name")
+
+
+def _entry_name(face_id: str, ext: str) -> str:
+    if not _SAFE_ID.fullmatch(face_id):  # checked for every row before any shard is written
+        raise DatasetError(f"face_id {face_id[:80]!r} is not a plain name")
+    return f"{face_id}.{ext}"
 
 
 def _features():
@@ -66,7 +91,7 @@ def export_parquet(rows: list[dict], root: Path, out: Path, shard_rows: int = 50
             for r in chunk:
                 img = safe_child(root, r["image_path"])
                 records["image"].append({"bytes": img.read_bytes(),
-                                         "path": f"{r['face_id']}.png"})
+                                         "path": _entry_name(r["face_id"], "png")})
                 for c in features:
                     if c != "image":
                         records[c].append(r.get(c))
@@ -101,7 +126,7 @@ def export_webdataset(rows: list[dict], root: Path, out: Path, shard_rows: int =
                         "identity.txt": r["identity"].encode("utf-8"),
                     }
                     for ext, payload in entries.items():
-                        info = tarfile.TarInfo(f"{r['face_id']}.{ext}")
+                        info = tarfile.TarInfo(_entry_name(r["face_id"], ext))
                         info.size = len(payload)
                         info.mtime = 0  # byte-identical shards for identical data
                         info.mode = 0o644
@@ -186,6 +211,7 @@ def export(path: str | os.PathLike, out: str | os.PathLike, *, shard_rows: int =
     # pyarrow keeps nulls as None (pandas would turn null ints into NaN floats).
     rows = [r for r in pq.read_table(manifest_path(root)).to_pylist()
             if not is_excluded(r, exclusion)]
+    check_face_ids(rows)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     done = {}
     if "parquet" in formats:

@@ -240,13 +240,13 @@ class Quality(Stage):
             return None
         # A MUSIQ threshold without the model would keep every face without a word.
         required = self.musiq == "on" or self.min_musiq is not None
-        from reface_core.assets import AssetNotFoundError, resolve
+        from reface_core.assets import AssetIntegrityError, AssetNotFoundError, resolve
 
         def factory():
             try:
                 path = resolve("pyiqa-musiq-koniq", self.musiq_path)
-            except AssetNotFoundError:
-                if required:
+            except AssetNotFoundError as e:
+                if required or isinstance(e, AssetIntegrityError):  # corrupt, or a bad override
                     raise
                 return None
             return MusiqScorer(str(path))

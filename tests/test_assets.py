@@ -59,7 +59,9 @@ def test_dir_asset_needs_its_required_files(tmp_path, monkeypatch):
     d.mkdir()
     (d / "glintr100.onnx").write_bytes(b"x")
     monkeypatch.setenv("REFACE_ASSET_INSIGHTFACE_ANTELOPEV2", str(d))
-    assert A.find("insightface-antelopev2") is None
+    # An override that points at an incomplete pack is an error, not a silent fallback.
+    with pytest.raises(A.AssetIntegrityError, match="lacks scrfd_10g_bnkps.onnx"):
+        A.find("insightface-antelopev2")
     (d / "scrfd_10g_bnkps.onnx").write_bytes(b"x")
     assert A.find("insightface-antelopev2") == d
 

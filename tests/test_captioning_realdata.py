@@ -101,7 +101,7 @@ def test_annotate_a_manifest_of_real_photos(celeba, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), path)
     rc = main(["annotate", "--manifest", str(path), "--backend", "offline,labels",
                "--label-columns", "gender_label=gender", "--not-aligned", "--detector-max-side", "512",
-               "--quiet"])
+               "--images-root", str(picked[0].parents[2]), "--quiet"])
     assert rc == 0
     out = pq.read_table(path).to_pylist()
     for r in out:
