@@ -11,9 +11,12 @@ from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 
 def _cmd_synth(args) -> int:
+    from reface_core.lock import lock_for
+
     from .synth import synth
-    counts = synth(args.input, args.output, preset=args.preset, seed=args.seed, workers=args.workers,
-                   limit=args.limit, progress=not args.quiet)
+    with lock_for(args, args.output):
+        counts = synth(args.input, args.output, preset=args.preset, seed=args.seed,
+                       workers=args.workers, limit=args.limit, progress=not args.quiet)
     print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
           f"{counts['skipped']} already done; table {counts['table']}")
     return 0 if counts["error"] == 0 else 3
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("presets", help="list presets, or show one as YAML/JSON",

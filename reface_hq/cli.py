@@ -7,6 +7,7 @@ import json
 import sys
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.lock import add_wait_lock_argument, lock_for
 
 _SOURCE_HELP = (
     "a source: [KIND:]PATH[?key=value&...]. KIND is folder, urls (CSV/JSONL/Parquet with a "
@@ -83,6 +84,7 @@ def _add_build(sub) -> None:
                    help="comma-separated captioning backends (default offline: age, gender, "
                         "pose, colour from the offline models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -107,7 +109,8 @@ def cmd_build(args) -> int:
         test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
         captions=args.captions,
         caption_backends=tuple(b.strip() for b in args.caption_backends.split(",") if b.strip()))
-    stats = build(config)
+    with lock_for(args, args.out):
+        stats = build(config)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
@@ -168,8 +171,9 @@ def cmd_export(args) -> int:
     from .build import read_exclusion
     from .export import export, push_to_hub
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
-    done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
-                  exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
+    with lock_for(args, args.out):
+        done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
+                      exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
     for fmt, splits in done.items():
         for split, files in splits.items():
             print(f"{fmt} {split}: {len(files)} shards")
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset name in the card")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export (needs access)")
     p.add_argument("--public", action="store_true", help="make the hub repository public")
+    add_wait_lock_argument(p)
     p.set_defaults(func=cmd_export)
     add_asset_commands(sub, package="reface_hq")
     return parser
