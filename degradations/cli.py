@@ -16,7 +16,8 @@ def _cmd_synth(args) -> int:
     from .synth import synth
     with lock_for(args, args.output):
         counts = synth(args.input, args.output, preset=args.preset, seed=args.seed,
-                       workers=args.workers, limit=args.limit, progress=not args.quiet)
+                       workers=args.workers, limit=args.limit, progress=not args.quiet,
+                       overwrite=args.overwrite)
     print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
           f"{counts['skipped']} already done; table {counts['table']}")
     return 0 if counts["error"] == 0 else 3
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over when OUT was made with another preset or seed")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)

@@ -16,9 +16,9 @@ from reface_core.lock import add_wait_lock_argument
 def _run(job, args) -> int:
     """Run ``job(args)``; expected failures become one ``error:`` line and exit 2."""
     from reface_core.assets import AssetNotFoundError
+    from reface_core.lock import lock_for
 
     from .errors import TrainingError
-    from reface_core.lock import lock_for
     try:
         with lock_for(args, args.out):
             return int(job(args) or 0)

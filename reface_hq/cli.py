@@ -75,6 +75,9 @@ def _add_build(sub) -> None:
                    help="let the downloader fetch from private/loopback/link-local addresses")
     p.add_argument("--download-timeout", type=float, default=10.0,
                    help="seconds per socket operation of a download (default 10)")
+    p.add_argument("--download-deadline", type=float, default=60.0,
+                   help="wall-clock seconds per URL, headers, body and retries included, "
+                        "however slowly the server sends (default 60)")
     p.add_argument("--download-retries", type=int, default=2,
                    help="retries of a URL after a transient failure, with backoff (default 2)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
@@ -97,7 +100,8 @@ def cmd_build(args) -> int:
         sources=sources, out=args.out, work_dir=args.work_dir, seed=args.seed,
         executor=args.executor, workers=args.workers, shard_size=args.shard_size,
         progress=not args.no_progress, allow_private=args.allow_private_addresses,
-        download_timeout=args.download_timeout, download_retries=args.download_retries,
+        download_timeout=args.download_timeout, download_deadline=args.download_deadline,
+        download_retries=args.download_retries,
         max_bytes=args.max_bytes, output_size=args.size, detector=args.detector,
         transform_size=args.transform_size, align_padding=not args.no_align_padding,
         min_face_size=args.min_face_size, min_sharpness=args.min_sharpness,

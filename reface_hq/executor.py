@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reface_core.atomic import atomic_path, write_json_atomic
+from reface_core.fsnames import path_from_text
 
 from . import schema
 from .stage import Stage
@@ -94,7 +95,7 @@ def _files_digest(rows: list[dict]) -> str:
         if not path:
             continue
         try:
-            st = os.stat(path)
+            st = os.stat(path_from_text(path))
             h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{path}|missing\n".encode())
