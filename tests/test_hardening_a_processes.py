@@ -39,10 +39,11 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_killing_a_build_kills_its_workers(data_root, tmp_path):
     src = f"{data_root / 'identities_512'}?identity=folder&folder_level=0&include=^(00001|00027|00049)/"
     cmd = [sys.executable, "-m", "reface_hq", "build", "--source", src,
-           "--out", str(tmp_path / "ds"), "--workers", "2", "--shard-size", "1",
+           "--out", str(tmp_path / "ds"), "--workers", "2", "--shard-size", "8",
            "--size", "512", "--transform-size", "512", "--no-align-padding",
            "--musiq", "off", "--no-progress"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)),
@@ -55,12 +56,17 @@ def test_killing_a_build_kills_its_workers(data_root, tmp_path):
             workers = _workers(proc.pid)
             time.sleep(0.2)
         assert len(workers) == 2, "the build did not start two workers"
-        time.sleep(1.0)  # let them import and start on a shard
+        # Kill while both are busy on detection shards (8 faces, seconds each): a worker
+        # that is between tasks would notice the closed queue and exit anyway.
+        while time.monotonic() < deadline and proc.poll() is None and not list(
+                (tmp_path / "ds" / ".work").glob("*-detect_align-*/*.done.json")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build ended before it could be killed"
         proc.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
         proc.wait()
-        gone = time.monotonic() + 10
+        gone = time.monotonic() + 1.0
         while _alive(workers) and time.monotonic() < gone:
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert _alive(workers) == [], "workers outlived the killed build"
     finally:
         for p in _alive(workers):
