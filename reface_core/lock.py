@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .fsnames import shown
+
 LOCK_NAME = ".reface.lock"
 _HELD: dict[str, int] = {}   # folders this process holds -> nesting depth
 
@@ -44,7 +46,7 @@ class FolderLockedError(ValueError):
         self.folder = folder
         self.holder = holder
         super().__init__(
-            f"output folder {folder} is in use by another run (pid {holder.get('pid', '?')} "
+            f"output folder {shown(folder)} is in use by another run (pid {holder.get('pid', '?')} "
             f"on {holder.get('host', '?')}, started {holder.get('started', '?')}, command: "
             f"{holder.get('command', '?')}); wait for it with --wait-lock, or use another "
             "output folder")
@@ -80,6 +82,13 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
 
 
+def _command_line() -> str:
+    prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    # `python -m pkg` runs pkg/__main__.py: show it the way the user typed it.
+    head = ["python", "-m", prog.parent.name] if prog.name == "__main__.py" else [prog.name]
+    return shown(shlex.join([*head, *sys.argv[1:]]))
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | None = None,
                 poll: float = 0.2) -> Iterator[Path]:
@@ -108,12 +117,15 @@ def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | 
             # A file left by a killed holder (its flock died with it) is simply taken over.
             break
         holder = _read_holder(path)
+        if not holder:  # the new holder is between taking the lock and writing its name
+            time.sleep(0.05)
+            holder = _read_holder(path)
         if time.monotonic() >= deadline:
             raise FolderLockedError(folder, holder)
         time.sleep(poll)
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+            "command": command or _command_line()}
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
