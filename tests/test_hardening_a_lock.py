@@ -178,3 +178,15 @@ def test_every_command_writing_an_output_folder_refuses_a_held_one(tmp_path, hol
     assert len(err) == 1 and err[0].startswith("error: output folder "), err
     assert f"in use by another run (pid {proc.pid}" in err[0]
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+
+
+def test_wait_lock_on_the_command_line_waits_for_the_holder(tmp_path, holder, capsys):
+    from degradations.cli import main
+    src, out = _hq(tmp_path / "hq", 2), tmp_path / "lq"
+    proc = holder(out, seconds=1.5)
+    t0 = time.monotonic()
+    assert main(["synth", "--input", str(src), "--output", str(out), "--quiet",
+                 "--wait-lock", "60"]) == 0
+    assert proc.wait(timeout=10) == 0 and time.monotonic() - t0 > 0.5
+    assert len(pd.read_parquet(out / "params.parquet")) == 2
+    assert not (out / LOCK_NAME).exists()
