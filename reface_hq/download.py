@@ -101,10 +101,29 @@ def _blocked(ip: ipaddress._BaseAddress) -> bool:
 _BAD_URL_CHARS = frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
 
 
-def vet_host(host: str, port: int, *, allow_private: bool) -> str:
-    """Resolve ``host`` and return one address to connect to, after checking them all."""
+def _getaddrinfo(host: str, port: int, timeout: float | None):
+    if timeout is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # getaddrinfo cannot be interrupted: a slow resolver would hold the URL past its
+    # deadline. It runs in a helper thread; on time-out the URL fails and the thread is
+    # left to end on its own (the resolver's own time-out bounds it).
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        return future.result(timeout=max(timeout, 0.0))
+    except cf.TimeoutError:
+        raise DownloadError("timeout", f"resolving host {host!r} took longer than the "
+                            f"{timeout:.1f}s left of the deadline") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def vet_host(host: str, port: int, *, allow_private: bool, timeout: float | None = None) -> str:
+    """Resolve ``host`` and return one address to connect to, after checking them all.
+
+    ``timeout``: seconds the lookup may take (None: the system resolver's own limit)."""
+    try:
+        infos = _getaddrinfo(host, port, timeout)
     except socket.gaierror as e:
         raise DownloadError("dns_error", f"cannot resolve host {host!r}: {e}", retry=True) from None
     addresses = sorted({info[4][0] for info in infos})
@@ -212,7 +231,8 @@ class Downloader:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise DownloadError("bad_url", f"{current!r} is not an http(s) URL with a host")
             try:
-                address = vet_host(parts.hostname, port, allow_private=self.allow_private)
+                address = vet_host(parts.hostname, port, allow_private=self.allow_private,
+                                   timeout=self.deadline - (time.monotonic() - start))
             except UnicodeError as e:
                 raise DownloadError("bad_url", f"{current!r}: host {parts.hostname!r} is not "
                                     f"a valid host name ({e})") from None

@@ -125,3 +125,21 @@ def test_ipv6_forms_embedding_a_private_ipv4_are_blocked(address):
 
 def test_6to4_of_a_public_address_is_not_blocked():
     assert vet_host("2002:808:808::", 80, allow_private=False).startswith("2002:")
+
+
+def test_deadline_holds_against_a_slow_resolver(monkeypatch):
+    real = socket.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            time.sleep(3.0)
+            raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    dl = Downloader(timeout=5.0, deadline=1.0, retries=2, backoff=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        dl.fetch("http://slow-dns.example/face.png")
+    assert info.value.reason == "timeout" and "resolving host" in str(info.value)
+    assert time.monotonic() - t0 < 2.0
