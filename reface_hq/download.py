@@ -8,12 +8,15 @@ we need is one function per URL with those guards, returning a status row; this 
 
 Guards, in order, for every hop (redirects included):
 
-* scheme must be http or https;
+* scheme must be http or https, and the URL holds no space or control character;
 * the host is resolved once, and *every* address must be public (no private, loopback,
-  link-local, multicast, reserved or unspecified address) unless ``allow_private``;
+  link-local, multicast, reserved or unspecified address, nor an IPv6 address carrying
+  one: IPv4-mapped or -compatible, 6to4, NAT64, Teredo) unless ``allow_private``;
 * the connection goes to the address that was checked (no second DNS lookup that a
   rebinding attacker could answer differently); TLS still verifies the host name;
-* connect/read timeouts per socket operation plus an overall deadline per URL;
+* connect/read timeouts per socket operation plus a hard wall-clock deadline per URL
+  (DNS, headers, body, redirects and retries together): a timer shuts the socket down
+  when it passes, however slowly the server drips bytes;
 * ``Content-Length`` and the bytes actually read are capped at ``max_bytes``;
 * the ``Content-Type`` must be an image type (``application/octet-stream`` is accepted
   and left to the decoder), and the bytes must decode with the project's safe loader
