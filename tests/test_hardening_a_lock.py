@@ -56,9 +56,8 @@ def holder(tmp_path):
 def test_a_second_run_refuses_naming_the_holder(tmp_path, holder):
     out = tmp_path / "out"
     proc = holder(out)
-    with pytest.raises(FolderLockedError) as info:
-        with folder_lock(out):
-            pass
+    with pytest.raises(FolderLockedError) as info, folder_lock(out):
+        pass
     message = str(info.value)
     assert "\n" not in message
     assert f"pid {proc.pid} on {socket.gethostname()}" in message
