@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 from reface_core.lock import add_wait_lock_argument, lock_for
@@ -113,7 +114,12 @@ def cmd_build(args) -> int:
         test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
         captions=args.captions,
         caption_backends=tuple(b.strip() for b in args.caption_backends.split(",") if b.strip()))
-    with lock_for(args, args.out):
+    import contextlib
+    # A --work-dir outside the output folder is written too (its shard caches): held as
+    # well, so two builds sharing one work folder take turns instead of racing.
+    work, out = config.work.resolve(), Path(args.out).resolve()
+    with lock_for(args, args.out), (contextlib.nullcontext() if out in (work, *work.parents)
+                                    else lock_for(args, config.work)):
         stats = build(config)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "

@@ -189,3 +189,15 @@ def test_wait_lock_on_the_command_line_waits_for_the_holder(tmp_path, holder, ca
     assert proc.wait(timeout=10) == 0 and time.monotonic() - t0 > 0.5
     assert len(pd.read_parquet(out / "params.parquet")) == 2
     assert not (out / LOCK_NAME).exists()
+
+
+def test_builds_sharing_a_work_folder_take_turns(tmp_path, holder, capsys):
+    from reface_hq.cli import main
+    src, work = _hq(tmp_path / "hq", 1), tmp_path / "work"
+    proc = holder(work)
+    assert main(["build", "--source", str(src), "--out", str(tmp_path / "a"),
+                 "--work-dir", str(work), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder {work} is in use by another run (pid {proc.pid}" in err
+    assert not (tmp_path / "a" / "manifest.parquet").exists()
+    assert not (tmp_path / "a" / LOCK_NAME).exists()  # released on the way out
