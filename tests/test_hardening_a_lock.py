@@ -201,3 +201,18 @@ def test_builds_sharing_a_work_folder_take_turns(tmp_path, holder, capsys):
     assert f"output folder {work} is in use by another run (pid {proc.pid}" in err
     assert not (tmp_path / "a" / "manifest.parquet").exists()
     assert not (tmp_path / "a" / LOCK_NAME).exists()  # released on the way out
+
+
+def test_only_rank_0_of_a_distributed_run_locks(tmp_path, holder, monkeypatch):
+    import argparse
+
+    from reface_core.lock import lock_for
+    out = tmp_path / "run"
+    holder(out)
+    args = argparse.Namespace(wait_lock=0.0)
+    monkeypatch.setenv("RANK", "1")     # the other ranks of `accelerate launch` share OUT
+    with lock_for(args, out):
+        pass
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(FolderLockedError), lock_for(args, out):
+        pass
