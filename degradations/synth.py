@@ -143,6 +143,13 @@ def _init_worker(preset_dict: dict, seed: int, out: str, threads: int) -> None:
     _STATE.update(degrader=Degrader(Preset.from_dict(preset_dict)), seed=seed, out=Path(out))
 
 
+def _init_pool_worker(parent_pid: int, *init) -> None:
+    # A killed synth must not leave workers degrading on with nobody to collect.
+    from reface_core.workers import die_with_parent
+    die_with_parent(parent_pid)
+    _init_worker(*init)
+
+
 def _process(job: Job) -> dict:
     deg, seed, out = _STATE["degrader"], _STATE["seed"], _STATE["out"]
     lq_path, rec_path = output_paths(out, job.image_id)
@@ -208,7 +215,8 @@ def _iter_results(jobs: list[Job], preset: Preset, seed: int, out: Path, workers
             yield _process(job)
         return
     ctx = mp.get_context("spawn")  # torch and OpenCV thread pools do not survive fork safely
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(*init, 1)) as pool:
+    with ctx.Pool(workers, initializer=_init_pool_worker,
+                  initargs=(os.getpid(), *init, 1)) as pool:
         yield from pool.imap_unordered(_process, jobs, chunksize=1)
 
 

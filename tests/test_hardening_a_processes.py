@@ -101,3 +101,45 @@ def test_a_damaged_cached_shard_is_redone(tmp_path, damage):
     expected_reuse = 3 if damage == "truncated_input_shard" else 2
     # A redone input shard changes nothing downstream: its stage shard is still valid.
     assert reports[0].reused_shards == expected_reuse
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_killing_synth_kills_its_workers(data_root, tmp_path):
+    import cv2
+
+    from reface_core.imageio import load_image, save_image
+    # Large inputs keep each worker busy for seconds on one image.
+    face = load_image(data_root / "identities_512/00001/gt.png")
+    src = tmp_path / "hq"
+    for i in range(6):
+        save_image(src / f"big_{i}.jpg", cv2.resize(face, (3500 + i, 3500)), quality=90)
+    out = tmp_path / "lq"
+    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(src), "--output",
+           str(out), "--preset", "gfpgan", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+            workers = _workers(proc.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2, "synth did not start two workers"
+        # Both start an image at once; when the first record lands both begin the next.
+        while time.monotonic() < deadline and proc.poll() is None and not list(
+                (out / "records").glob("*.json")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "synth ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        gone = time.monotonic() + 1.0
+        while _alive(workers) and time.monotonic() < gone:
+            time.sleep(0.05)
+        assert _alive(workers) == [], "workers outlived the killed synth"
+    finally:
+        for p in _alive(workers):
+            p.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
