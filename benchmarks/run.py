@@ -546,6 +546,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (repeatable), e.g. preset=mgfr-severe, seed=1, n_references=2")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
 
 
 
@@ -555,12 +557,14 @@ USER_ERRORS = (D.DatasetError, M.UnknownMetricError, R.UnknownRestorerError, Sto
 
 def command(args) -> int:
     try:
+        from reface_core.lock import lock_for
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-        summaries = run_benchmark(
-            args.methods, args.dataset, args.data, out=args.out, metrics=metrics,
-            device=args.device, limit=args.limit,
-            dataset_options=_key_values(args.dataset_option, "--dataset-option"),
-            sets=args.set, progress=not args.no_progress)
+        with lock_for(args, args.out):
+            summaries = run_benchmark(
+                args.methods, args.dataset, args.data, out=args.out, metrics=metrics,
+                device=args.device, limit=args.limit,
+                dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+                sets=args.set, progress=not args.no_progress)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_backend_options(p, "offline")
     _add_prompt_options(p)
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
     p.set_defaults(func=cmd_annotate)
 
     p = sub.add_parser("caption", help="caption and describe image files",
@@ -209,12 +211,20 @@ def _captioner(args):
 
 # --- commands ------------------------------------------------------------------------------
 def cmd_annotate(args) -> int:
+    import contextlib
+
+    from reface_core.lock import lock_for
+
     from .manifest import annotate_manifest
-    report = annotate_manifest(args.manifest, _captioner(args), batch_size=args.batch_size,
-                               overwrite=args.overwrite, restart=args.restart,
-                               retry_failed=args.retry_failed, limit=args.limit,
-                               aligned=not args.not_aligned, progress=not args.quiet,
-                               images_root=args.images_root)
+    # The manifest is rewritten in place: its folder is the output folder to hold (a
+    # missing folder is left to annotate_manifest's error, not created here).
+    folder = Path(args.manifest).parent
+    with lock_for(args, folder) if folder.is_dir() else contextlib.nullcontext():
+        report = annotate_manifest(args.manifest, _captioner(args), batch_size=args.batch_size,
+                                   overwrite=args.overwrite, restart=args.restart,
+                                   retry_failed=args.retry_failed, limit=args.limit,
+                                   aligned=not args.not_aligned, progress=not args.quiet,
+                                   images_root=args.images_root)
     print(report.summary())
     return 0 if report.failed == 0 else 1
 

@@ -12,9 +12,13 @@ from reface_core.assets_cli import add_subcommands as add_asset_commands
 
 
 def _cmd_synth(args) -> int:
+    from reface_core.lock import lock_for
+
     from .synth import synth
-    counts = synth(args.input, args.output, preset=args.preset, seed=args.seed, workers=args.workers,
-                   limit=args.limit, progress=not args.quiet)
+    with lock_for(args, args.output):
+        counts = synth(args.input, args.output, preset=args.preset, seed=args.seed,
+                       workers=args.workers, limit=args.limit, progress=not args.quiet,
+                       overwrite=args.overwrite)
     print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
           f"{counts['skipped']} already done; table {counts['table']}")
     return 0 if counts["error"] == 0 else 3
@@ -104,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=between(1, 256), default=1, help="worker processes (default 1)")
     p.add_argument("--limit", type=at_least(0), default=None, help="only the first N inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over when OUT was made with another preset or seed")
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("presets", help="list presets, or show one as YAML/JSON",

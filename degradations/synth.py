@@ -20,6 +20,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from reface_core.atomic import atomic_path, safe_child, write_json_atomic
+from reface_core.fsnames import name_id, path_text, shown
 from reface_core.imageio import ImageLoadError, iter_image_files, load_image, save_image
 
 from .presets import Preset, get_preset
@@ -73,7 +75,9 @@ def list_inputs(source: str | os.PathLike) -> list[Job]:
     if not src.exists():
         raise ValueError(f"input {src} does not exist")
     if src.is_dir():
-        files = [(p, p.relative_to(src).as_posix()) for p in iter_image_files(src)]
+        # A file name that is not UTF-8 gets an id (and output names) with %XX escapes;
+        # the job keeps the exact path.
+        files = [(p, name_id(p.relative_to(src).as_posix())) for p in iter_image_files(src)]
         stems = Counter(PurePosixPath(rel).with_suffix("").as_posix() for _, rel in files)
         # "a.png" and "a.jpg" would share the id "a" (one LQ image and one row for two
         # inputs); such files keep their suffix in the id.
@@ -139,6 +143,13 @@ def _init_worker(preset_dict: dict, seed: int, out: str, threads: int) -> None:
     _STATE.update(degrader=Degrader(Preset.from_dict(preset_dict)), seed=seed, out=Path(out))
 
 
+def _init_pool_worker(parent_pid: int, *init) -> None:
+    # A killed synth must not leave workers degrading on with nobody to collect.
+    from reface_core.workers import die_with_parent
+    die_with_parent(parent_pid)
+    _init_worker(*init)
+
+
 def _process(job: Job) -> dict:
     deg, seed, out = _STATE["degrader"], _STATE["seed"], _STATE["out"]
     lq_path, rec_path = output_paths(out, job.image_id)
@@ -147,7 +158,7 @@ def _process(job: Job) -> dict:
         image = load_image(job.path)
         lq, record = deg(image, seed, job.image_id)
     except (ImageLoadError, ValueError) as e:
-        row = {**base, "status": "error", "error": str(e), "lq_path": None}
+        row = {**base, "status": "error", "error": shown(str(e)), "lq_path": None}
         write_json_atomic(rec_path, row)
         return row
     save_image(lq_path, lq)
@@ -159,9 +170,16 @@ def _process(job: Job) -> dict:
 
 # --- the job ---------------------------------------------------------------------------------
 
-def _check_run(out: Path, preset: Preset, seed: int) -> None:
+def _check_run(out: Path, preset: Preset, seed: int, overwrite: bool = False) -> None:
     run = {"preset": preset.to_dict(), "preset_fingerprint": preset.fingerprint(), "seed": int(seed)}
     path = out / "run.json"
+    if path.exists() and overwrite:
+        # Start over: the images, records and table of the other settings go, so the
+        # folder never mixes two seeds or presets under one run.json.
+        for sub in ("lq", "records"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "params.parquet").unlink(missing_ok=True)
+        path.unlink()
     if path.exists():
         try:
             old = json.loads(path.read_text())
@@ -171,7 +189,8 @@ def _check_run(out: Path, preset: Preset, seed: int) -> None:
             raise ValueError(
                 f"output folder {out} was made with preset {old.get('preset', {}).get('name')!r} "
                 f"(fingerprint {old.get('preset_fingerprint')}) and seed {old.get('seed')}; this run asks for "
-                f"{preset.name!r} ({run['preset_fingerprint']}) and seed {seed}. Use a new output folder.")
+                f"{preset.name!r} ({run['preset_fingerprint']}) and seed {seed}. Use a new output folder "
+                "(or --overwrite to start this one over).")
     else:
         write_json_atomic(path, run)
 
@@ -196,7 +215,8 @@ def _iter_results(jobs: list[Job], preset: Preset, seed: int, out: Path, workers
             yield _process(job)
         return
     ctx = mp.get_context("spawn")  # torch and OpenCV thread pools do not survive fork safely
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(*init, 1)) as pool:
+    with ctx.Pool(workers, initializer=_init_pool_worker,
+                  initargs=(os.getpid(), *init, 1)) as pool:
         yield from pool.imap_unordered(_process, jobs, chunksize=1)
 
 
@@ -218,7 +238,8 @@ def compact(out: str | os.PathLike) -> Path:
         except (OSError, json.JSONDecodeError):
             continue  # an unreadable record is redone by the next run; the table skips it
         rec = r.get("record") or {}
-        row = {"image_id": r["image_id"], "input_path": r["input"], "lq_path": r.get("lq_path"),
+        row = {"image_id": r["image_id"], "input_path": path_text(r["input"]),
+               "lq_path": r.get("lq_path"),
                "status": r["status"], "error": r.get("error"), "preset": rec.get("preset"),
                "preset_fingerprint": rec.get("preset_fingerprint"), "seed": rec.get("seed"),
                "input_height": (rec.get("input_size") or [None, None])[0],
@@ -265,8 +286,12 @@ def _pending(jobs: list[Job], out: Path) -> list[Job]:
 
 
 def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Preset = "gfpgan",
-          seed: int = 0, workers: int = 1, limit: int | None = None, progress: bool = True) -> dict:
-    """Degrade every input image; resumable. Returns counts and the table path."""
+          seed: int = 0, workers: int = 1, limit: int | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict:
+    """Degrade every input image; resumable. Returns counts and the table path.
+
+    ``overwrite``: an output folder made with another preset or seed is emptied and
+    started over (else that is an error)."""
     from tqdm import tqdm
     preset = get_preset(preset)
     if workers < 1:
@@ -283,7 +308,7 @@ def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Pre
     jobs = [j for j in jobs if out not in Path(j.path).resolve().parents]
     if limit is not None:
         jobs = jobs[:int(limit)]
-    _check_run(out, preset, seed)
+    _check_run(out, preset, seed, overwrite)
     _remove_stale_temporaries(out)
     todo = _pending(jobs, out)
     counts = {"total": len(jobs), "skipped": len(jobs) - len(todo), "ok": 0, "error": 0}

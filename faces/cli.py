@@ -11,6 +11,7 @@ the run. At the end all records are gathered into ``<out>/<command>.jsonl`` (and
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,10 @@ def _inputs(paths: list[str], out: Path) -> list[tuple[Path, str]]:
         seen.setdefault(rel, f)
     # The same file named twice is done once.
     return list({rel: (f, rel) for f, rel in items}.values())
+
+
+# A full disk or quota, a read-only file system: the output folder itself is unusable.
+_OUTPUT_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _out_folder(arg: str) -> Path:
@@ -121,7 +126,11 @@ def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dic
             record["status"] = "ok"
         except (AssetNotFoundError, ModelLoadError):
             raise  # a missing or broken model fails every input: stop and say why
-        except (ImageLoadError, OSError, ValueError) as e:
+        except OSError as e:
+            if e.errno in _OUTPUT_FULL:
+                raise  # every further input would fail the same way: stop and say why
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        except (ImageLoadError, ValueError) as e:
             record.update(status="failed", error=f"{type(e).__name__}: {e}")
         write_json_atomic(record_path, record)
         records.append(record)
@@ -314,6 +323,8 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
     p.add_argument("--retry-failed", action="store_true",
                    help="redo inputs whose record says failed (e.g. a file fixed since)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,15 +374,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import contextlib
+
     from reface_core.assets import AssetNotFoundError
+    from reface_core.lock import lock_for
 
     try:
-        return int(args.func(args) or 0)
+        # Commands with an output folder hold its lock for the whole run.
+        with (lock_for(args, _out_folder(args.out)) if hasattr(args, "wait_lock")
+              else contextlib.nullcontext()):
+            return int(args.func(args) or 0)
     except AssetNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # bad options (sizes, thresholds, names)
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only folder: one line naming the path
+        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
+              file=sys.stderr)
         return 2
 
 

@@ -63,7 +63,15 @@ def add_subcommands(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if OUT holds results of other settings")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_restore)
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
+    p.set_defaults(func=_locked_restore)
+
+
+def _locked_restore(args: argparse.Namespace) -> int:
+    from reface_core.lock import lock_for
+    with lock_for(args, args.out):
+        return run_restore(args)
 
 
 def _files(spec: list[str] | str, what: str) -> list[Path]:

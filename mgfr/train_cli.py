@@ -10,15 +10,18 @@ import argparse
 import sys
 
 from reface_core.argtypes import at_least, seed
+from reface_core.lock import add_wait_lock_argument
 
 
 def _run(job, args) -> int:
     """Run ``job(args)``; expected failures become one ``error:`` line and exit 2."""
     from reface_core.assets import AssetNotFoundError
+    from reface_core.lock import lock_for
 
     from .errors import TrainingError
     try:
-        return int(job(args) or 0)
+        with lock_for(args, args.out):
+            return int(job(args) or 0)
     except (TrainingError, AssetNotFoundError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -70,6 +73,7 @@ def add_subcommands(subparsers) -> None:
                    help="identity-embedding cache folder (default DATA/cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable), e.g. --set ema_decay=0.99")
+    add_wait_lock_argument(p)
     p.set_defaults(func=lambda a: _run(_train, a))
 
     q = subparsers.add_parser(
@@ -90,6 +94,7 @@ def add_subcommands(subparsers) -> None:
     q.add_argument("--checkpoint-every", type=at_least(1), default=None)
     q.add_argument("--resume", action="store_true",
                    help="continue a killed pretraining from its last checkpoint")
+    add_wait_lock_argument(q)
     q.set_defaults(func=lambda a: _run(_pretrain, a))
 
 

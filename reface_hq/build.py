@@ -67,6 +67,7 @@ class BuildConfig:
     allow_private: bool = False
     download_threads: int = 8
     download_timeout: float = 10.0
+    download_deadline: float = 60.0        # wall-clock seconds per URL, retries included
     download_retries: int = 2
     max_bytes: int = 20_000_000
     # decode / detect / quality
@@ -117,7 +118,8 @@ class BuildConfig:
         detect.folder = str(work / f"aligned-{detect.fingerprint()[:12]}")
         return [
             Download(folder=str(work / "downloads"), threads=self.download_threads,
-                     timeout=self.download_timeout, retries=self.download_retries,
+                     timeout=self.download_timeout, deadline=self.download_deadline,
+                     retries=self.download_retries,
                      max_bytes=self.max_bytes, allow_private=self.allow_private,
                      seed=self.seed, exclusion=self.exclusion),
             Decode(min_source_side=self.min_source_side, exclusion=self.exclusion),

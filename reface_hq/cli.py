@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from reface_core.argtypes import between, finite_float, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.lock import add_wait_lock_argument, lock_for
 
 _SOURCE_HELP = (
     "a source: [KIND:]PATH[?key=value&...]. KIND is folder, urls (CSV/JSONL/Parquet with a "
@@ -75,6 +77,9 @@ def _add_build(sub) -> None:
                    help="let the downloader fetch from private/loopback/link-local addresses")
     p.add_argument("--download-timeout", type=float, default=10.0,
                    help="seconds per socket operation of a download (default 10)")
+    p.add_argument("--download-deadline", type=float, default=60.0,
+                   help="wall-clock seconds per URL, headers, body and retries included, "
+                        "however slowly the server sends (default 60)")
     p.add_argument("--download-retries", type=int, default=2,
                    help="retries of a URL after a transient failure, with backoff (default 2)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
@@ -84,6 +89,7 @@ def _add_build(sub) -> None:
                    help="comma-separated captioning backends (default offline: age, gender, "
                         "pose, colour from the offline models)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -96,7 +102,8 @@ def cmd_build(args) -> int:
         sources=sources, out=args.out, work_dir=args.work_dir, seed=args.seed,
         executor=args.executor, workers=args.workers, shard_size=args.shard_size,
         progress=not args.no_progress, allow_private=args.allow_private_addresses,
-        download_timeout=args.download_timeout, download_retries=args.download_retries,
+        download_timeout=args.download_timeout, download_deadline=args.download_deadline,
+        download_retries=args.download_retries,
         max_bytes=args.max_bytes, output_size=args.size, detector=args.detector,
         transform_size=args.transform_size, align_padding=not args.no_align_padding,
         min_face_size=args.min_face_size, min_sharpness=args.min_sharpness,
@@ -108,7 +115,13 @@ def cmd_build(args) -> int:
         test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
         captions=args.captions,
         caption_backends=tuple(b.strip() for b in args.caption_backends.split(",") if b.strip()))
-    stats = build(config)
+    import contextlib
+    # A --work-dir outside the output folder is written too (its shard caches): held as
+    # well, so two builds sharing one work folder take turns instead of racing.
+    work, out = config.work.resolve(), Path(args.out).resolve()
+    with lock_for(args, args.out), (contextlib.nullcontext() if out in (work, *work.parents)
+                                    else lock_for(args, config.work)):
+        stats = build(config)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
@@ -169,8 +182,9 @@ def cmd_export(args) -> int:
     from .build import read_exclusion
     from .export import export, push_to_hub
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
-    done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
-                  exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
+    with lock_for(args, args.out):
+        done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
+                      exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
     for fmt, splits in done.items():
         for split, files in splits.items():
             print(f"{fmt} {split}: {len(files)} shards")
@@ -207,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset name in the card")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export (needs access)")
     p.add_argument("--public", action="store_true", help="make the hub repository public")
+    add_wait_lock_argument(p)
     p.set_defaults(func=cmd_export)
     add_asset_commands(sub, package="reface_hq")
     return parser

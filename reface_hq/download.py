@@ -8,12 +8,15 @@ we need is one function per URL with those guards, returning a status row; this 
 
 Guards, in order, for every hop (redirects included):
 
-* scheme must be http or https;
+* scheme must be http or https, and the URL holds no space or control character;
 * the host is resolved once, and *every* address must be public (no private, loopback,
-  link-local, multicast, reserved or unspecified address) unless ``allow_private``;
+  link-local, multicast, reserved or unspecified address, nor an IPv6 address carrying
+  one: IPv4-mapped or -compatible, 6to4, NAT64, Teredo) unless ``allow_private``;
 * the connection goes to the address that was checked (no second DNS lookup that a
   rebinding attacker could answer differently); TLS still verifies the host name;
-* connect/read timeouts per socket operation plus an overall deadline per URL;
+* connect/read timeouts per socket operation plus a hard wall-clock deadline per URL
+  (DNS, headers, body, redirects and retries together): a timer shuts the socket down
+  when it passes, however slowly the server drips bytes;
 * ``Content-Length`` and the bytes actually read are capped at ``max_bytes``;
 * the ``Content-Type`` must be an image type (``application/octet-stream`` is accepted
   and left to the decoder), and the bytes must decode with the project's safe loader
@@ -36,6 +39,7 @@ import ipaddress
 import random
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -66,17 +70,63 @@ class DownloadError(Exception):
         self.content_type = content_type
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries and that a relay or a dual stack may reach:
+    IPv4-mapped, IPv4-compatible, 6to4 (2002::/16), NAT64 and Teredo (server and client)."""
+    out = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    if ip in _IPV4_COMPATIBLE or any(ip in net for net in _NAT64):
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
+
+
 def _blocked(ip: ipaddress._BaseAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(_blocked(v4) for v4 in _embedded_ipv4(ip)):
+            return True
+        if ip.ipv4_mapped is not None:
+            return False  # the mapped address itself was checked above
     return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
             or ip.is_reserved or ip.is_unspecified or not ip.is_global)
 
 
-def vet_host(host: str, port: int, *, allow_private: bool) -> str:
-    """Resolve ``host`` and return one address to connect to, after checking them all."""
+# Spaces and control characters (CR/LF above all: header injection) make a URL invalid;
+# http.client would refuse them later as a "connection error" and the URL would be retried.
+_BAD_URL_CHARS = frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
+
+
+def _getaddrinfo(host: str, port: int, timeout: float | None):
+    if timeout is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # getaddrinfo cannot be interrupted: a slow resolver would hold the URL past its
+    # deadline. It runs in a helper thread; on time-out the URL fails and the thread is
+    # left to end on its own (the resolver's own time-out bounds it).
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        return future.result(timeout=max(timeout, 0.0))
+    except cf.TimeoutError:
+        raise DownloadError("timeout", f"resolving host {host!r} took longer than the "
+                            f"{timeout:.1f}s left of the deadline") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def vet_host(host: str, port: int, *, allow_private: bool, timeout: float | None = None) -> str:
+    """Resolve ``host`` and return one address to connect to, after checking them all.
+
+    ``timeout``: seconds the lookup may take (None: the system resolver's own limit)."""
+    try:
+        infos = _getaddrinfo(host, port, timeout)
     except socket.gaierror as e:
         raise DownloadError("dns_error", f"cannot resolve host {host!r}: {e}", retry=True) from None
     addresses = sorted({info[4][0] for info in infos})
@@ -92,6 +142,19 @@ def vet_host(host: str, port: int, *, allow_private: bool) -> str:
     # Prefer IPv4 for predictability; connect exactly to an address we checked.
     addresses.sort(key=lambda a: (":" in a, a))
     return addresses[0]
+
+
+def _expire(conn: http.client.HTTPConnection, expired: threading.Event) -> None:
+    """The URL's deadline passed: end whatever read or connect is blocked on its socket."""
+    expired.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop
+            # its SSL object under the feet of the thread blocked in a read or handshake.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -110,7 +173,10 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self):
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        # Handshake after self.sock is set, so the deadline watchdog can end a dripped one.
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host,
+                                              do_handshake_on_connect=False)
+        self.sock.do_handshake()
 
 
 @dataclasses.dataclass
@@ -154,6 +220,10 @@ class Downloader:
     def _fetch_once(self, url: str, start: float) -> Downloaded:
         current = url
         for _hop in range(self.max_redirects + 1):
+            bad = sorted({repr(c) for c in current if c in _BAD_URL_CHARS})
+            if bad:
+                raise DownloadError("bad_url", f"{current!r} holds spaces or control "
+                                    f"characters ({', '.join(bad)})")
             # A malformed URL (bad IPv6 literal, port out of range, a host label IDNA
             # cannot encode) is this URL's status row, not an exception that ends the build.
             try:
@@ -164,7 +234,8 @@ class Downloader:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise DownloadError("bad_url", f"{current!r} is not an http(s) URL with a host")
             try:
-                address = vet_host(parts.hostname, port, allow_private=self.allow_private)
+                address = vet_host(parts.hostname, port, allow_private=self.allow_private,
+                                   timeout=self.deadline - (time.monotonic() - start))
             except UnicodeError as e:
                 raise DownloadError("bad_url", f"{current!r}: host {parts.hostname!r} is not "
                                     f"a valid host name ({e})") from None
@@ -178,6 +249,13 @@ class Downloader:
             else:
                 conn = _PinnedHTTPConnection(parts.hostname, port, address, timeout)
             path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+            # Socket timeouts bound each read, not the URL: a server that sends one byte
+            # every few seconds (in the headers or the body) never trips them. A timer shuts
+            # the socket down when the URL's deadline passes; the blocked read then ends.
+            expired = threading.Event()
+            watchdog = threading.Timer(remaining, _expire, args=(conn, expired))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 conn.request("GET", path, headers={"User-Agent": self.user_agent,
                                                    "Accept": "image/*",
@@ -206,22 +284,32 @@ class Downloader:
                                         f"{self.max_bytes:,}", http_status=status,
                                         content_type=ctype)
                 data = self._read_capped(resp, start, status, ctype)
+                if expired.is_set():
+                    raise DownloadError("timeout", f"deadline of {self.deadline}s exceeded "
+                                        "while reading")
                 if length and length.isdigit() and len(data) < int(length):
                     raise DownloadError("truncated", f"got {len(data):,} of {int(length):,} "
                                         "announced bytes", retry=True, http_status=status,
                                         content_type=ctype)
                 return Downloaded(url, current, data, status, ctype)
-            except DownloadError:
+            except DownloadError as e:
+                if expired.is_set() and e.reason != "timeout":
+                    raise DownloadError("timeout", f"deadline of {self.deadline}s exceeded "
+                                        f"({e})") from None
                 raise
-            except TimeoutError as e:
-                raise DownloadError("timeout", f"timed out after {timeout:.1f}s ({e})",
-                                    retry=True) from None
-            except ssl.SSLError as e:
-                raise DownloadError("tls_error", f"TLS error: {e}") from None
             except (OSError, http.client.HTTPException) as e:
+                if expired.is_set():
+                    raise DownloadError("timeout", f"deadline of {self.deadline}s exceeded "
+                                        f"({type(e).__name__})") from None
+                if isinstance(e, TimeoutError):
+                    raise DownloadError("timeout", f"timed out after {timeout:.1f}s ({e})",
+                                        retry=True) from None
+                if isinstance(e, ssl.SSLError):
+                    raise DownloadError("tls_error", f"TLS error: {e}") from None
                 raise DownloadError("connection_error", f"{type(e).__name__}: {e}",
                                     retry=True) from None
             finally:
+                watchdog.cancel()
                 conn.close()
         raise DownloadError("too_many_redirects", f"more than {self.max_redirects} redirects")
 

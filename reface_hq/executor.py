@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reface_core.atomic import atomic_path, write_json_atomic
+from reface_core.fsnames import path_from_text
+from reface_core.workers import die_with_parent
 
 from . import schema
 from .stage import Stage
@@ -67,9 +70,24 @@ def read_shard(stage_dir: Path, index: int) -> list[dict]:
 
 
 def shard_done(stage_dir: Path, index: int) -> bool:
+    """True when the shard is finished and readable. A shard damaged since (a bad disk
+    block, a copy cut short, an edit) is removed here so that it is redone, not fatal."""
     name = _shard_name(index)
-    return (stage_dir / f"{name}.done.json").is_file() and \
-        (stage_dir / f"{name}.parquet").is_file()
+    done, data = stage_dir / f"{name}.done.json", stage_dir / f"{name}.parquet"
+    if not (done.is_file() and data.is_file()):
+        return False
+    try:
+        info = json.loads(done.read_text())
+        rows = pq.read_table(data, schema=schema.ROW_SCHEMA).num_rows
+        if not isinstance(info, dict) or info.get("rows_out", rows) != rows:
+            raise ValueError(f"{rows} rows, done file says {info!r}")
+        return True
+    except (OSError, ValueError, pa.ArrowException) as e:
+        warnings.warn(f"cached shard {data} is damaged ({type(e).__name__}: {e}); redoing it",
+                      stacklevel=2)
+        done.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        return False
 
 
 def _run_shard(stage: Stage, in_dir: str, out_dir: str, index: int) -> dict:
@@ -94,7 +112,7 @@ def _files_digest(rows: list[dict]) -> str:
         if not path:
             continue
         try:
-            st = os.stat(path)
+            st = os.stat(path_from_text(path))
             h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{path}|missing\n".encode())
@@ -144,14 +162,14 @@ class LocalExecutor:
         key = _chain_key(_chain_key(schema.rows_digest(rows), _files_digest(rows)),
                          f"shard_size={self.shard_size}")
         in_dir = work / f"00-input-{key[:12]}"
-        if not (in_dir / "_SUCCESS.json").is_file():
-            in_dir.mkdir(parents=True, exist_ok=True)
-            _clean_temporaries(in_dir)
-            for i in range(n_shards):
-                if not shard_done(in_dir, i):
-                    part = rows[i * self.shard_size:(i + 1) * self.shard_size]
-                    write_shard(in_dir, i, part, {"rows_in": len(part), "rows_out": len(part)})
-            write_json_atomic(in_dir / "_SUCCESS.json", {"shards": n_shards, "rows": len(rows)})
+        # Checked shard by shard even when marked complete: a damaged one is rewritten.
+        in_dir.mkdir(parents=True, exist_ok=True)
+        _clean_temporaries(in_dir)
+        for i in range(n_shards):
+            if not shard_done(in_dir, i):
+                part = rows[i * self.shard_size:(i + 1) * self.shard_size]
+                write_shard(in_dir, i, part, {"rows_in": len(part), "rows_out": len(part)})
+        write_json_atomic(in_dir / "_SUCCESS.json", {"shards": n_shards, "rows": len(rows)})
 
         # Rows entering each shard of the current stage (progress is shown in rows).
         sizes = [len(rows[i * self.shard_size:(i + 1) * self.shard_size])
@@ -170,9 +188,12 @@ class LocalExecutor:
                            disable=not self.progress)
                 if todo and self.workers > 1 and len(todo) > 1:
                     if pool is None:
+                        # Workers die with this process: a killed build leaves none
+                        # running (they would hold their memory and write on).
                         pool = cf.ProcessPoolExecutor(
                             max_workers=self.workers,
-                            mp_context=multiprocessing.get_context("spawn"))
+                            mp_context=multiprocessing.get_context("spawn"),
+                            initializer=die_with_parent, initargs=(os.getpid(),))
                     futures = {pool.submit(_run_shard, stage, str(in_dir), str(out_dir), i): i
                                for i in todo}
                     for fut in cf.as_completed(futures):

@@ -21,6 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 from reface_core.atomic import safe_child, write_bytes_atomic
+from reface_core.fsnames import name_id, path_text
 from reface_core.imageio import IMAGE_SUFFIXES, iter_image_files
 
 from . import schema
@@ -91,10 +92,14 @@ class FolderSource:
             rel = path.relative_to(root)
             if self.include is not None and not re.search(self.include, rel.as_posix()):
                 continue
-            origin = f"{root.name}/{rel.as_posix()}"
+            # A name that is not UTF-8 is kept exactly (path_text is reversible) and shown
+            # with %XX escapes; the table and the ids stay valid UTF-8.
+            origin = name_id(f"{root.name}/{rel.as_posix()}")
+            hint = self._hint(rel)
             out.append(schema.new_row(
                 row_id=schema.stable_id(self.name, origin), source=self.name, origin=origin,
-                license=self.license, identity_hint=self._hint(rel), local_path=str(path)))
+                license=self.license, identity_hint=None if hint is None else name_id(hint),
+                local_path=path_text(path)))
         if not out:
             raise SourceError(f"folder source {self.root}: no image files "
                               f"({', '.join(sorted(IMAGE_SUFFIXES))}) found")
@@ -148,12 +153,25 @@ class URLListSource:
         if self.url_column not in df.columns:
             raise SourceError(f"URL list {self.path}: no {self.url_column!r} column (columns: "
                               f"{list(df.columns)})")
-        seen, out = set(), []
-        for rec in df.to_dict("records"):
+        # Blank and repeated URLs get a status row each (never vanish): the table of a
+        # build then accounts for every line of the list.
+        seen: dict[str, int] = {}
+        out = []
+        for i, rec in enumerate(df.to_dict("records"), start=1):
             url = _text(rec.get(self.url_column))
-            if not url or url in seen:
+            if not url:
+                origin = f"{path.name}#row{i}"
+                out.append(schema.drop(schema.new_row(
+                    row_id=schema.stable_id(self.name, origin), source=self.name,
+                    origin=origin), "source", "blank_url", f"row {i}: no URL"))
                 continue
-            seen.add(url)
+            if url in seen:
+                out.append(schema.drop(schema.new_row(
+                    row_id=schema.stable_id(self.name, url, f"row{i}"), source=self.name,
+                    origin=url), "source", "duplicate_url",
+                    f"row {i} repeats the URL of row {seen[url]}"))
+                continue
+            seen[url] = i
             try:
                 scheme = urllib.parse.urlsplit(url).scheme.lower()
             except ValueError:  # e.g. "http://[bad": one bad line is a status row
@@ -166,7 +184,7 @@ class URLListSource:
                 row = schema.drop(row, "source", "bad_url",
                                   f"{url!r} is not an http(s) URL")
             out.append(row)
-        if not out:
+        if not seen:
             raise SourceError(f"URL list {self.path}: no URLs in column {self.url_column!r}")
         return out
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reface_core.fsnames import path_from_text
 from reface_core.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -89,6 +90,7 @@ class Decode(Stage):
         if row.get("origin") in excluded:
             return [schema.drop(row, self.name, "excluded", "origin is on the exclusion list")]
         path = row.get("local_path")
+        path = path_from_text(path) if path else None
         if not path or not Path(path).is_file():
             return [schema.drop(row, self.name, "missing_file", f"{path!r} does not exist")]
         size = Path(path).stat().st_size
@@ -162,7 +164,7 @@ class DetectAlign(Stage):
     def process_row(self, row: dict) -> list[dict]:
         from faces.alignment import align_ffhq
 
-        image = load_image(row["local_path"], name=row.get("origin"))
+        image = load_image(path_from_text(row["local_path"]), name=row.get("origin"))
         detections = self._detector().detect(image, min_score=self.min_score)
         if self.max_faces is not None:
             detections = detections[: self.max_faces]

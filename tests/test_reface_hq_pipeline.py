@@ -192,7 +192,10 @@ def test_url_list_source_formats(tmp_path, fmt):
      "jsonl": lambda: df.to_json(path, orient="records", lines=True),
      "parquet": lambda: df.to_parquet(path)}[fmt]()
     rows = URLListSource(str(path)).rows()
-    assert [r["origin"] for r in rows] == ["http://a.example/1.jpg", "https://b.example/2.png"]
+    assert [r["origin"] for r in rows] == ["http://a.example/1.jpg", "https://b.example/2.png",
+                                           "http://a.example/1.jpg"]
+    # The repeated URL is recorded, not fetched twice.
+    assert [r["status"] for r in rows] == ["ok", "ok", "duplicate_url"]
     assert rows[0]["identity_hint"] == "x" and rows[0]["license"] == "MIT"
     assert rows[1]["identity_hint"] is None and rows[1]["license"] is None
 
