@@ -286,16 +286,25 @@ class Quality(Stage):
 
 @dataclasses.dataclass
 class Fingerprint(Stage):
-    """Perceptual hash of the aligned crop (imagehash pHash, 64 bits as hex)."""
+    """Perceptual hashes of the aligned crop (imagehash pHash, 64 bits as hex): of the whole
+    crop (``phash``) and of its centre ``face_fraction`` (``face_phash``), which holds the
+    face alone, so the same face on another background or crop hashes alike."""
 
     name = "fingerprint"
+    version = 2
     hash_size: int = 8
+    face_fraction: float = 0.5
 
     def process_row(self, row: dict) -> list[dict]:
         import imagehash
         from PIL import Image
         crop = load_image(row["aligned_path"])
+        h, w = crop.shape[:2]
+        dy, dx = int(h * (1 - self.face_fraction) / 2), int(w * (1 - self.face_fraction) / 2)
+        face = np.ascontiguousarray(crop[dy:h - dy, dx:w - dx])
         return [dict(row, phash=str(imagehash.phash(Image.fromarray(crop),
+                                                    hash_size=self.hash_size)),
+                     face_phash=str(imagehash.phash(Image.fromarray(face),
                                                     hash_size=self.hash_size)))]
 
 
