@@ -200,6 +200,8 @@ def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = froze
     from .build import is_excluded
     problems += [f"{r['face_id']}: on the exclusion list ({r['origin']})" for r in rows
                  if is_excluded(r, exclusion)]
+    if len(embedders) == 1 and len(dims) == 1 and 0 not in dims:
+        problems += leakage(rows, **_leak_thresholds(root))
     if check_images:
         listed = set()
         for r in rows:
@@ -218,6 +220,57 @@ def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = froze
         if images.is_dir():
             extra = [p for p in images.rglob("*") if p.is_file() and p.resolve() not in listed]
             problems += [f"{p.relative_to(root)} is not in the manifest" for p in sorted(extra)]
+    return problems
+
+
+def _leak_thresholds(root: Path) -> dict:
+    """The build's own merge distance (build.json), else the fallback."""
+    try:
+        cfg = json.loads((root / "build.json").read_text())["global_stages"]["identity"]
+        return {"centre_distance": float(cfg["merge_distance"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        from .build import FALLBACK_THRESHOLDS
+        return {"centre_distance": FALLBACK_THRESHOLDS["merge_distance"]}
+
+
+def leakage(rows: list[dict], centre_distance: float, pair_distance: float = 0.02) -> list[str]:
+    """One person on both sides of the split, judged by the embeddings, not the names.
+
+    For each identity, its centre (mean of its unit embeddings) and its nearest face of
+    the other split: a problem when another split's identity has a centre within
+    ``centre_distance`` (the build's merge distance: they would have been merged) or a
+    face within ``pair_distance`` of one of its faces (a near copy of the same face).
+    """
+    from .identity import _unit
+    if not rows:
+        return []
+    emb = _unit(np.asarray([r["embedding"] for r in rows], dtype=np.float64))
+    split = np.array([r["split"] for r in rows], dtype=object)
+    ident = np.array([r["identity"] for r in rows], dtype=object)
+    names = sorted(set(ident.tolist()))
+    centres = {k: _unit(emb[ident == k].mean(axis=0)) for k in names}
+    side = {k: split[ident == k][0] for k in names}
+    problems = []
+    for k in names:
+        mine = np.nonzero(ident == k)[0]
+        other = np.nonzero(split != side[k])[0]
+        if not len(other):
+            continue
+        d = 1.0 - emb[mine] @ emb[other].T
+        a, b = np.unravel_index(int(np.argmin(d)), d.shape)
+        i, j = int(mine[a]), int(other[b])
+        cd = 1.0 - float(centres[k] @ centres[ident[j]])
+        others = [n for n in names if side[n] != side[k]]
+        near = min(others, key=lambda n: 1.0 - float(centres[k] @ centres[n]))
+        ncd = 1.0 - float(centres[k] @ centres[near])
+        if ncd <= centre_distance or d[a, b] <= pair_distance:
+            if side[k] != "train":
+                continue  # reported once, from the train side
+            problems.append(
+                f"identity {k} ({side[k]}) and {near} ({side[near]}) look like one person: "
+                f"centres {ncd:.3f} apart (limit {centre_distance}); nearest faces "
+                f"{rows[i]['face_id']} and {rows[j]['face_id']} ({ident[j]}) at cosine distance "
+                f"{d[a, b]:.3f} (centres {cd:.3f})")
     return problems
 
 

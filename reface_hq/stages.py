@@ -138,6 +138,10 @@ class DetectAlign(Stage):
     upsample: int = 0
     min_score: float | None = None
     max_faces: int | None = None
+    # A photo with no face at ``upsample`` is searched once more at this upsampling (dlib
+    # detectors), so a face too small for the first pass is reported as face_too_small by
+    # the quality gate, not as no_face. None: no second pass.
+    retry_upsample: int | None = 1
 
     def __post_init__(self):
         if self.output_size not in (256, 512, 1024):
@@ -151,11 +155,11 @@ class DetectAlign(Stage):
                                                 or self.transform_size < 8):
             raise ValueError(f"transform_size must be an integer >= 8, got {self.transform_size!r}")
 
-    def _detector(self):
+    def _detector(self, upsample: int | None = None):
         from faces.detection import get_detector
         options = {"max_side": self.detect_max_side}
         if self.detector.startswith("dlib"):
-            options["upsample"] = self.upsample
+            options["upsample"] = self.upsample if upsample is None else upsample
         key = f"detector:{self.detector}:{sorted(options.items())}"
         return process_cache(key, lambda: get_detector(self.detector, **options))
 
@@ -164,6 +168,10 @@ class DetectAlign(Stage):
 
         image = load_image(row["local_path"], name=row.get("origin"))
         detections = self._detector().detect(image, min_score=self.min_score)
+        if (not detections and self.detector.startswith("dlib")
+                and self.retry_upsample is not None and self.retry_upsample > self.upsample):
+            detections = self._detector(self.retry_upsample).detect(image,
+                                                                    min_score=self.min_score)
         if self.max_faces is not None:
             detections = detections[: self.max_faces]
         if not detections:
