@@ -18,9 +18,9 @@ What is fitted (cosine distances of unit embeddings):
 * ``merge_distance`` (two groups are one person): half-way between the largest distance
   of two centres of one person (random halves of their photos, at least 2 each) and the
   ``target`` quantile of centre distances of different people, never above the latter.
-* ``dup_min_cosine`` for the face-hash near-duplicate test: the smallest cosine at which
-  at most ``target`` of the distinct photo pairs of one person with face hashes within
-  ``max_face_phash_distance`` would be dropped (never below 0.98).
+* ``dup_face_min_cosine`` for the face-hash near-duplicate test: the smallest cosine at
+  which at most ``target / 10`` of all distinct photo pairs of one person (face hashes
+  within ``max_face_phash_distance``) would be dropped as copies (never below 0.98).
 
 The preset is JSON: ``{"embedder", "thresholds": {...}, "fit": {...}, "held_out":
 {...}, "data": ...}``; ``BuildConfig(thresholds=FILE)`` / ``build --thresholds FILE``
@@ -185,8 +185,14 @@ def fit_thresholds(d: dict, target: float = 0.01, max_face_phash_distance: int =
         if len(d["different_person_centres"]) else q
     same_c = float(d["same_person_centres"].max()) if len(d["same_person_centres"]) else 0.0
     merge = min(diff_c, 0.5 * (same_c + diff_c))
-    near = d["genuine_cos"][d["genuine_face_hash"] <= max_face_phash_distance]
-    dup_cos = max(0.98, float(np.quantile(near, 1 - target))) if len(near) else 0.98
+    # Near duplicates: a distinct photo dropped is lost for good, so at most a tenth of
+    # the target of all distinct same-person pairs may fall under the rule.
+    cos = d["genuine_cos"]
+    near = np.sort(cos[d["genuine_face_hash"] <= max_face_phash_distance])[::-1]
+    allowed = int(np.floor(target / 10 * len(cos)))
+    dup_cos = 0.98
+    if len(near) > allowed:
+        dup_cos = max(0.98, float(near[allowed]) + 1e-4)
     return {"max_identity_distance": round(q, 4), "cluster_threshold": round(pair, 4),
             "assign_distance": round(min(assign, q, merge), 4), "merge_distance": round(merge, 4),
             "max_face_phash_distance": int(max_face_phash_distance),
