@@ -12,9 +12,12 @@ What is fitted (cosine distances of unit embeddings):
 * ``max_identity_distance`` (face to an identity's centre): the ``target`` quantile of the
   distances of other people's faces to a centre, i.e. at most ``target`` of impostors
   would be kept. False split = genuine faces (to the centre of their other photos) beyond.
-* ``cluster_threshold`` (average-linkage cut, pairs) and ``assign_distance`` (an unlabelled
-  face joining a labelled centre): the same quantile over different-person pairs, and
-  over impostor-to-centre distances at a tenth of the target (no label confirms it).
+* ``cluster_threshold`` (the average-linkage cut): 1.25 times the largest mean pair
+  distance within one person, never above the ``target`` quantile of the mean pair
+  distances between two people. Tight on purpose: a person cut in two clusters is
+  re-joined by the centre merge, two people in one cluster are never separated later. ``assign_distance`` (an unlabelled face
+  joining a labelled centre): the impostor-to-centre quantile at a tenth of the target
+  (no label confirms it), at most ``merge_distance``.
 * ``merge_distance`` (two groups are one person): half-way between the largest distance
   of two centres of one person (random halves of their photos, at least 2 each) and the
   ``target`` quantile of centre distances of different people, never above the latter.
@@ -164,11 +167,22 @@ def _distributions(emb, labels, pix, face, max_distance: float, seed: int = 0) -
                                              @ robust_centre(emb[b], max_distance)))
     mat = np.stack([centres[k] for k in ids])
     cc = 1.0 - mat @ mat.T
+    # Average-linkage distances: mean pair distance within one person (distinct photos)
+    # and between two people, the quantity the clustering cut compares.
+    link_same, link_diff = [], []
+    for a, ka in enumerate(ids):
+        ia = np.nonzero(labels == ka)[0]
+        block = dist[np.ix_(ia, ia)][np.triu_indices(len(ia), 1)]
+        if len(block):
+            link_same.append(float(block.mean()))
+        for kb in ids[a + 1:]:
+            link_diff.append(float(dist[np.ix_(ia, np.nonzero(labels == kb)[0])].mean()))
     return {
         "genuine_pairs": dist[same & iu & ~copy], "impostor_pairs": dist[~same & iu],
         "genuine_centre": np.array(genuine_centre), "impostor_centre": np.array(impostor_centre),
         "same_person_centres": np.array(half_centres),
         "different_person_centres": cc[np.triu_indices(len(ids), 1)],
+        "same_person_linkage": np.array(link_same), "different_person_linkage": np.array(link_diff),
         "genuine_face_hash": fh[same & iu & ~copy],
         "genuine_cos": 1.0 - dist[same & iu & ~copy],
         "n_faces": n, "n_identities": len(ids),
@@ -179,7 +193,11 @@ def fit_thresholds(d: dict, target: float = 0.01, max_face_phash_distance: int =
     if len(d["impostor_pairs"]) == 0 or len(d["genuine_pairs"]) == 0:
         raise CalibrationError("calibration needs at least two identities with two photos each")
     q = float(np.quantile(d["impostor_centre"], target))
-    pair = float(np.quantile(d["impostor_pairs"], target))
+    diff_l = float(np.quantile(d["different_person_linkage"], target))
+    same_l = float(d["same_person_linkage"].max()) if len(d["same_person_linkage"]) else 0.0
+    # Cut tight: a person cut in two clusters is re-joined by the centre merge, two people
+    # in one cluster are not separated by anything later.
+    pair = min(diff_l, 1.25 * same_l) if same_l > 0 else diff_l
     assign = float(np.quantile(d["impostor_centre"], target / 10))
     diff_c = float(np.quantile(d["different_person_centres"], target)) \
         if len(d["different_person_centres"]) else q
@@ -209,6 +227,8 @@ def error_rates(d: dict, th: dict) -> dict:
         "faces": d["n_faces"], "identities": d["n_identities"],
         "outlier_false_merge": frac(d["impostor_centre"], lambda x: x <= t),
         "outlier_false_split": frac(d["genuine_centre"], lambda x: x > t),
+        "cluster_false_merge": frac(d["different_person_linkage"], lambda x: x <= c),
+        "cluster_false_split": frac(d["same_person_linkage"], lambda x: x > c),
         "pair_false_merge": frac(d["impostor_pairs"], lambda x: x <= c),
         "pair_false_split": frac(d["genuine_pairs"], lambda x: x > c),
         "group_false_merge": frac(d["different_person_centres"], lambda x: x <= m),

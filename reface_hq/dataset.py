@@ -224,13 +224,26 @@ def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = froze
 
 
 def _leak_thresholds(root: Path) -> dict:
-    """The build's own merge distance (build.json), else the fallback."""
+    """The merge distance of the build's embedder: the build's own (build.json) or, when
+    that build did not merge (0) or is unreadable, the shipped preset's or the fallback."""
+    from .build import FALLBACK_THRESHOLDS
+    from .calibrate import CalibrationError, read_preset, shipped_preset
+    value, embedder = 0.0, "dlib"
     try:
-        cfg = json.loads((root / "build.json").read_text())["global_stages"]["identity"]
-        return {"centre_distance": float(cfg["merge_distance"])}
+        info = json.loads((root / "build.json").read_text())
+        value = float(info["global_stages"]["identity"]["merge_distance"])
+        embedder = str(info["config"]["embedder"])
     except (OSError, ValueError, KeyError, TypeError):
-        from .build import FALLBACK_THRESHOLDS
-        return {"centre_distance": FALLBACK_THRESHOLDS["merge_distance"]}
+        pass
+    if value <= 0:
+        value = FALLBACK_THRESHOLDS["merge_distance"]
+        preset = shipped_preset(embedder)
+        if preset is not None:
+            try:
+                value = float(read_preset(preset)["thresholds"]["merge_distance"])
+            except (CalibrationError, KeyError):
+                pass
+    return {"centre_distance": value}
 
 
 def leakage(rows: list[dict], centre_distance: float, pair_distance: float = 0.02) -> list[str]:

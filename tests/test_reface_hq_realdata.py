@@ -108,7 +108,10 @@ def test_duplicates_across_folders_are_found(built):
 
 
 def test_identities_are_pure_against_folder_labels(built, data_root):
-    labels = _folder_labels(data_root)
+    # 00399 and 00737 are one person filed twice (they share photos): the build now
+    # merges them into one identity, so purity is scored with the two labels as one.
+    labels = {k: {"00399" if x == "00737" else x for x in v}
+              for k, v in _folder_labels(data_root).items()}
     man = pd.read_parquet(Path(built["config"].out) / "manifest.parquet")
     labelled = man[man.sha256.isin(labels.keys())]
     correct = 0
