@@ -292,3 +292,38 @@ def test_age_confidence_comes_from_the_classifier_distribution(data_root):
     preds = predictor.predict([load_image(f) for f in files])
     conf = np.array([p.age_confidence for p in preds])
     assert np.all((conf > 0) & (conf <= 1)) and conf.std() > 0.01, conf
+
+
+def test_calibrate_writes_a_preset_the_build_reads(data_root, tmp_path, capsys):
+    from reface_hq.cli import main
+    # Mechanics only (the shipped preset's numbers come from the documented full run):
+    # 6 people x 4 aligned photos, fitted on 3, reported on the other 3.
+    people = ("00027", "00049", "00082", "00116", "00168", "00291")
+    src = tmp_path / "labelled"
+    for ident in people:
+        files = sorted((data_root / "identities_512" / ident / "conditioning").glob("*.png"))[:4]
+        _copy(data_root, src, {ident: [str(f.relative_to(data_root)) for f in files]})
+    preset_path = tmp_path / "preset.json"
+    assert main(["calibrate", "--source", str(src), "--aligned", "--out", str(preset_path)]) == 0
+    assert "held-out: 3 identities" in capsys.readouterr().out
+    preset = read_preset(preset_path)
+    assert preset["embedder"] == "dlib" and preset["held_out"]["faces"] == 12
+    assert not set(preset["fit_identities"]) & set(preset["held_out_identities"])
+    th = preset["thresholds"]
+    assert 0 < th["merge_distance"] <= th["max_identity_distance"] < 0.3
+    config = BuildConfig(sources=[FolderSource(str(src))], out=str(tmp_path / "o"),
+                         thresholds=str(preset_path), cluster_threshold=0.07)
+    assert config.max_identity_distance == th["max_identity_distance"]
+    assert config.merge_distance == th["merge_distance"]
+    assert config.cluster_threshold == 0.07          # an explicit value wins
+    # Bad input: one line naming it, exit 2.
+    (tmp_path / "bad.json").write_text('{"thresholds": {"max_identity_distanse": 0.1}}')
+    for argv in (["calibrate", "--source", str(src / "00027"), "--out", str(tmp_path / "x.json")],
+                 ["build", "--source", str(src), "--out", str(tmp_path / "o2"),
+                  "--thresholds", str(tmp_path / "bad.json")],
+                 ["build", "--source", str(src), "--out", str(tmp_path / "o2"),
+                  "--thresholds", str(tmp_path / "missing.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "o2").exists()
