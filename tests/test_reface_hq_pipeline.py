@@ -549,3 +549,15 @@ def test_sources_with_the_same_name_are_refused(tmp_path, capsys):
             "--source", str(tmp_path / "b" / "photos")]
     assert main(args) == 2
     assert "several sources are named ['photos']" in capsys.readouterr().err
+
+
+def test_popcount_needs_no_numpy_2():
+    from reface_hq.dedupe import near_pairs, popcount64
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**63, size=(40, 5), dtype=np.uint64) << np.uint64(1)
+    x[0, 0] = np.uint64(2**64 - 1)
+    expected = np.vectorize(lambda v: bin(int(v)).count("1"))(x)
+    assert np.array_equal(popcount64(x), expected) and popcount64(x).shape == x.shape
+    ph = np.array([0, 0b111, 2**64 - 1], dtype=np.uint64)
+    emb = np.ones((3, 4), dtype=np.float32) / 2
+    assert near_pairs(ph, emb, max_distance=3, min_cosine=0.9) == [(0, 1)]
