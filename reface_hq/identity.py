@@ -195,13 +195,14 @@ class IdentityGroup:
         moved: dict[int, str] = {}
         if len(keys) > 1:
             mat = np.stack([centres[k] for k in keys])
-            index = {k: n for n, k in enumerate(keys)}
-            for key in keys:
-                for i in by_identity[key]:
-                    d = 1.0 - mat @ emb[pos[i]]
-                    j = int(np.argmin(d))
-                    if (keys[j] != key and d[j] <= self.max_distance
-                            and d[j] < d[index[key]] - self.move_margin):
+            faces = [(i, n) for n, k in enumerate(keys) for i in by_identity[k]]
+            for a in range(0, len(faces), 4096):   # memory O(chunk * identities)
+                part = faces[a:a + 4096]
+                d = 1.0 - emb[[pos[i] for i, _ in part]] @ mat.T
+                best = np.argmin(d, axis=1)
+                for (i, own), j, row in zip(part, best.tolist(), d):
+                    if (j != own and row[j] <= self.max_distance
+                            and row[j] < row[own] - self.move_margin):
                         moved[i] = keys[j]
         if moved:
             for key in keys:
@@ -243,9 +244,11 @@ class IdentityGroup:
         mat = np.stack([robust_centre(emb[[pos[i] for i in by_identity[k]]], self.max_distance)
                         for k in keys])
         uf = _UnionFind(len(keys))
-        dist = 1.0 - mat @ mat.T
-        for a, b in zip(*np.nonzero(np.triu(dist <= self.merge_distance, k=1))):
-            uf.union(int(a), int(b))
+        for start in range(0, len(keys), 2048):   # memory O(chunk * identities)
+            close = 1.0 - mat[start:start + 2048] @ mat.T <= self.merge_distance
+            for a, b in zip(*np.nonzero(close)):
+                if start + a < b:
+                    uf.union(int(start + a), int(b))
         merged: dict[int, list[str]] = {}
         for n, k in enumerate(keys):
             merged.setdefault(uf.find(n), []).append(k)
