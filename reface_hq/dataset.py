@@ -260,30 +260,42 @@ def leakage(rows: list[dict], centre_distance: float, pair_distance: float = 0.0
     emb = _unit(np.asarray([r["embedding"] for r in rows], dtype=np.float64))
     split = np.array([r["split"] for r in rows], dtype=object)
     ident = np.array([r["identity"] for r in rows], dtype=object)
-    names = sorted(set(ident.tolist()))
-    centres = {k: _unit(emb[ident == k].mean(axis=0)) for k in names}
-    side = {k: split[ident == k][0] for k in names}
+    names, inv = np.unique(ident.astype(str), return_inverse=True)
+    names = names.tolist()
+    sums = np.zeros((len(names), emb.shape[1]))
+    np.add.at(sums, inv, emb)
+    centre_mat = _unit(sums)
+    centres = dict(zip(names, centre_mat))
+    members = {k: np.nonzero(inv == n)[0] for n, k in enumerate(names)} if len(names) < 64 \
+        else dict(zip(names, np.split(np.argsort(inv, kind="stable"),
+                                      np.cumsum(np.bincount(inv))[:-1])))
+    side = {k: split[members[k][0]] for k in names}
+    # Both tests are symmetric, so the identities of the smaller split are checked against
+    # the other split: each leak is reported once, at a cost of O(test faces x faces).
+    sides = sorted({*side.values()}, key=lambda v: ((split == v).sum(), v))
+    if len(sides) < 2:
+        return []
+    small = sides[0]
+    other = np.nonzero(split != small)[0]
+    other_names = [n for n in names if side[n] != small]
+    other_centres = np.stack([centres[n] for n in other_names])
     problems = []
-    for k in names:
-        mine = np.nonzero(ident == k)[0]
-        other = np.nonzero(split != side[k])[0]
-        if not len(other):
-            continue
+    for k in (n for n in names if side[n] == small):
+        mine = members[k]
         d = 1.0 - emb[mine] @ emb[other].T
         a, b = np.unravel_index(int(np.argmin(d)), d.shape)
         i, j = int(mine[a]), int(other[b])
-        cd = 1.0 - float(centres[k] @ centres[ident[j]])
-        others = [n for n in names if side[n] != side[k]]
-        near = min(others, key=lambda n: 1.0 - float(centres[k] @ centres[n]))
-        ncd = 1.0 - float(centres[k] @ centres[near])
+        cd = 1.0 - other_centres @ centres[k]
+        near = other_names[int(np.argmin(cd))]
+        ncd = float(cd.min())
         if ncd <= centre_distance or d[a, b] <= pair_distance:
-            if side[k] != "train":
-                continue  # reported once, from the train side
+            twin = near if ncd <= centre_distance else str(ident[j])
+            twin_d = float(1.0 - centres[twin] @ centres[k])
             problems.append(
-                f"identity {k} ({side[k]}) and {near} ({side[near]}) look like one person: "
-                f"centres {ncd:.3f} apart (limit {centre_distance}); nearest faces "
-                f"{rows[i]['face_id']} and {rows[j]['face_id']} ({ident[j]}) at cosine distance "
-                f"{d[a, b]:.3f} (centres {cd:.3f})")
+                f"identity {k} ({side[k]}) and {twin} ({side[twin]}) look like one person: "
+                f"centres {twin_d:.3f} apart (limit {centre_distance}); nearest faces "
+                f"{rows[i]['face_id']} ({k}) and {rows[j]['face_id']} ({ident[j]}) at cosine "
+                f"distance {d[a, b]:.3f} (limit {pair_distance})")
     return problems
 
 
