@@ -54,7 +54,7 @@ def phash_bits(hexes: list[str]) -> np.ndarray:
 
 
 # Set bits of every byte value: np.bitwise_count needs NumPy 2, the project allows 1.24.
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 
 def popcount64(x: np.ndarray) -> np.ndarray:

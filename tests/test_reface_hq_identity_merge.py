@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 
 from reface_core.imageio import load_image, save_image
-from reface_hq import BuildConfig, FolderSource, build, schema, verify  # noqa: F401
+from reface_hq import BuildConfig, FolderSource, build, schema, verify
 from reface_hq.calibrate import read_preset, shipped_preset
 from reface_hq.dataset import leakage
 
 pytestmark = pytest.mark.realdata
 
-FAST = dict(output_size=256, transform_size=512, align_padding=False, progress=False,
-            shard_size=16, musiq="off")
+FAST = {"output_size": 256, "transform_size": 512, "align_padding": False, "progress": False,
+        "shard_size": 16, "musiq": "off"}
 EX = "unaligned_named/examples"
 TI = "unaligned_named/tests/test_images"
 # One man, filed under two names in two sources. obama-1080p.jpg is the shot of
@@ -156,10 +156,9 @@ def test_face_on_another_background_is_a_near_duplicate(data_root, tmp_path):
     bg[150:550, 150:550] = img[56:456, 56:456]
     save_image(tmp_path / "in" / "full.png", img)
     save_image(tmp_path / "in" / "pasted.png", bg)
-    shutil.copy(sorted(other.glob("*.png"))[0], tmp_path / "in" / "other_photo.png")
+    shutil.copy(min(other.glob("*.png")), tmp_path / "in" / "other_photo.png")
     rows = FolderSource(str(tmp_path / "in"), name="s").rows()
-    detect = DetectAlign(**{k: v for k, v in dict(output_size=256, transform_size=512,
-                                                   enable_padding=False).items()})
+    detect = DetectAlign(output_size=256, transform_size=512, enable_padding=False)
     detect.folder = str(tmp_path / "crops")
     for stage in (Decode(), detect, Fingerprint(), Embed()):
         rows = stage(rows)
@@ -193,9 +192,9 @@ def _held_out_faces(data_root: Path, n_ids: int, per: int):
 def test_planted_impostor_is_removed_or_moved(data_root):
     from reface_hq.identity import IdentityGroup
     ids, rows, th = _held_out_faces(data_root, n_ids=5, per=5)
-    group = dict(max_distance=th["max_identity_distance"], merge_distance=th["merge_distance"],
-                 assign_distance=th["assign_distance"], cluster_threshold=th["cluster_threshold"],
-                 min_photos=2)
+    group = {"max_distance": th["max_identity_distance"], "merge_distance": th["merge_distance"],
+             "assign_distance": th["assign_distance"],
+             "cluster_threshold": th["cluster_threshold"], "min_photos": 2}
     by_id = {i: [r for r in rows if r["identity_hint"] == i] for i in ids}
     absent = present = trials = 0
     for x in ids:                     # the impostor's true identity
@@ -218,8 +217,9 @@ def test_planted_impostor_is_removed_or_moved(data_root):
 
 
 def test_small_face_is_face_too_small_not_no_face(data_root, tmp_path):
-    from reface_hq.stages import Decode, DetectAlign, Quality
     import cv2
+
+    from reface_hq.stages import Decode, DetectAlign, Quality
     img = load_image(data_root / f"{EX}/obama.jpg")            # face ~240 px
     small = cv2.resize(img, (img.shape[1] // 6, img.shape[0] // 6), interpolation=cv2.INTER_AREA)
     save_image(tmp_path / "in" / "small_face.png", small)      # face ~44 px in 189x151
@@ -239,6 +239,7 @@ def test_small_face_is_face_too_small_not_no_face(data_root, tmp_path):
 
 def test_jfif_folder_and_every_file_gets_a_row(data_root, tmp_path):
     from PIL import Image
+
     from reface_hq.stages import Decode
     folder = tmp_path / "jfif"
     folder.mkdir()

@@ -556,8 +556,19 @@ def test_popcount_needs_no_numpy_2():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2**63, size=(40, 5), dtype=np.uint64) << np.uint64(1)
     x[0, 0] = np.uint64(2**64 - 1)
-    expected = np.vectorize(lambda v: bin(int(v)).count("1"))(x)
+    expected = np.vectorize(lambda v: int(v).bit_count())(x)
     assert np.array_equal(popcount64(x), expected) and popcount64(x).shape == x.shape
     ph = np.array([0, 0b111, 2**64 - 1], dtype=np.uint64)
     emb = np.ones((3, 4), dtype=np.float32) / 2
     assert near_pairs(ph, emb, max_distance=3, min_cosine=0.9) == [(0, 1)]
+
+
+def test_leakage_names_a_copied_face_across_splits():
+    from reface_hq.dataset import leakage
+    _, people = _people(4, 4, dim=32, spread=0.1, seed=1)
+    rows = [{"face_id": f"f{k:02d}-0", "identity": f"p{p}", "split": "test" if p == 0 else "train",
+             "embedding": list(e)} for k, (p, e) in enumerate(people)]
+    assert leakage(rows, centre_distance=0.05) == []
+    rows[0]["embedding"] = rows[9]["embedding"]          # p2's face filed as p0 in test
+    problems = leakage(rows, centre_distance=0.05)
+    assert len(problems) == 1 and "f00-0 (p0)" in problems[0] and "f09-0 (p2)" in problems[0]
