@@ -251,6 +251,8 @@ def calibrate(rows: list[dict], *, target: float = 0.01, seed: int = 0,
               aliases: dict[str, str] | None = None, embedder: str = "dlib",
               data: str = "") -> dict:
     """The preset dict: thresholds fitted on half the identities, rates on both halves."""
+    if not 0 < target < 0.5:
+        raise CalibrationError(f"target false-merge rate must be in (0, 0.5), got {target}")
     if not rows:
         raise CalibrationError("no labelled faces to calibrate on")
     emb, labels, pix, face = _arrays(rows, aliases or {})

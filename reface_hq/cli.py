@@ -48,8 +48,8 @@ def _add_build(sub) -> None:
                         "scrfd (the last three need their weights, see `assets`)")
     p.add_argument("--embedder", default="dlib",
                    help="faces embedder: dlib (default, offline), arcface-antelopev2, "
-                        "arcface-buffalo_l (need weights; the identity thresholds are tuned "
-                        "for dlib)")
+                        "arcface-buffalo_l (need weights; thresholds come from the embedder's "
+                        "preset: only dlib ships one, run `calibrate` for ArcFace)")
     p.add_argument("--min-face-size", type=float, default=128.0,
                    help="minimum face size in the source photo, pixels")
     p.add_argument("--min-sharpness", type=float, default=50.0,
