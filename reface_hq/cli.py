@@ -133,6 +133,9 @@ def cmd_calibrate(args) -> int:
 
     from .calibrate import CalibrationError, calibrate, embed_labelled
     from .sources import parse_source
+    if not 0 < args.target_false_merge < 0.5:   # checked before minutes of embedding
+        raise CalibrationError(f"--target-false-merge must be in (0, 0.5), got "
+                               f"{args.target_false_merge}")
     sources = []
     for spec in args.source:
         src = parse_source(spec if "?" in spec else f"{spec}?identity=folder&folder_level=0")
