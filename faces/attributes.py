@@ -33,6 +33,21 @@ _CHANNEL_MEANS = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32
 _AGE_WEIGHTS = np.concatenate([[0.25], np.arange(1, 81)]).astype(np.float32)
 _GENDER_LABELS = ("female", "male")
 _CHIP_PADDING = 0.2
+#: Half-width (years) of the window around the expected age whose probability mass is
+#: reported as ``age_confidence``.
+AGE_CONFIDENCE_YEARS = 5.0
+
+
+def age_confidence(age_p: np.ndarray, ages: np.ndarray | None = None,
+                   window: float = AGE_CONFIDENCE_YEARS) -> np.ndarray:
+    """Per face, the classifier's probability that the age lies within ``window`` years of
+    its expected value (``age_p``: (N, 81) class probabilities)."""
+    age_p = np.atleast_2d(np.asarray(age_p, dtype=np.float64))
+    if ages is None:
+        ages = age_p @ _AGE_WEIGHTS
+    near = np.abs(_AGE_WEIGHTS[None, :] - np.asarray(ages, dtype=np.float64)[:, None]) <= window
+    total = np.maximum(age_p.sum(axis=1), 1e-12)
+    return np.clip((age_p * near).sum(axis=1) / total, 0.0, 1.0)
 
 
 @dataclass
@@ -40,6 +55,9 @@ class FaceAttributes:
     age: float            # years
     gender: str           # "female" | "male"
     gender_score: float   # probability of the predicted gender, 0.5..1
+    # Probability mass of the age classifier within AGE_CONFIDENCE_YEARS of ``age``: low
+    # when the output distribution is flat or split (an unreliable age).
+    age_confidence: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,10 +157,12 @@ class OnnxAgeGenderPredictor(AttributePredictor):
     def predict(self, faces: Sequence[np.ndarray]) -> list[FaceAttributes]:
         age_p, gender_p = self.probabilities(faces)
         ages = age_p @ _AGE_WEIGHTS
+        conf = age_confidence(age_p, ages) if len(age_p) else np.zeros(0)
         out = []
-        for age, g in zip(ages, gender_p):
+        for age, g, c in zip(ages, gender_p, conf):
             k = int(np.argmax(g))
-            out.append(FaceAttributes(age=float(age), gender=_GENDER_LABELS[k], gender_score=float(g[k])))
+            out.append(FaceAttributes(age=float(age), gender=_GENDER_LABELS[k],
+                                      gender_score=float(g[k]), age_confidence=float(c)))
         return out
 
 

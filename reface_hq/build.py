@@ -50,6 +50,13 @@ def is_excluded(row: dict, exclusion: set[str] | frozenset[str]) -> bool:
                                    for c in ("origin", "sha256", "pixel_sha256"))
 
 
+#: Thresholds for an embedder with no preset (the values tuned by hand for dlib before
+#: calibration existed); ``python -m reface_hq calibrate`` fits a preset instead.
+FALLBACK_THRESHOLDS = {"max_identity_distance": 0.12, "cluster_threshold": 0.08,
+                       "assign_distance": 0.05, "merge_distance": 0.03, "dup_min_cosine": 0.95,
+                       "max_face_phash_distance": 8, "dup_face_min_cosine": 0.985}
+
+
 @dataclasses.dataclass
 class BuildConfig:
     """Everything a build depends on. JSON-able; recorded in ``build.json``."""
@@ -83,13 +90,19 @@ class BuildConfig:
     musiq: str = "auto"
     min_musiq: float | None = None
     embedder: str = "dlib"
-    # dedupe / identity / split
+    # dedupe / identity / split. Thresholds left None come from the preset: the file
+    # ``thresholds`` names, else the one shipped for the embedder (reface_hq/presets),
+    # else FALLBACK_THRESHOLDS; values given here win over the preset.
+    thresholds: str | None = None
     max_phash_distance: int = 4
-    dup_min_cosine: float = 0.95
+    dup_min_cosine: float | None = None
+    max_face_phash_distance: int | None = None
+    dup_face_min_cosine: float | None = None
     use_identity_hints: bool = True
-    max_identity_distance: float = 0.12
-    cluster_threshold: float = 0.08
-    assign_distance: float = 0.05
+    max_identity_distance: float | None = None
+    cluster_threshold: float | None = None
+    assign_distance: float | None = None
+    merge_distance: float | None = None
     min_photos: int = 3
     test_fraction: float = 0.1
     # exclusion and captions
@@ -103,6 +116,18 @@ class BuildConfig:
                              f"got {self.output_size}")
         if not self.sources:
             raise ValueError("a build needs at least one source")
+        from .calibrate import read_preset, shipped_preset
+        preset_path = self.thresholds or shipped_preset(self.embedder)
+        values = dict(FALLBACK_THRESHOLDS)
+        if preset_path is not None:
+            preset = read_preset(preset_path)
+            if self.thresholds and preset.get("embedder") not in (None, self.embedder):
+                raise ValueError(f"thresholds preset {self.thresholds} was fitted for embedder "
+                                 f"{preset.get('embedder')!r}, the build uses {self.embedder!r}")
+            values.update(preset["thresholds"])
+        for key, value in values.items():
+            if getattr(self, key, None) is None:
+                setattr(self, key, value)
 
     @property
     def work(self) -> Path:
@@ -133,11 +158,14 @@ class BuildConfig:
 
     def global_stages(self) -> list:
         return [
-            Dedupe(max_phash_distance=self.max_phash_distance, min_cosine=self.dup_min_cosine),
+            Dedupe(max_phash_distance=self.max_phash_distance, min_cosine=self.dup_min_cosine,
+                   max_face_phash_distance=int(self.max_face_phash_distance),
+                   face_min_cosine=self.dup_face_min_cosine),
             IdentityGroup(use_hints=self.use_identity_hints,
                           max_distance=self.max_identity_distance,
                           cluster_threshold=self.cluster_threshold, min_photos=self.min_photos,
-                          assign_distance=self.assign_distance),
+                          assign_distance=self.assign_distance,
+                          merge_distance=self.merge_distance),
             SplitByIdentity(test_fraction=self.test_fraction, seed=self.seed),
         ]
 
@@ -145,6 +173,8 @@ class BuildConfig:
         d = dataclasses.asdict(self)
         d["sources"] = [dict(type=type(s).__name__, **dataclasses.asdict(s)) for s in self.sources]
         d.pop("out"), d.pop("work_dir"), d.pop("progress"), d.pop("workers")
+        # The thresholds themselves are recorded; the preset's path is machine-local.
+        d["thresholds"] = Path(self.thresholds).name if self.thresholds else None
         d["exclusion"] = len(self.exclusion)  # the entries themselves name removed photos
         return d
 

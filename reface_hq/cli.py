@@ -51,8 +51,8 @@ def _add_build(sub) -> None:
                         "scrfd (the last three need their weights, see `assets`)")
     p.add_argument("--embedder", default="dlib",
                    help="faces embedder: dlib (default, offline), arcface-antelopev2, "
-                        "arcface-buffalo_l (need weights; the identity thresholds are tuned "
-                        "for dlib)")
+                        "arcface-buffalo_l (need weights; thresholds come from the embedder's "
+                        "preset: only dlib ships one, run `calibrate` for ArcFace)")
     p.add_argument("--min-face-size", type=finite_float, default=128.0,
                    help="minimum face size in the source photo, pixels")
     p.add_argument("--min-sharpness", type=finite_float, default=50.0,
@@ -63,13 +63,21 @@ def _add_build(sub) -> None:
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
     p.add_argument("--min-musiq", type=finite_float, help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
                         "without them the build stops with the asset error)")
-    p.add_argument("--max-identity-distance", type=finite_float, default=0.12,
-                   help="cosine distance from an identity's centre beyond which a photo is dropped")
-    p.add_argument("--cluster-threshold", type=finite_float, default=0.08,
-                   help="average-linkage cosine distance cut for clustering unhinted faces")
-    p.add_argument("--assign-distance", type=finite_float, default=0.05,
+    p.add_argument("--thresholds", metavar="FILE",
+                   help="identity/duplicate thresholds preset written by `calibrate` (default: "
+                        "the preset shipped for the embedder); the flags below override it")
+    p.add_argument("--max-identity-distance", type=finite_float, default=None,
+                   help="cosine distance from an identity's centre beyond which a photo is "
+                        "dropped (default: from the preset)")
+    p.add_argument("--cluster-threshold", type=finite_float, default=None,
+                   help="average-linkage cosine distance cut for clustering unhinted faces "
+                        "(default: from the preset)")
+    p.add_argument("--assign-distance", type=finite_float, default=None,
                    help="an unhinted face joins a hinted identity within this cosine distance "
-                        "(0: never)")
+                        "(0: never; default: from the preset)")
+    p.add_argument("--merge-distance", type=finite_float, default=None,
+                   help="identity groups (any source or name) whose centres are within this "
+                        "cosine distance are one person (0: never; default: from the preset)")
     p.add_argument("--test-fraction", type=between(0.0, 1.0, float), default=0.1,
                    help="fraction of identities in the test split")
     p.add_argument("--exclude", help="exclusion list: one URL, origin path or sha256 per line")
@@ -111,7 +119,8 @@ def cmd_build(args) -> int:
         embedder=args.embedder, use_identity_hints=not args.no_identity_hints,
         max_identity_distance=args.max_identity_distance,
         cluster_threshold=args.cluster_threshold, min_photos=args.min_photos,
-        assign_distance=args.assign_distance,
+        assign_distance=args.assign_distance, merge_distance=args.merge_distance,
+        thresholds=args.thresholds,
         test_fraction=args.test_fraction, exclusion=read_exclusion(args.exclude),
         captions=args.captions,
         caption_backends=tuple(b.strip() for b in args.caption_backends.split(",") if b.strip()))
@@ -127,6 +136,46 @@ def cmd_build(args) -> int:
           f"{stats['splits']['test']['faces']}); dropped: "
           + (", ".join(f"{stage}/{reason} {n}" for stage, reasons in stats["dropped"].items()
                        for reason, n in reasons.items()) or "none"))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from reface_core.atomic import write_json_atomic
+
+    from .calibrate import CalibrationError, calibrate, embed_labelled
+    from .sources import parse_source
+    if not 0 < args.target_false_merge < 0.5:   # checked before minutes of embedding
+        raise CalibrationError(f"--target-false-merge must be in (0, 0.5), got "
+                               f"{args.target_false_merge}")
+    sources = []
+    for spec in args.source:
+        src = parse_source(spec if "?" in spec else f"{spec}?identity=folder&folder_level=0")
+        if getattr(src, "identity", None) == "none":
+            raise CalibrationError(f"calibration source {spec}: needs identity labels "
+                                   "(identity=folder or identity=regex)")
+        sources.append(src)
+    aliases = {}
+    for item in args.alias or []:
+        a, sep, b = item.partition("=")
+        if not sep or not a or not b:
+            raise CalibrationError(f"--alias {item!r}: expected LABEL=SAME_PERSON_LABEL")
+        aliases[a] = b
+    with tempfile.TemporaryDirectory(prefix="reface_calibrate_") as tmp:
+        rows = embed_labelled(sources, Path(args.work_dir or tmp), embedder=args.embedder,
+                              aligned=args.aligned)
+    preset = calibrate(rows, target=args.target_false_merge, seed=args.seed, aliases=aliases,
+                       embedder=args.embedder, data=args.data or ", ".join(
+                           Path(s.root).name for s in sources))
+    write_json_atomic(Path(args.out), preset)
+    th, fit, held = preset["thresholds"], preset["fit"], preset["held_out"]
+    print(f"{args.out}: {', '.join(f'{k}={v}' for k, v in th.items())}")
+    for name, r in (("fit", fit), ("held-out", held)):
+        print(f"  {name}: {r['identities']} identities, {r['faces']} faces; outlier false merge "
+              f"{r['outlier_false_merge']}, false split {r['outlier_false_split']}; group "
+              f"false merge {r['group_false_merge']}, false split {r['group_false_split']}")
     return 0
 
 
@@ -200,6 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_build(sub)
+    p = sub.add_parser(
+        "calibrate", help="fit identity and duplicate thresholds from labelled photos",
+        description="Fit the identity (outlier, clustering, merge) and near-duplicate "
+                    "thresholds for an embedder on labelled photos (one folder per person), "
+                    "fitting on half the identities and reporting error rates on the other "
+                    "half; writes a preset that `build --thresholds` reads.")
+    p.add_argument("--source", action="append", required=True, metavar="SPEC",
+                   help="labelled photos: a folder of one folder per person (or a source "
+                        "spec with identity=folder/regex)")
+    p.add_argument("--embedder", default="dlib", help="faces embedder to calibrate")
+    p.add_argument("--out", required=True, help="preset JSON file to write")
+    p.add_argument("--target-false-merge", type=float, default=0.01,
+                   help="allowed fraction of other people's faces accepted (default 0.01)")
+    p.add_argument("--aligned", action="store_true",
+                   help="the photos are FFHQ-aligned crops already (skip detection)")
+    p.add_argument("--alias", action="append", metavar="A=B",
+                   help="label A is the same person as label B (known label noise)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit/held-out split")
+    p.add_argument("--data", help="what the photos are, recorded in the preset")
+    p.add_argument("--work-dir", help="keep the aligned crops here (default: a temporary folder)")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("stats", help="counts per split and dropped per stage (DuckDB over "
                                      "the manifest)")
     p.add_argument("dataset", help="dataset folder or manifest.parquet")

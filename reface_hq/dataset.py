@@ -200,6 +200,8 @@ def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = froze
     from .build import is_excluded
     problems += [f"{r['face_id']}: on the exclusion list ({r['origin']})" for r in rows
                  if is_excluded(r, exclusion)]
+    if len(embedders) == 1 and len(dims) == 1 and 0 not in dims:
+        problems += leakage(rows, **_leak_thresholds(root))
     if check_images:
         listed = set()
         for r in rows:
@@ -218,6 +220,82 @@ def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = froze
         if images.is_dir():
             extra = [p for p in images.rglob("*") if p.is_file() and p.resolve() not in listed]
             problems += [f"{p.relative_to(root)} is not in the manifest" for p in sorted(extra)]
+    return problems
+
+
+def _leak_thresholds(root: Path) -> dict:
+    """The merge distance of the build's embedder: the build's own (build.json) or, when
+    that build did not merge (0) or is unreadable, the shipped preset's or the fallback."""
+    from .build import FALLBACK_THRESHOLDS
+    from .calibrate import CalibrationError, read_preset, shipped_preset
+    value, embedder = 0.0, "dlib"
+    try:
+        info = json.loads((root / "build.json").read_text())
+        value = float(info["global_stages"]["identity"]["merge_distance"])
+        embedder = str(info["config"]["embedder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if value <= 0:
+        value = FALLBACK_THRESHOLDS["merge_distance"]
+        preset = shipped_preset(embedder)
+        if preset is not None:
+            try:
+                value = float(read_preset(preset)["thresholds"]["merge_distance"])
+            except (CalibrationError, KeyError):
+                pass
+    return {"centre_distance": value}
+
+
+def leakage(rows: list[dict], centre_distance: float, pair_distance: float = 0.02) -> list[str]:
+    """One person on both sides of the split, judged by the embeddings, not the names.
+
+    For each identity, its centre (mean of its unit embeddings) and its nearest face of
+    the other split: a problem when another split's identity has a centre within
+    ``centre_distance`` (the build's merge distance: they would have been merged) or a
+    face within ``pair_distance`` of one of its faces (a near copy of the same face).
+    """
+    from .identity import _unit
+    if not rows:
+        return []
+    emb = _unit(np.asarray([r["embedding"] for r in rows], dtype=np.float64))
+    split = np.array([r["split"] for r in rows], dtype=object)
+    ident = np.array([r["identity"] for r in rows], dtype=object)
+    names, inv = np.unique(ident.astype(str), return_inverse=True)
+    names = names.tolist()
+    sums = np.zeros((len(names), emb.shape[1]))
+    np.add.at(sums, inv, emb)
+    centre_mat = _unit(sums)
+    centres = dict(zip(names, centre_mat))
+    members = {k: np.nonzero(inv == n)[0] for n, k in enumerate(names)} if len(names) < 64 \
+        else dict(zip(names, np.split(np.argsort(inv, kind="stable"),
+                                      np.cumsum(np.bincount(inv))[:-1])))
+    side = {k: split[members[k][0]] for k in names}
+    # Both tests are symmetric, so the identities of the smaller split are checked against
+    # the other split: each leak is reported once, at a cost of O(test faces x faces).
+    sides = sorted({*side.values()}, key=lambda v: ((split == v).sum(), v))
+    if len(sides) < 2:
+        return []
+    small = sides[0]
+    other = np.nonzero(split != small)[0]
+    other_names = [n for n in names if side[n] != small]
+    other_centres = np.stack([centres[n] for n in other_names])
+    problems = []
+    for k in (n for n in names if side[n] == small):
+        mine = members[k]
+        d = 1.0 - emb[mine] @ emb[other].T
+        a, b = np.unravel_index(int(np.argmin(d)), d.shape)
+        i, j = int(mine[a]), int(other[b])
+        cd = 1.0 - other_centres @ centres[k]
+        near = other_names[int(np.argmin(cd))]
+        ncd = float(cd.min())
+        if ncd <= centre_distance or d[a, b] <= pair_distance:
+            twin = near if ncd <= centre_distance else str(ident[j])
+            twin_d = float(1.0 - centres[twin] @ centres[k])
+            problems.append(
+                f"identity {k} ({side[k]}) and {twin} ({side[twin]}) look like one person: "
+                f"centres {twin_d:.3f} apart (limit {centre_distance}); nearest faces "
+                f"{rows[i]['face_id']} ({k}) and {rows[j]['face_id']} ({ident[j]}) at cosine "
+                f"distance {d[a, b]:.3f} (limit {pair_distance})")
     return problems
 
 

@@ -6,7 +6,11 @@ Near: the same face seen twice (re-encoded, resized, lightly edited): perceptual
 the aligned crops within ``max_phash_distance`` bits AND identity embeddings with cosine
 similarity at least ``min_cosine``. Requiring both keeps two different people with
 similar low-frequency structure apart and keeps two different photos of one person
-(different pHash) apart.
+(different pHash) apart. The same face on another background or in another crop of the
+shot (a tight crop and the full photo) changes the whole-crop hash by 20+ bits, so a
+second test looks at the face alone: the hash of the centre of the aligned crop
+(``face_phash``) within ``max_face_phash_distance`` bits AND cosine at least
+``face_min_cosine`` (stricter, because it ignores everything around the face).
 
 Each duplicate group keeps one face: the largest in its source, then the sharpest, then
 the smallest face_id (deterministic). The others get ``status="duplicate"`` or
@@ -49,6 +53,18 @@ def phash_bits(hexes: list[str]) -> np.ndarray:
     return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
 
 
+# Set bits of every byte value: np.bitwise_count needs NumPy 2, the project allows 1.24.
+_POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Number of set bits of each uint64 in ``x`` (same shape, uint8)."""
+    x = np.asarray(x, dtype=np.uint64)
+    flat = np.ascontiguousarray(x.reshape(-1))
+    return _POPCOUNT8[flat.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.uint8) \
+        .reshape(x.shape)
+
+
 def near_pairs(phashes: np.ndarray, emb: np.ndarray, max_distance: int, min_cosine: float,
                chunk: int = 256) -> list[tuple[int, int]]:
     """All pairs (i < j) within both thresholds, in chunks (memory O(chunk * n))."""
@@ -56,7 +72,7 @@ def near_pairs(phashes: np.ndarray, emb: np.ndarray, max_distance: int, min_cosi
     pairs: list[tuple[int, int]] = []
     for a in range(0, n, chunk):
         block = phashes[a:a + chunk]
-        dist = np.bitwise_count(block[:, None] ^ phashes[None, :])
+        dist = popcount64(block[:, None] ^ phashes[None, :])
         sim = emb[a:a + chunk] @ emb.T
         ii, jj = np.nonzero((dist <= max_distance) & (sim >= min_cosine))
         for i, j in zip(ii.tolist(), jj.tolist()):
@@ -70,6 +86,8 @@ class Dedupe:
     name = "dedupe"
     max_phash_distance: int = 4
     min_cosine: float = 0.95
+    max_face_phash_distance: int = 8
+    face_min_cosine: float = 0.985
 
     def config(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +117,14 @@ class Dedupe:
             emb = np.asarray([rows[live[k]]["embedding"] for k in usable], dtype=np.float32)
             emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
             for a, b in near_pairs(ph, emb, self.max_phash_distance, self.min_cosine):
+                uf.union(usable[a], usable[b])
+        usable = [k for k in range(n) if rows[live[k]].get("face_phash")
+                  and rows[live[k]].get("embedding") is not None]
+        if len(usable) >= 2 and self.max_face_phash_distance >= 0:
+            ph = phash_bits([rows[live[k]]["face_phash"] for k in usable])
+            emb = np.asarray([rows[live[k]]["embedding"] for k in usable], dtype=np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+            for a, b in near_pairs(ph, emb, self.max_face_phash_distance, self.face_min_cosine):
                 uf.union(usable[a], usable[b])
         groups: dict[int, list[int]] = {}
         for k in range(n):

@@ -13,6 +13,16 @@ Without hints, or for the unhinted rest: agglomerative clustering (average linka
 cosine distance, cut at ``cluster_threshold``, scipy), then the same outlier cleaning.
 Identities with fewer than ``min_photos`` faces are dropped (``too_few_photos``).
 
+One person, one identity: a person filed under two names, in two sources, or found both
+as a hinted group and as a cluster of unlabelled faces would otherwise become two
+identities that the split may put on both sides. Before cleaning, groups whose robust
+centres are within ``merge_distance`` are merged (single linkage over centres; the merged
+identity takes the name of its largest group, ties by name). Then every face is compared
+with all centres: a face nearer another identity's centre than its own by more than
+``move_margin`` (and within ``max_distance`` of it) is moved there (an impostor filed in
+the wrong folder goes to its true identity); a face beyond ``max_distance`` of its own
+centre is dropped (``identity_outlier``).
+
 Names: a hinted identity is ``<source>-<hint>``, a cluster ``cluster-<NNNNN>`` numbered
 by its smallest face_id, both made safe as folder names (a hint that had to be changed
 for that, e.g. one in a non-Latin script, gets a short digest of the original appended).
@@ -97,6 +107,8 @@ class IdentityGroup:
     cluster_threshold: float = 0.08
     min_photos: int = 3
     assign_distance: float = 0.05
+    merge_distance: float = 0.05
+    move_margin: float = 0.02
 
     def config(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,6 +118,9 @@ class IdentityGroup:
             raise ValueError(f"min_photos must be >= 1, got {self.min_photos}")
         if not 0 < self.max_distance < 2 or not 0 < self.cluster_threshold < 2:
             raise ValueError("max_distance and cluster_threshold are cosine distances in (0, 2)")
+        if not 0 <= self.merge_distance < 2 or self.move_margin < 0:
+            raise ValueError("merge_distance must be a cosine distance in [0, 2) (0: never "
+                             "merge) and move_margin >= 0")
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         out = list(rows)
@@ -171,7 +186,33 @@ class IdentityGroup:
         by_identity: dict[str, list[int]] = {}
         for i, key in assigned.items():
             by_identity.setdefault(key, []).append(i)
+        by_identity = self._merge(by_identity, emb, pos)
+        keys = sorted(by_identity)
+        centres = {k: robust_centre(emb[[pos[i] for i in by_identity[k]]], self.max_distance)
+                   for k in keys}
+        # Faces nearer another identity's centre than their own go there: a photo of
+        # someone else filed in a folder is moved to that person, not kept nor lost.
+        moved: dict[int, str] = {}
+        if len(keys) > 1:
+            mat = np.stack([centres[k] for k in keys])
+            faces = [(i, n) for n, k in enumerate(keys) for i in by_identity[k]]
+            for a in range(0, len(faces), 4096):   # memory O(chunk * identities)
+                part = faces[a:a + 4096]
+                d = 1.0 - emb[[pos[i] for i, _ in part]] @ mat.T
+                best = np.argmin(d, axis=1)
+                for (i, own), j, row in zip(part, best.tolist(), d):
+                    if (j != own and row[j] <= self.max_distance
+                            and row[j] < row[own] - self.move_margin):
+                        moved[i] = keys[j]
+        if moved:
+            for key in keys:
+                by_identity[key] = [i for i in by_identity[key] if i not in moved]
+            for i, key in moved.items():
+                by_identity[key].append(i)
         for key, members in by_identity.items():
+            if not members:
+                continue
+            members = sorted(members)
             vecs = emb[[pos[i] for i in members]]
             centre = robust_centre(vecs, self.max_distance)
             name = _identity_name(key)
@@ -191,6 +232,32 @@ class IdentityGroup:
                     out[i] = schema.drop(out[i], self.name, "too_few_photos",
                                          f"{name} has {len(kept)} photos, fewer than "
                                          f"{self.min_photos}")
+        return out
+
+    def _merge(self, by_identity: dict[str, list[int]], emb: np.ndarray,
+               pos: dict[int, int]) -> dict[str, list[int]]:
+        """Groups whose robust centres are within ``merge_distance`` become one."""
+        keys = sorted(by_identity)
+        if self.merge_distance <= 0 or len(keys) < 2:
+            return by_identity
+        from .dedupe import _UnionFind
+        mat = np.stack([robust_centre(emb[[pos[i] for i in by_identity[k]]], self.max_distance)
+                        for k in keys])
+        uf = _UnionFind(len(keys))
+        for start in range(0, len(keys), 2048):   # memory O(chunk * identities)
+            close = 1.0 - mat[start:start + 2048] @ mat.T <= self.merge_distance
+            for a, b in zip(*np.nonzero(close)):
+                if start + a < b:
+                    uf.union(int(start + a), int(b))
+        merged: dict[int, list[str]] = {}
+        for n, k in enumerate(keys):
+            merged.setdefault(uf.find(n), []).append(k)
+        out: dict[str, list[int]] = {}
+        for group in merged.values():
+            # The largest group names the person (ties: hinted names before clusters, then
+            # by name), so adding a source with a few more photos keeps the name stable.
+            name = min(group, key=lambda k: (-len(by_identity[k]), k.startswith("cluster:"), k))
+            out[name] = sorted(i for k in group for i in by_identity[k])
         return out
 
 

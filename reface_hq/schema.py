@@ -53,6 +53,8 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("colorfulness", pa.float32(), "Hasler-Suesstrunk colourfulness of the aligned crop"),
     ("musiq", pa.float32(), "MUSIQ (KonIQ) no-reference quality, when its weights exist"),
     ("phash", pa.string(), "64-bit perceptual hash of the aligned crop (hex)"),
+    ("face_phash", pa.string(), "64-bit perceptual hash of the centre (the face itself) of the "
+                                "aligned crop (hex): background-independent"),
     ("embedder", pa.string(), "identity embedder name; never compare vectors of different names"),
     ("embedding", _F32_LIST, "L2-normalised identity embedding"),
     ("duplicate_of", pa.string(), "face_id of the copy kept instead of this one"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reface_core.atomic import safe_child, write_bytes_atomic
 from reface_core.fsnames import name_id, path_text
-from reface_core.imageio import IMAGE_SUFFIXES, iter_image_files
+from reface_core.imageio import IMAGE_SUFFIXES
 
 from . import schema
 
@@ -33,6 +33,31 @@ def safe_name(text: str) -> str:
     """``text`` as a file/folder name: letters, digits, ``_ . -`` only, never ``.``/``..``."""
     out = _SAFE.sub("_", str(text)).strip("._") or "unnamed"
     return out[:100]
+
+
+def readable_suffixes() -> frozenset[str]:
+    """Suffixes of every format Pillow can open (``.jfif``, ``.gif``, ``.tga``, ...)."""
+    from PIL import Image
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN) | IMAGE_SUFFIXES
+
+
+def _pillow_opens(path: Path) -> bool:
+    """True when Pillow recognises the file's content (reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _walk(root: Path):
+    """Every non-hidden file under ``root``, sorted (hidden files and folders skipped)."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            yield p
 
 
 class SourceError(ValueError):
@@ -88,7 +113,8 @@ class FolderSource:
         if not root.is_dir():
             raise SourceError(f"folder source {self.root}: not a folder")
         out = []
-        for path in iter_image_files(root):
+        suffixes = readable_suffixes()
+        for path in _walk(root):
             rel = path.relative_to(root)
             if self.include is not None and not re.search(self.include, rel.as_posix()):
                 continue
@@ -96,13 +122,19 @@ class FolderSource:
             # with %XX escapes; the table and the ids stay valid UTF-8.
             origin = name_id(f"{root.name}/{rel.as_posix()}")
             hint = self._hint(rel)
-            out.append(schema.new_row(
+            row = schema.new_row(
                 row_id=schema.stable_id(self.name, origin), source=self.name, origin=origin,
                 license=self.license, identity_hint=None if hint is None else name_id(hint),
-                local_path=path_text(path)))
-        if not out:
-            raise SourceError(f"folder source {self.root}: no image files "
-                              f"({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+                local_path=path_text(path))
+            # Any format Pillow reads is scanned, by suffix or, failing that, by content;
+            # every other file gets a status row rather than vanishing from the counts.
+            if path.suffix.lower() not in suffixes and not _pillow_opens(path):
+                row = schema.drop(row, "source", "not_an_image",
+                                  f"{name_id(rel.as_posix())}: not an image format Pillow reads")
+            out.append(row)
+        if not any(schema.is_ok(r) for r in out):
+            raise SourceError(f"folder source {self.root}: no image files found ("
+                              f"{len(out)} other files; any format Pillow reads is accepted)")
         return out
 
 

@@ -140,6 +140,10 @@ class DetectAlign(Stage):
     upsample: int = 0
     min_score: float | None = None
     max_faces: int | None = None
+    # A photo with no face at ``upsample`` is searched once more at this upsampling (dlib
+    # detectors), so a face too small for the first pass is reported as face_too_small by
+    # the quality gate, not as no_face. None: no second pass.
+    retry_upsample: int | None = 1
 
     def __post_init__(self):
         if self.output_size not in (256, 512, 1024):
@@ -153,11 +157,11 @@ class DetectAlign(Stage):
                                                 or self.transform_size < 8):
             raise ValueError(f"transform_size must be an integer >= 8, got {self.transform_size!r}")
 
-    def _detector(self):
+    def _detector(self, upsample: int | None = None):
         from faces.detection import get_detector
         options = {"max_side": self.detect_max_side}
         if self.detector.startswith("dlib"):
-            options["upsample"] = self.upsample
+            options["upsample"] = self.upsample if upsample is None else upsample
         key = f"detector:{self.detector}:{sorted(options.items())}"
         return process_cache(key, lambda: get_detector(self.detector, **options))
 
@@ -166,6 +170,10 @@ class DetectAlign(Stage):
 
         image = load_image(path_from_text(row["local_path"]), name=row.get("origin"))
         detections = self._detector().detect(image, min_score=self.min_score)
+        if (not detections and self.detector.startswith("dlib")
+                and self.retry_upsample is not None and self.retry_upsample > self.upsample):
+            detections = self._detector(self.retry_upsample).detect(image,
+                                                                    min_score=self.min_score)
         if self.max_faces is not None:
             detections = detections[: self.max_faces]
         if not detections:
@@ -288,16 +296,25 @@ class Quality(Stage):
 
 @dataclasses.dataclass
 class Fingerprint(Stage):
-    """Perceptual hash of the aligned crop (imagehash pHash, 64 bits as hex)."""
+    """Perceptual hashes of the aligned crop (imagehash pHash, 64 bits as hex): of the whole
+    crop (``phash``) and of its centre ``face_fraction`` (``face_phash``), which holds the
+    face alone, so the same face on another background or crop hashes alike."""
 
     name = "fingerprint"
+    version = 2
     hash_size: int = 8
+    face_fraction: float = 0.5
 
     def process_row(self, row: dict) -> list[dict]:
         import imagehash
         from PIL import Image
         crop = load_image(row["aligned_path"])
+        h, w = crop.shape[:2]
+        dy, dx = int(h * (1 - self.face_fraction) / 2), int(w * (1 - self.face_fraction) / 2)
+        face = np.ascontiguousarray(crop[dy:h - dy, dx:w - dx])
         return [dict(row, phash=str(imagehash.phash(Image.fromarray(crop),
+                                                    hash_size=self.hash_size)),
+                     face_phash=str(imagehash.phash(Image.fromarray(face),
                                                     hash_size=self.hash_size)))]
 
 

@@ -103,11 +103,15 @@ def test_duplicates_across_folders_are_found(built):
     obama = [p for p in pairs if all(q.startswith("unaligned_named") for q in p)]
     assert len(obama) >= 3
     kept = rows[rows.status == "ok"]
-    assert kept.sha256.is_unique
+    # Two people of one photo may both be kept (a face moved to its own identity).
+    assert not kept.duplicated(["sha256", "face_index"]).any()
 
 
 def test_identities_are_pure_against_folder_labels(built, data_root):
-    labels = _folder_labels(data_root)
+    # 00399 and 00737 are one person filed twice (they share photos): the build now
+    # merges them into one identity, so purity is scored with the two labels as one.
+    labels = {k: {"00399" if x == "00737" else x for x in v}
+              for k, v in _folder_labels(data_root).items()}
     man = pd.read_parquet(Path(built["config"].out) / "manifest.parquet")
     labelled = man[man.sha256.isin(labels.keys())]
     correct = 0

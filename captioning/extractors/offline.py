@@ -123,7 +123,11 @@ class OfflineExtractor(AttributeExtractor):
                 chunk = ready[start:start + self.batch_size]
                 for i, fa in zip(chunk, self.predictor.predict([crops[i] for i in chunk])):
                     if "age" in self.measures:
-                        results[i].attributes["age"] = AttributeValue(float(fa.age), 1.0, self.name)
+                        # The classifier's own certainty, not a constant: min_confidence
+                        # can then keep an unreliable age out of the prompts.
+                        conf = getattr(fa, "age_confidence", float("nan"))
+                        results[i].attributes["age"] = AttributeValue(
+                            float(fa.age), float(conf) if np.isfinite(conf) else 1.0, self.name)
                     if "gender" in self.measures:
                         results[i].attributes["gender"] = AttributeValue(
                             fa.gender, float(np.clip(fa.gender_score, 0.0, 1.0)), self.name)
