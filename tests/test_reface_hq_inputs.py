@@ -47,7 +47,7 @@ def test_stage_names_are_checked_when_built():
         DetectAlign(detector="nope")
     with pytest.raises(ValueError, match="transform_size must be an integer >= 8"):
         DetectAlign(transform_size=-5)  # dropped every photo as detect_align_error
-    with pytest.raises(ValueError, match="did you mean dlib"):
+    with pytest.raises(ValueError, match="did you mean 'dlib"):
         Embed(embedder="dlb")
     with pytest.raises(ValueError, match="batch_size"):
         Embed(batch_size=0)
