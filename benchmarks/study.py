@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from reface_core.registry import did_you_mean
+
 STUDY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS study_sessions (
         session_id VARCHAR PRIMARY KEY,
@@ -197,9 +199,7 @@ class Pair:
 
 
 def _did_you_mean(name: str, options) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(name, options)
 
 
 def resolve_methods(store, methods: list[str], dataset: str | None) -> list[dict]:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reface_core.atomic import atomic_path, write_json_atomic
+from reface_core.registry import Registry
 
 from . import schema
 from .stage import Stage
@@ -254,12 +255,8 @@ class RayExecutor:
         return out_rows, reports
 
 
-EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+EXECUTORS = Registry("executor", {"local": LocalExecutor, "ray": RayExecutor})
 
 
 def get_executor(name: str = "local", **options):
-    try:
-        cls = EXECUTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}") from None
-    return cls(**options)
+    return EXECUTORS.get(name)(**options)
