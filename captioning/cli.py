@@ -1,6 +1,6 @@
 """Command line of ``captioning`` (``python -m captioning``).
 
-    python -m captioning annotate --manifest DIR/manifest.parquet --backend offline,labels
+    python -m captioning annotate -i DIR/manifest.parquet --backend offline,labels
     python -m captioning caption photo.jpg other.png
     python -m captioning prompt gender=female age=27 smiling=yes eyeglasses=no
     python -m captioning vocabulary --celeba
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import add_input, add_quiet, exit_with, run_main
 
 from .attributes import DEFAULT_PRECEDENCE
 
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Parquet, CSV or JSONL). Resumable: rerun the same command "
                                    "after a kill and it continues where it stopped.",
                        epilog=_EPILOG)
-    p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
-                   help="manifest file; image_path is read relative to its folder")
+    add_input(p, "manifest file; image_path is read relative to its folder", dest="manifest",
+              type=Path, metavar="PATH", deprecated=("--manifest",))
     p.add_argument("--batch-size", type=int, default=16, help="faces per batch (default: %(default)s)")
     p.add_argument("--limit", type=at_least(1), default=None, metavar="N",
                    help="stop after N faces (rest on the next run)")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard the progress of an interrupted run with other settings")
     p.add_argument("--not-aligned", action="store_true",
                    help="images are whole photos: detect and align the largest face first")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, help="no progress bar")
     _add_backend_options(p, "offline")
     _add_prompt_options(p)
     p.set_defaults(func=cmd_annotate)
@@ -313,19 +313,9 @@ def cmd_vocabulary(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from reface_core.imageio import ImageLoadError
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, ImageLoadError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    # KeyError: an unknown attribute or column name (its message names it).
+    return run_main(build_parser, argv, errors=(KeyError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

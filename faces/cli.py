@@ -18,6 +18,7 @@ from typing import Callable
 
 from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import exit_with, run_main
 
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
 
@@ -358,22 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from reface_core.assets import AssetNotFoundError
-
-    try:
-        return int(args.func(args) or 0)
-    except AssetNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # bad options (sizes, thresholds, names)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # Bad options, missing assets and Ctrl-C end in one line with the shared exit codes.
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

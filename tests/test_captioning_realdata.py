@@ -99,7 +99,7 @@ def test_annotate_a_manifest_of_real_photos(celeba, tmp_path):
              "split": "test", "status": "ok", "gender_label": f.parent.name} for f in picked]
     path = tmp_path / "manifest.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    rc = main(["annotate", "--manifest", str(path), "--backend", "offline,labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "offline,labels",
                "--label-columns", "gender_label=gender", "--not-aligned", "--detector-max-side", "512",
                "--quiet"])
     assert rc == 0

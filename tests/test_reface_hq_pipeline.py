@@ -506,7 +506,7 @@ def test_cli_help_and_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     assert "--no-identity-hints" in capsys.readouterr().out
-    assert main(["build", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["build", "-i", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "neither a folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "no manifest.parquet" in capsys.readouterr().err
@@ -538,7 +538,7 @@ def test_sources_with_the_same_name_are_refused(tmp_path, capsys):
     from reface_hq.cli import main
     for d in ("a/photos", "b/photos"):
         save_image(tmp_path / d / "x.png", make_rgb(40, 40))
-    args = ["build", "--out", str(tmp_path / "o"), "--source", str(tmp_path / "a" / "photos"),
-            "--source", str(tmp_path / "b" / "photos")]
+    args = ["build", "--out", str(tmp_path / "o"), "-i", str(tmp_path / "a" / "photos"),
+            "-i", str(tmp_path / "b" / "photos")]
     assert main(args) == 2
     assert "several sources are named ['photos']" in capsys.readouterr().err
