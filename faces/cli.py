@@ -132,7 +132,7 @@ def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dic
     failed = sum(r.get("status") != "ok" for r in records)
     print(f"{command}: {len(records)} images ({done} already done), {n_faces} faces, "
           f"{failed} failed -> {out / (command + '.jsonl')}")
-    return 0 if failed < len(records) else 1
+    return 0 if failed == 0 else 1  # the grammar's exit codes: 1 when some rows failed
 
 
 def _detection_settings(args, det) -> dict:
