@@ -36,7 +36,7 @@ from reface_core.atomic import atomic_path, write_json_atomic
 from reface_core.registry import Registry
 
 from . import schema
-from .stage import Stage
+from .stage_protocol import Stage
 
 
 def _chain_key(previous: str, part: str) -> str:

@@ -25,7 +25,7 @@ from reface_core.imageio import (
 )
 
 from . import schema
-from .stage import Stage, process_cache
+from .stage_protocol import Stage, process_cache
 
 
 def pixel_digest(image: np.ndarray) -> str:

@@ -24,7 +24,7 @@ from reface_hq.sources import (
     URLListSource,
     parse_source,
 )
-from reface_hq.stage import Stage
+from reface_hq.stage_protocol import Stage
 from reface_hq.stages import (
     Decode,
     Quality,
