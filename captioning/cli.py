@@ -16,7 +16,7 @@ from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 from reface_core.cli import add_input, add_quiet, exit_with, run_main
 
-from .attributes import DEFAULT_PRECEDENCE
+from .attribute_values import DEFAULT_PRECEDENCE
 
 _EPILOG = ("Backends: offline (age, gender, grayscale, head pose; no download), vlm (BLIP "
            "captions and VQA; needs the blip-vqa-base / blip-caption-base weights), blip2 "
@@ -219,7 +219,7 @@ def cmd_annotate(args) -> int:
 def cmd_caption(args) -> int:
     from tqdm.auto import tqdm
 
-    from .attributes import attributes_to_json
+    from .attribute_values import attributes_to_json
     from .extractors import FaceSample
     for img in args.images:
         if img.is_dir():
@@ -259,7 +259,7 @@ def cmd_caption(args) -> int:
 
 
 def cmd_prompt(args) -> int:
-    from .attributes import attributes_from_json
+    from .attribute_values import attributes_from_json
     data: dict = {}
     if args.attributes:
         text, where = args.attributes, "--attributes"

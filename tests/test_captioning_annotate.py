@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from captioning.manifest import ManifestError, annotate_manifest, progress_path, read_manifest
-from captioning.attributes import AttributeValue, attributes_from_json
+from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.cli import main
 from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
 from captioning.measure import colourfulness

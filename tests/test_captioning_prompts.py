@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from captioning.attributes import AttributeValue, attributes_from_json
+from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.prompts import DEFAULT_NEGATIVE_QUALITY, PromptBuilder, contains_phrase
 from captioning.tokens import count_words, make_counter
 from captioning.vocabulary import ATTRIBUTES, VOCABULARY

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from captioning.attributes import attributes_from_json
+from captioning.attribute_values import attributes_from_json
 from captioning.cli import main
 from captioning.extractors import FaceSample
 from captioning.measure import colourfulness, head_pose

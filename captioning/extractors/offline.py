@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attributes import Attributes, AttributeValue
+from ..attribute_values import Attributes, AttributeValue
 from ..measure import colourfulness, head_pose
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 
