@@ -13,7 +13,7 @@ from captioning.manifest import ManifestError, annotate_manifest, progress_path,
 from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.cli import main
 from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
-from captioning.measure import colourfulness
+from captioning.pose_and_colour import colourfulness
 from captioning.pipeline import OUTPUT_COLUMNS, Captioner
 from captioning.prompts import PromptBuilder
 from reface_core.imageio import save_image
