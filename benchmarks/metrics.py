@@ -526,7 +526,7 @@ class MUSIQ(Metric):
         self.path = path
 
     def prepare(self):
-        from reface_hq.stages import MusiqScorer
+        from reface_core.iqa import MusiqScorer
         self.scorer = MusiqScorer(str(_resolve("pyiqa-musiq-koniq", self.path)))
         self.scorer.net.to(self.device)
 

@@ -295,7 +295,7 @@ def test_musiq_scorer_loads_weights_safely(tmp_path):
     torch = pytest.importorskip("torch")
     from pyiqa.archs.musiq_arch import MUSIQ
 
-    from reface_hq.stages import MusiqScorer
+    from reface_core.iqa import MusiqScorer
     arch = dict(hidden_size=32, mlp_dim=32, num_heads=2, num_layers=1)
     torch.manual_seed(0)
     net = MUSIQ(pretrained=False, num_class=1, **arch)
