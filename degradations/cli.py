@@ -8,16 +8,23 @@ import sys
 from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
-from reface_core.cli import add_input, add_out, add_quiet, add_seed, add_workers, exit_with, run_main
+from reface_core.cli import (add_input, add_out, add_quiet, add_resume_flags, add_seed, add_workers,
+                             exit_with, run_main)
 
 
 def _cmd_synth(args) -> int:
     from .synth import synth
     counts = synth(args.input, args.output, preset=args.preset, seed=args.seed, workers=args.workers,
-                   limit=args.limit, progress=not args.quiet)
+                   limit=args.limit, progress=not args.quiet, overwrite=args.overwrite,
+                   retry_failed=args.retry_failed)
     print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
           f"{counts['skipped']} already done; table {counts['table']}")
-    return 0 if counts["error"] == 0 else 1
+    # Exit 1 while the output holds failed rows, from this run or an earlier one (resume
+    # skips them; --retry-failed redoes them).
+    import pandas as pd
+    table = pd.read_parquet(counts["table"])
+    failed = int((table["status"] != "ok").sum()) if "status" in table else 0
+    return 0 if failed == 0 else 1
 
 
 def _cmd_presets(args) -> int:
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed(p, help="run seed")
     add_workers(p, help="worker processes")
     p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    add_resume_flags(p, what="LQ images and records")
     add_quiet(p, help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 

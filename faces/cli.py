@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Identity embeddings (L2-normalised) of every face; also "
                                    "<out>/embeddings.npz (names, face, vectors, embedder).")
     _common(p, aligned_flag=True)
-    p.add_argument("--embedder", default="dlib",
-                   choices=["dlib", "arcface-antelopev2", "arcface-buffalo_l"],
+    from .embedding import EMBEDDERS
+    p.add_argument("--embedder", default="dlib", choices=EMBEDDERS.names(),
                    help="embedder (default dlib; arcface-* need an insightface pack)")
     p.add_argument("--embedder-path", help="embedder weights file (else the asset resolver)")
     p.set_defaults(func=cmd_embed)

@@ -248,3 +248,29 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
         counts = synth(src, src / "lq_out", preset="mgfr-mild", seed=0, progress=False)
     assert counts["total"] == 3 and counts["skipped"] == 3
     assert len(_table(src / "lq_out")) == 3
+
+
+@pytest.mark.realdata
+def test_synth_overwrite_and_retry_failed(data_root, tmp_path, capsys):
+    """Resume skips finished rows (failed ones too); --retry-failed redoes only the failed,
+    --overwrite redoes all."""
+    photos = sorted((data_root / "identities_512").glob("*/gt.png"))[:2]
+    broken = tmp_path / "later.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not yet")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("face_id,path\n" + "".join(f"r{i},{p}\n" for i, p in enumerate(photos))
+                        + f"late,{broken}\n")
+    out = tmp_path / "out"
+    args = ["synth", "-i", str(manifest), "-o", str(out), "-q", "--preset", "mgfr-mild"]
+    assert main(args) == 1                      # one row failed
+    broken.write_bytes(photos[0].read_bytes())  # the input is fixed
+    capsys.readouterr()
+    assert main(args) == 1                      # plain resume keeps the failed row
+    assert "0 degraded, 0 failed, 3 already done" in capsys.readouterr().out
+    assert main([*args, "--retry-failed"]) == 0
+    assert "1 degraded, 0 failed, 2 already done" in capsys.readouterr().out
+    assert (_table(out)["status"] == "ok").all() and len(_table(out)) == 3
+    before = (out / "lq" / "r0.png").stat().st_mtime_ns
+    assert main([*args, "--overwrite"]) == 0
+    assert "3 degraded, 0 failed, 0 already done" in capsys.readouterr().out
+    assert (out / "lq" / "r0.png").stat().st_mtime_ns != before
