@@ -161,7 +161,6 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence
     except KeyboardInterrupt:
         # One line, no traceback; what was written is whole (temp-then-rename), so the
         # same command resumes.
-        _quiet_second_interrupt()
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (*INPUT_ERRORS, *errors) as e:
@@ -169,21 +168,16 @@ def run_main(build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence
         return EXIT_USAGE
 
 
-def _quiet_second_interrupt() -> None:
-    # A second Ctrl-C during shutdown (pool teardown) would print a traceback.
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
-
-
 def exit_with(main: Callable[[], int]) -> None:
-    """``sys.exit(main())`` for ``__main__`` blocks, with Ctrl-C during imports still 130."""
+    """``sys.exit(main())`` for ``__main__`` blocks: Ctrl-C outside ``run_main`` is 130 too,
+    and a second Ctrl-C while the process shuts down prints no traceback."""
     try:
         code = main()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
