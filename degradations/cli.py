@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
-from reface_core.cli import (add_input, add_out, add_quiet, add_resume_flags, add_seed, add_workers,
-                             exit_with, run_main)
+from reface_core.cli import (
+    add_input,
+    add_out,
+    add_quiet,
+    add_resume_flags,
+    add_seed,
+    add_workers,
+    exit_with,
+    run_main,
+)
 
 
 def _cmd_synth(args) -> int:

@@ -68,7 +68,7 @@ class _DeprecatedAlias(argparse.Action):
             setattr(namespace, self.dest, values)
 
 
-def deprecated_alias(parser: argparse.ArgumentParser | argparse._ActionsContainer, old: str, new: str, dest: str, *,
+def deprecated_alias(parser: argparse._ActionsContainer, old: str, new: str, dest: str, *,
                      action: str = "store", **kwargs) -> None:
     """Accept ``old`` (hidden from ``--help``) as a deprecated spelling of ``new``.
 
@@ -181,6 +181,21 @@ def exit_with(main: Callable[[], int]) -> None:
     sys.exit(code)
 
 
-__all__ = ["EXIT_OK", "EXIT_ROWS_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "INPUT_ERRORS",
-           "add_input", "add_out", "add_quiet", "add_workers", "add_seed", "add_resume_flags",
-           "deprecated_alias", "warn_deprecated", "one_line", "run_main", "exit_with"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_ROWS_FAILED",
+    "EXIT_USAGE",
+    "INPUT_ERRORS",
+    "add_input",
+    "add_out",
+    "add_quiet",
+    "add_resume_flags",
+    "add_seed",
+    "add_workers",
+    "deprecated_alias",
+    "exit_with",
+    "one_line",
+    "run_main",
+    "warn_deprecated",
+]

@@ -198,4 +198,4 @@ def _describe(obj: Any) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
-__all__ = ["Registry", "UnknownNameError", "did_you_mean", "unknown_names_message", "load_target"]
+__all__ = ["Registry", "UnknownNameError", "did_you_mean", "load_target", "unknown_names_message"]

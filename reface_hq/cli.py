@@ -7,8 +7,15 @@ import json
 import sys
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
-from reface_core.cli import (add_input, add_out, add_quiet, add_seed, add_workers, exit_with,
-                             run_main)
+from reface_core.cli import (
+    add_input,
+    add_out,
+    add_quiet,
+    add_seed,
+    add_workers,
+    exit_with,
+    run_main,
+)
 
 _SOURCE_HELP = (
     "a source: [KIND:]PATH[?key=value&...]. KIND is folder, urls (CSV/JSONL/Parquet with a "

@@ -16,8 +16,8 @@ import pytest
 from captioning.attribute_values import attributes_from_json
 from captioning.cli import main
 from captioning.extractors import FaceSample
-from captioning.pose_and_colour import colourfulness, head_pose
 from captioning.pipeline import build_captioner
+from captioning.pose_and_colour import colourfulness, head_pose
 from captioning.prompts import PromptBuilder, contains_phrase
 from reface_core.imageio import iter_image_files, load_image
 
