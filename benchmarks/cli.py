@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import exit_with, run_main
 
 #: Modules that add commands; one not written yet is passed over.
 SUBCOMMAND_MODULES = ("benchmarks.run", "benchmarks.sweep", "benchmarks.publish",
@@ -38,13 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return int(args.func(args) or 0)
+    # Each command maps its own errors; Ctrl-C and stray input errors end in one line.
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

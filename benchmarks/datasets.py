@@ -25,18 +25,21 @@ only when they saw the same pixels.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from reface_core.atomic import safe_child, write_json_atomic
 from reface_core.imageio import iter_image_files, load_image, save_image
+from reface_core.registry import Registry, UnknownNameError
 
 
 class DatasetError(ValueError):
     """A dataset name, folder or option is wrong; the message names it."""
+
+
+class UnknownDatasetError(UnknownNameError, DatasetError):
+    """Neither a registered dataset name nor an existing folder."""
 
 
 @dataclasses.dataclass
@@ -285,14 +288,17 @@ def _no_options(name: str, unknown: dict) -> None:
 
 
 #: name -> (loader, description). Data: add a layout by adding a line.
-DATASETS: dict[str, tuple[Callable[..., BenchmarkDataset], str]] = {
+DATASETS = Registry("dataset", error=UnknownDatasetError, hint="or an existing folder")
+for _name, _entry in {
     "reface-test": (load_reface_test, ("test split of a Reface-HQ folder, LQ synthesized "
                                        "(options: preset, seed, n_references, split)")),
     "paired": (load_paired, "DIR/lq + DIR/gt (+ DIR/ref/<identity>/)"),
     "lq-only": (load_lq_only, "a folder of LQ faces, or DIR/lq (+ DIR/ref/<identity>/)"),
     "photos": (load_photos, ("whole photos; faces detected, aligned, restored, pasted back "
                              "(options: size, detector)")),
-}
+}.items():
+    DATASETS.register(_name, _entry, description=_entry[1])
+del _name, _entry
 
 
 def guess_layout(path: Path) -> str:
@@ -315,10 +321,7 @@ def load_dataset(name_or_path: str, data: str | Path | None = None, *,
                 raise DatasetError(f"--dataset {name_or_path} is a folder; --data is not needed")
             name, data = guess_layout(path), path
         else:
-            close = difflib.get_close_matches(name_or_path, list(DATASETS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DatasetError(f"unknown dataset {name_or_path!r}{hint}: not a registered name "
-                               f"({', '.join(DATASETS)}) nor an existing folder")
+            raise DATASETS.error(name_or_path)
     if limit is not None and int(limit) < 1:
         raise DatasetError(f"limit must be >= 1, got {limit}")
     return DATASETS[name][0](data, results_dir, limit=limit, **options)

@@ -39,20 +39,21 @@ Conventions (they matter when comparing with published tables):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from reface_core.registry import Registry, UnknownNameError
+
 
 class MetricUnavailable(Exception):
     """The metric cannot be computed here; ``str(e)`` says why (stored as the reason)."""
 
 
-class UnknownMetricError(ValueError):
-    pass
+class UnknownMetricError(UnknownNameError):
+    """A metric name that is not registered (a ``ValueError``)."""
 
 
 @dataclasses.dataclass
@@ -525,7 +526,7 @@ class MUSIQ(Metric):
         self.path = path
 
     def prepare(self):
-        from reface_hq.stages import MusiqScorer
+        from reface_core.iqa import MusiqScorer
         self.scorer = MusiqScorer(str(_resolve("pyiqa-musiq-koniq", self.path)))
         self.scorer.net.to(self.device)
 
@@ -776,7 +777,8 @@ class MetricSpec:
     description: str
 
 
-METRICS: dict[str, MetricSpec] = {
+METRICS = Registry("metric", error=UnknownMetricError)
+for _name, _spec in {
     "psnr": MetricSpec(
         PSNR, {}, "higher", "image",
         "PSNR, RGB, no border crop (BasicSR calculate_psnr)"),
@@ -822,7 +824,9 @@ METRICS: dict[str, MetricSpec] = {
     "brisque-pypi": MetricSpec(
         BRISQUEPypi, {}, "lower", "image",
         "brisque package: LIVE allmodel SVM, the package's feature code"),
-}
+}.items():
+    METRICS.register(_name, _spec, description=_spec.description)
+del _name, _spec
 
 #: What ``--metrics`` uses when not given.
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "fid", "musiq", "ids", "deg", "lmd", "niqe-skvideo",
@@ -834,12 +838,7 @@ def list_metrics() -> list[str]:
 
 
 def get_spec(name: str) -> MetricSpec:
-    try:
-        return METRICS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(METRICS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownMetricError(f"unknown metric {name!r}{hint}; known: {', '.join(METRICS)}") from None
+    return METRICS.get(name)
 
 
 def create_metric(name: str, device: str = "cpu", **options) -> Metric:

@@ -1,6 +1,6 @@
 """Publish a benchmark store: leaderboard CSV / Parquet / Markdown and a static HTML report.
 
-``python -m benchmarks.publish --results RESULTS_DIR --out SITE_DIR`` reads
+``python -m benchmarks.publish -i RESULTS_DIR -o SITE_DIR`` reads
 ``RESULTS_DIR/results.duckdb`` (read-only) and writes::
 
     SITE_DIR/index.html                   datasets, user-study results, provenance of every run
@@ -90,10 +90,10 @@ class Results:
 def store_path(results_dir: str | os.PathLike) -> Path:
     root = Path(results_dir)
     if not root.is_dir():
-        raise PublishError(f"--results {str(root)!r}: not a folder")
+        raise PublishError(f"--input {str(root)!r}: not a folder")
     path = root / STORE_FILE
     if not path.is_file():
-        raise PublishError(f"--results {str(root)!r}: no {STORE_FILE} in it "
+        raise PublishError(f"--input {str(root)!r}: no {STORE_FILE} in it "
                            "(write one with python -m benchmarks.run --out DIR)")
     return path
 
@@ -821,10 +821,11 @@ def add_subcommands(subparsers) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", required=True, metavar="DIR",
-                   help="results folder written by python -m benchmarks.run (has results.duckdb)")
-    p.add_argument("--out", required=True, metavar="SITE_DIR",
-                   help="site folder to write (replaced only if empty or written by publish)")
+    from reface_core.cli import add_input, add_out
+    add_input(p, "results folder written by python -m benchmarks.run (has results.duckdb)",
+              dest="results", metavar="DIR", deprecated=("--results",))
+    add_out(p, "site folder to write (replaced only if empty or written by publish)",
+            required=True, metavar="SITE_DIR")
     p.add_argument("--grid-images", type=int, default=6, metavar="N",
                    help="faces per dataset in the side-by-side grid (default 6)")
     p.add_argument("--refs", type=int, default=2, metavar="N",
@@ -849,9 +850,10 @@ def run_cli(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(args)
+    from reface_core.cli import run_main
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reface_core.cli import exit_with
+    exit_with(main)

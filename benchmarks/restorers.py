@@ -24,7 +24,6 @@ determines the output (weights digest included), hashed into the run id.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
@@ -33,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from reface_core.registry import Registry, UnknownNameError
+
 
 class RestorerUnavailable(Exception):
     """The restorer cannot run here (weights missing); the message says how to fix it."""
 
 
-class UnknownRestorerError(ValueError):
-    pass
+class UnknownRestorerError(UnknownNameError):
+    """A method name that is not registered (a ``ValueError``)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -302,10 +303,10 @@ class MGFR(Restorer):
 
 
 #: name -> class. Data: register a restorer by adding a line.
-RESTORERS: dict[str, type[Restorer]] = {
+RESTORERS = Registry("method", {
     "lq": LQ, "bicubic": Bicubic, "folder": Folder, "codeformer": CodeFormer,
     "gfpgan": GFPGAN, "mgfr": MGFR,
-}
+}, error=UnknownRestorerError)
 
 
 def list_restorers() -> list[str]:
@@ -338,10 +339,6 @@ def _coerce(value):
 
 def create_restorer(name: str, **options) -> Restorer:
     cls = RESTORERS.get(name)
-    if cls is None:
-        close = difflib.get_close_matches(name, list(RESTORERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownRestorerError(f"unknown method {name!r}{hint}; known: {', '.join(RESTORERS)}")
     try:
         return cls(**{k: _coerce(v) for k, v in options.items()})
     except TypeError as e:

@@ -529,6 +529,7 @@ def _key_values(pairs: list[str], flag: str) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from reface_core.argtypes import at_least
+    from reface_core.cli import add_out, add_quiet
     p.add_argument("--methods", required=True,
                    help="comma-separated restorers with options, e.g. "
                         "'mgfr:adapters=runs/a/adapters,codeformer:w=0.5,bicubic' "
@@ -538,14 +539,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the folder a named dataset reads")
     p.add_argument("--metrics", help="comma-separated metrics (default: "
                                      f"{','.join(M.DEFAULT_METRICS)}; known: {', '.join(M.METRICS)})")
-    p.add_argument("--out", default="results", help="results folder (default: results)")
+    add_out(p, "results folder (default: results)", default="results")
     p.add_argument("--device", default="cpu", help="torch device for restorers and metrics")
     p.add_argument("--limit", type=at_least(1), help="only the first N items of the dataset")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="one more method option (repeatable), e.g. --set codeformer.w=0.7")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (repeatable), e.g. preset=mgfr-severe, seed=1, n_references=2")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 
@@ -580,13 +581,20 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=command)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description="Run restorers x metrics on one dataset into "
                                             "RESULTS/results.duckdb (resumable).")
     add_arguments(p)
-    return command(p.parse_args(argv))
+    p.set_defaults(func=command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reface_core.cli import run_main
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reface_core.cli import exit_with
+    exit_with(main)

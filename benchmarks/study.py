@@ -1,6 +1,6 @@
 """A blind A/B user study over the restorations in a results store, and its analysis.
 
-``python -m benchmarks.study serve --results DIR --methods a,b[,c]`` starts a small web app
+``python -m benchmarks.study serve -i DIR --methods a,b[,c]`` starts a small web app
 (Starlette, served by uvicorn) on 127.0.0.1. Each page shows one LQ face (and, unless
 ``--no-refs``, reference photos of the same person) and two restorations of it by two of
 the chosen methods, in random order, with nothing that names the methods. The participant
@@ -21,7 +21,7 @@ Safety, because a study page may be opened by people other than its author:
   before the response, so a crash loses no answered vote and never leaves half of one.
   The pair id is the vote's primary key, so a replayed form cannot count twice.
 
-``python -m benchmarks.study results --results DIR`` prints win rates with 95% Wilson
+``python -m benchmarks.study results -i DIR`` prints win rates with 95% Wilson
 intervals and a Bradley-Terry ranking fitted with ``choix``; ``benchmarks.publish`` shows
 the same tables when votes exist.
 """
@@ -41,6 +41,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from reface_core.registry import did_you_mean
 
 STUDY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS study_sessions (
@@ -197,9 +199,7 @@ class Pair:
 
 
 def _did_you_mean(name: str, options) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(name, options)
 
 
 def resolve_methods(store, methods: list[str], dataset: str | None) -> list[dict]:
@@ -264,7 +264,7 @@ class Study:
         self.config = config
         self.root = Path(config.results)
         if not (self.root / "results.duckdb").is_file():
-            raise StudyError(f"--results {config.results!r}: no results.duckdb in it")
+            raise StudyError(f"--input {config.results!r}: no results.duckdb in it")
         self.token = config.token or secrets.token_urlsafe(24)
         self.rng = random.Random(config.seed if config.seed is not None else secrets.randbits(64))
         try:
@@ -573,8 +573,9 @@ def serve(study: Study, host: str = "127.0.0.1", port: int = 8765) -> None:
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", required=True, metavar="DIR",
-                   help="results folder (has results.duckdb)")
+    from reface_core.cli import add_input
+    add_input(p, "results folder (has results.duckdb)", dest="results", metavar="DIR",
+              deprecated=("--results",))
     p.add_argument("--methods", required=True, metavar="A,B[,C]",
                    help="restorer names or run ids, comma-separated (at least two)")
     p.add_argument("--dataset", metavar="NAME",
@@ -591,8 +592,9 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _add_results(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", required=True, metavar="DIR",
-                   help="results folder (has results.duckdb)")
+    from reface_core.cli import add_input
+    add_input(p, "results folder (has results.duckdb)", dest="results", metavar="DIR",
+              deprecated=("--results",))
     p.add_argument("--study", metavar="NAME", help="only this study (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_results)
@@ -648,7 +650,7 @@ def _fmt(v: float) -> str:
 def _cmd_results(args) -> int:
     from .store import StoreError
     if not (Path(args.results) / "results.duckdb").is_file():
-        print(f"error: --results {args.results!r}: no results.duckdb in it", file=sys.stderr)
+        print(f"error: --input {args.results!r}: no results.duckdb in it", file=sys.stderr)
         return 2
     try:
         res = study_results(args.results, args.study)
@@ -689,12 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from reface_core.cli import run_main
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reface_core.cli import exit_with
+    exit_with(main)
 
 
 __all__ = ["Study", "StudyConfig", "StudyError", "bradley_terry", "create_app", "main",

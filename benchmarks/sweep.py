@@ -201,6 +201,7 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from reface_core.argtypes import at_least
+    from reface_core.cli import add_out, add_quiet
     p.add_argument("--method", required=True, help="one restorer with fixed options, e.g. "
                                                    "'mgfr:adapters=runs/a/adapters' or codeformer")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -209,14 +210,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data")
     p.add_argument("--metrics")
-    p.add_argument("--out", default="results")
+    add_out(p, "results folder (default: results)", default="results")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=at_least(1))
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--x-metric", default="niqe-skvideo", help="quality axis of the curves")
     p.add_argument("--y-metric", default="ids", help="identity axis of the curves")
     p.add_argument("--grid-images", type=at_least(1), default=4, help="rows of grid.png")
-    p.add_argument("--no-progress", action="store_true")
+    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
 
 
 def command(args) -> int:
@@ -242,12 +243,19 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=command)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep",
                                 description="Sweep one restorer's options into the results store.")
     add_arguments(p)
-    return command(p.parse_args(argv))
+    p.set_defaults(func=command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reface_core.cli import run_main
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reface_core.cli import exit_with
+    exit_with(main)

@@ -1,5 +1,5 @@
-import sys
+from reface_core.cli import exit_with
 
 from .cli import main
 
-sys.exit(main())
+exit_with(main)

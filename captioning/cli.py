@@ -1,6 +1,6 @@
 """Command line of ``captioning`` (``python -m captioning``).
 
-    python -m captioning annotate --manifest DIR/manifest.parquet --backend offline,labels
+    python -m captioning annotate -i DIR/manifest.parquet --backend offline,labels
     python -m captioning caption photo.jpg other.png
     python -m captioning prompt gender=female age=27 smiling=yes eyeglasses=no
     python -m captioning vocabulary --celeba
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from reface_core.argtypes import at_least, between
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import add_input, add_quiet, exit_with, run_main
 
-from .attributes import DEFAULT_PRECEDENCE
+from .attribute_values import DEFAULT_PRECEDENCE
 
 _EPILOG = ("Backends: offline (age, gender, grayscale, head pose; no download), vlm (BLIP "
            "captions and VQA; needs the blip-vqa-base / blip-caption-base weights), blip2 "
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Parquet, CSV or JSONL). Resumable: rerun the same command "
                                    "after a kill and it continues where it stopped.",
                        epilog=_EPILOG)
-    p.add_argument("--manifest", type=Path, required=True, metavar="PATH",
-                   help="manifest file; image_path is read relative to its folder")
+    add_input(p, "manifest file; image_path is read relative to its folder", dest="manifest",
+              type=Path, metavar="PATH", deprecated=("--manifest",))
     p.add_argument("--images-root", type=Path, default=None, metavar="DIR",
                    help="read image_path relative to DIR instead (paths must stay inside it)")
     p.add_argument("--batch-size", type=between(1, 4096), default=16, help="faces per batch (default: %(default)s)")
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard the progress of an interrupted run with other settings")
     p.add_argument("--not-aligned", action="store_true",
                    help="images are whole photos: detect and align the largest face first")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, help="no progress bar")
     _add_backend_options(p, "offline")
     _add_prompt_options(p)
     from reface_core.lock import add_wait_lock_argument
@@ -232,7 +232,7 @@ def cmd_annotate(args) -> int:
 def cmd_caption(args) -> int:
     from tqdm.auto import tqdm
 
-    from .attributes import attributes_to_json
+    from .attribute_values import attributes_to_json
     from .extractors import FaceSample
     for img in args.images:
         if img.is_dir():
@@ -272,7 +272,7 @@ def cmd_caption(args) -> int:
 
 
 def cmd_prompt(args) -> int:
-    from .attributes import attributes_from_json
+    from .attribute_values import attributes_from_json
     data: dict = {}
     if args.attributes:
         text, where = args.attributes, "--attributes"
@@ -326,19 +326,9 @@ def cmd_vocabulary(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from reface_core.imageio import ImageLoadError
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, ImageLoadError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    # KeyError: an unknown attribute or column name (its message names it).
+    return run_main(build_parser, argv, errors=(KeyError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -19,7 +19,7 @@ def run_demo(data: Path, out: Path) -> str:
 
     from reface_core.imageio import iter_image_files
 
-    from .attributes import attributes_from_json
+    from .attribute_values import attributes_from_json
     from .manifest import ManifestError, annotate_manifest, read_manifest, write_manifest
     from .pipeline import build_captioner
 

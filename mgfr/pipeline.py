@@ -27,7 +27,6 @@ extractor); the negative-quality prompt is captioning's default list of defects.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -40,16 +39,18 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from reface_core.registry import Registry
+
 from .adapters import DualControlAdapter
 from .model import MGFRModel, images_to_tensor
 
 #: scheduler names for ``--scheduler`` -> diffusers class names
-SCHEDULERS = {
+SCHEDULERS = Registry("scheduler", {
     "ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler",
     "lms": "LMSDiscreteScheduler",
-}
+}, hint="or a diffusers scheduler class name")
 
 #: defaults of ``MGFRPipeline.__call__`` (and of ``config_for_record``)
 CALL_DEFAULTS = {"guidance_scale": 4.0, "lambda_na": 1.0, "lambda_nq": 1.0,
@@ -70,10 +71,7 @@ def get_scheduler(name: str, config: dict):
     cls_name = SCHEDULERS.get(name, name)
     cls = getattr(diffusers, cls_name, None) if cls_name.endswith("Scheduler") else None
     if cls is None:
-        close = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown scheduler {name!r}{hint}; choose from {sorted(SCHEDULERS)} "
-                         f"or a diffusers scheduler class name")
+        raise SCHEDULERS.error(name)
     return cls.from_config(config)
 
 

@@ -19,9 +19,10 @@ asset folder holds the real weights.
 from __future__ import annotations
 
 import copy
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
+
+from reface_core.registry import Registry
 
 # DDPM betas of every Stable Diffusion 1.x/2.x checkpoint (scheduler_config.json).
 _SD_SCHEDULER = {
@@ -85,12 +86,12 @@ class BasePreset:
             "asset": self.asset, "vae_scale_factor": self.vae_scale_factor})
 
 
-PRESETS: dict[str, BasePreset] = {}
+PRESETS = Registry("MGFR base preset", sort=True, hint="or give a base folder")
 
 
 def register_preset(preset: BasePreset) -> BasePreset:
-    PRESETS[preset.name] = preset
-    return preset
+    # Re-registering a name replaces it (a user may refine a built-in preset).
+    return PRESETS.register(preset.name, preset, description=preset.description, overwrite=True)
 
 
 register_preset(BasePreset(
@@ -163,14 +164,9 @@ register_preset(BasePreset(
 
 
 def available_presets() -> list[str]:
-    return sorted(PRESETS)
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> BasePreset:
     """The preset called ``name``; an unknown name gets a did-you-mean error."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown MGFR base preset {name!r}{hint}; choose from "
-                         f"{available_presets()} or give a base folder")
-    return PRESETS[name]
+    return PRESETS.get(name)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from reface_core.argtypes import at_least, seed
+from reface_core.cli import add_input, add_out, add_quiet
 
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
@@ -31,10 +32,10 @@ def add_subcommands(sub) -> None:
         description="Restore every face of each input photo (or each aligned face with "
                     "--aligned) with MGFR, guided by reference photos of the same person. "
                     "A status row per input goes to OUT/results.jsonl; reruns resume.")
-    p.add_argument("--input", required=True, help="a photo or a folder of photos")
+    add_input(p, "a photo or a folder of photos")
     p.add_argument("--refs", nargs="*", default=[],
                    help="reference photos of the same person, or a folder of them")
-    p.add_argument("--out", required=True, help="output folder")
+    add_out(p, "output folder", required=True)
     p.add_argument("--aligned", action="store_true",
                    help="inputs and references are FFHQ-aligned face crops (no detection)")
     p.add_argument("--prompt", default=None,
@@ -62,7 +63,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--detector", default="dlib-hog", help="faces detector for photos")
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if OUT holds results of other settings")
-    p.add_argument("--no-progress", action="store_true")
+    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_locked_restore)

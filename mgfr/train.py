@@ -118,10 +118,8 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            import difflib
-            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
-                u, names, n=1)) else repr(u) for u in unknown]
-            raise ValueError(f"{where}: unknown field(s) {', '.join(hints)}")
+            from reface_core.registry import unknown_names_message
+            raise ValueError(f"{where}: {unknown_names_message('field', unknown, names)}")
         return cls(**d)
 
 

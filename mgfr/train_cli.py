@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from reface_core.argtypes import at_least, seed
+from reface_core.cli import add_input, add_out
 from reface_core.lock import add_wait_lock_argument
 
 
@@ -50,11 +51,11 @@ def add_subcommands(subparsers) -> None:
                     "--resume continues a killed run exactly. Multi-GPU: "
                     "`accelerate launch -m mgfr train ...`.")
     p.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    p.add_argument("--data", required=True, help="Reface-HQ dataset folder (reface_hq build)")
+    add_input(p, "Reface-HQ dataset folder (reface_hq build)", dest="data", deprecated=("--data",))
     p.add_argument("--base", default=None,
                    help="tiny, sd21-base, sd15 or a folder written by `pretrain-prior` "
                         "(default: the config's base)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, adapters/, logs)")
+    add_out(p, "run folder (checkpoints, adapters/, logs)", required=True)
     p.add_argument("--config", default=None,
                    help="YAML recipe (mgfr/configs/*.yaml or your own); flags override it")
     p.add_argument("--init", default=None,
@@ -82,10 +83,10 @@ def add_subcommands(subparsers) -> None:
                     "(text-conditioned noise prediction) on the HQ faces of a Reface-HQ "
                     "folder, so that stages 1 and 2 have a frozen prior on a CPU. Writes a "
                     "diffusers-layout folder that `--base PATH` loads. Resumable.")
-    q.add_argument("--data", required=True, help="Reface-HQ dataset folder")
+    add_input(q, "Reface-HQ dataset folder", dest="data", deprecated=("--data",))
     q.add_argument("--base", default="tiny", help="preset to pretrain (only tiny is sensible "
                                                  "on a CPU)")
-    q.add_argument("--out", required=True, help="prior folder to write")
+    add_out(q, "prior folder to write", required=True)
     q.add_argument("--vae-steps", type=at_least(0), default=None)
     q.add_argument("--unet-steps", type=at_least(0), default=None)
     q.add_argument("--batch-size", type=at_least(1), default=None)
@@ -98,17 +99,19 @@ def add_subcommands(subparsers) -> None:
     q.set_defaults(func=lambda a: _run(_pretrain, a))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (the same commands without the rest of ``mgfr``'s CLI)."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mgfr.train_cli")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_subcommands(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return int(args.func(args) or 0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (the same commands without the rest of ``mgfr``'s CLI)."""
+    from reface_core.cli import run_main
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from reface_core.cli import exit_with
+    exit_with(main)

@@ -86,7 +86,7 @@ def bench_vlm(repeats: int) -> list[dict]:
 def bench_prompts(repeats: int) -> list[dict]:
     import random
 
-    from captioning.attributes import AttributeValue
+    from captioning.attribute_values import AttributeValue
     from captioning.prompts import PromptBuilder
     from captioning.vocabulary import ATTRIBUTES
 

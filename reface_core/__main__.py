@@ -1,5 +1,4 @@
-import sys
-
 from .assets_cli import main
+from .cli import exit_with
 
-sys.exit(main())
+exit_with(main)

@@ -35,6 +35,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .registry import Registry, UnknownNameError
+
 DEFAULT_HOME = Path("~/.cache/reface")
 
 
@@ -130,9 +132,8 @@ class AssetIntegrityError(AssetNotFoundError):
         FileNotFoundError.__init__(self, message)
 
 
-class UnknownAssetError(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
+class UnknownAssetError(UnknownNameError):
+    """An asset name that is not registered (a ``KeyError``, as before)."""
 
 
 def _package_dir(import_name: str) -> Path | None:
@@ -159,30 +160,22 @@ def _hf_snapshots(repo: str) -> list[Path]:
     return sorted(snap_root.iterdir(), reverse=True) or [snap_root]
 
 
-_ASSETS: dict[str, Asset] = {}
+_ASSETS = Registry("asset", error=UnknownAssetError, suggestions=3, sort=True,
+                   hint="see `reface-assets list`")
 
 
 def register(asset: Asset) -> Asset:
-    if asset.name in _ASSETS:
-        raise ValueError(f"asset {asset.name!r} is already registered")
     if asset.kind not in ("file", "dir"):
         raise ValueError(f"asset {asset.name!r}: kind must be 'file' or 'dir', got {asset.kind!r}")
-    _ASSETS[asset.name] = asset
-    return asset
+    return _ASSETS.register(asset.name, asset, description=asset.description)
 
 
 def get_asset(name: str) -> Asset:
-    try:
-        return _ASSETS[name]
-    except KeyError:
-        import difflib
-        close = difflib.get_close_matches(name, list(_ASSETS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownAssetError(f"unknown asset {name!r}{hint} (see `reface-assets list`)") from None
+    return _ASSETS.get(name)
 
 
 def list_assets() -> list[Asset]:
-    return [ _ASSETS[k] for k in sorted(_ASSETS) ]
+    return [_ASSETS[k] for k in _ASSETS.names()]
 
 
 def candidate_paths(asset: Asset | str, path: str | os.PathLike | None = None

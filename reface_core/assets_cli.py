@@ -124,13 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except A.UnknownAssetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from .cli import run_main
+    # An unknown asset name (UnknownAssetError), a bad path or Ctrl-C: one line, shared codes.
+    return run_main(build_parser, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import exit_with
+    exit_with(main)

@@ -9,6 +9,15 @@ from pathlib import Path
 
 from reface_core.argtypes import between, finite_float, seed
 from reface_core.assets_cli import add_subcommands as add_asset_commands
+from reface_core.cli import (
+    add_input,
+    add_out,
+    add_quiet,
+    add_seed,
+    add_workers,
+    exit_with,
+    run_main,
+)
 from reface_core.lock import add_wait_lock_argument, lock_for
 
 _SOURCE_HELP = (
@@ -16,7 +25,7 @@ _SOURCE_HELP = (
     "url column and optional identity, license) or hf (a datasets save_to_disk folder or "
     "Parquet), guessed from PATH when left out. Folder options: identity=folder&folder_level=N "
     "(N counted from the root, 0 = first folder level), identity=regex&pattern=RE (first "
-    "group), license=..., name=.... Repeat --source for a mixed build.")
+    "group), license=..., name=.... Repeat -i for a mixed build.")
 
 
 def _add_build(sub) -> None:
@@ -25,12 +34,13 @@ def _add_build(sub) -> None:
         description="Sources -> decode -> detect + FFHQ-align -> quality -> fingerprint -> "
                     "embed -> dedupe -> identity grouping -> split -> images/ + "
                     "manifest.parquet + stats.json. Killed builds resume where they stopped.")
-    p.add_argument("--source", action="append", required=True, metavar="SPEC", help=_SOURCE_HELP)
-    p.add_argument("--out", required=True, help="dataset folder to write")
+    add_input(p, _SOURCE_HELP, dest="source", action="append", metavar="SPEC",
+              deprecated=("--source",))
+    add_out(p, "dataset folder to write", required=True)
     p.add_argument("--work-dir", help="stage cache folder (default OUT/.work); builds that "
                                       "share it reuse each other's finished stages")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the split and retry jitter")
-    p.add_argument("--workers", type=between(1, 256), default=1, help="processes for the map stages")
+    add_seed(p, help="seed of the split and retry jitter")
+    add_workers(p, help="processes for the map stages")
     p.add_argument("--shard-size", type=between(1, 100_000), default=32, help="rows per shard (resume unit)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local process pool (default) or Ray Data (pip install '.[ray]')")
@@ -96,7 +106,7 @@ def _add_build(sub) -> None:
     p.add_argument("--caption-backends", default="offline",
                    help="comma-separated captioning backends (default offline: age, gender, "
                         "pose, colour from the offline models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet(p, dest="no_progress", help="no progress bars", deprecated=("--no-progress",))
     add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
 
@@ -283,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="Hugging Face Parquet shards + dataset card, and "
                                       "WebDataset tar shards")
     p.add_argument("dataset", help="dataset folder")
-    p.add_argument("--out", required=True, help="export folder")
+    add_out(p, "export folder", required=True)
     p.add_argument("--format", action="append", choices=("parquet", "webdataset"),
                    help="formats to write (default both)")
     p.add_argument("--shard-rows", type=int, default=500, help="faces per shard")
@@ -298,26 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     from .dataset import DatasetError
     from .sources import SourceError
-    try:
-        return int(args.func(args) or 0)
-    except (SourceError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ImportError as e:  # an optional extra (Ray) is not installed: the message says how
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. a path below a file, a full disk: the message names the path
-        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}",
-              file=sys.stderr)
-        return 2
+    # ImportError: an optional extra (Ray) is not installed; the message says how.
+    return run_main(build_parser, argv, errors=(SourceError, DatasetError, ImportError))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

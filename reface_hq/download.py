@@ -53,7 +53,7 @@ from reface_core.imageio import (
 )
 
 from . import schema
-from .stage import Stage
+from .stage_protocol import Stage
 
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/gif": ".gif",

@@ -35,10 +35,11 @@ import pyarrow.parquet as pq
 
 from reface_core.atomic import atomic_path, write_json_atomic
 from reface_core.fsnames import path_from_text
+from reface_core.registry import Registry
 from reface_core.workers import die_with_parent
 
 from . import schema
-from .stage import Stage
+from .stage_protocol import Stage
 
 
 def _chain_key(previous: str, part: str) -> str:
@@ -275,12 +276,8 @@ class RayExecutor:
         return out_rows, reports
 
 
-EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+EXECUTORS = Registry("executor", {"local": LocalExecutor, "ray": RayExecutor})
 
 
 def get_executor(name: str = "local", **options):
-    try:
-        cls = EXECUTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; choose one of {sorted(EXECUTORS)}") from None
-    return cls(**options)
+    return EXECUTORS.get(name)(**options)

@@ -24,9 +24,10 @@ from reface_core.imageio import (
     load_image,
     save_image,
 )
+from reface_core.iqa import MusiqScorer  # shared with the benchmark's musiq metric
 
 from . import schema
-from .stage import Stage, process_cache
+from .stage_protocol import Stage, process_cache
 
 
 def pixel_digest(image: np.ndarray) -> str:
@@ -197,30 +198,6 @@ class DetectAlign(Stage):
                 face_size=float(det.size), aligned_path=str(path),
                 aligned_size=self.output_size))
         return out
-
-
-class MusiqScorer:
-    """MUSIQ (KonIQ-10k) through pyiqa's architecture, weights loaded safely by us.
-
-    pyiqa's own loader calls ``torch.load(weights_only=False)``; we build the network
-    without weights and load the state dict with ``weights_only=True``.
-    """
-
-    def __init__(self, path: str, **arch_options):
-        import torch
-        from pyiqa.archs.musiq_arch import MUSIQ
-
-        self.net = MUSIQ(pretrained=False, num_class=1, **arch_options).eval()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "params" in state:
-            state = state["params"]
-        self.net.load_state_dict(state)
-
-    def __call__(self, image: np.ndarray) -> float:
-        import torch
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-        with torch.inference_mode():
-            return float(self.net(x).reshape(-1)[0])
 
 
 @dataclasses.dataclass

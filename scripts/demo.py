@@ -110,7 +110,7 @@ def _dataset(args) -> Path:
 def step_mgfr_prior(args) -> str:
     """The tiny preset's frozen prior (VAE + text-conditioned UNet) on the train split."""
     prior = args.out / "mgfr" / "prior"
-    _run("mgfr", "pretrain-prior", "--data", str(_dataset(args)), "--base", "tiny",
+    _run("mgfr", "pretrain-prior", "-i", str(_dataset(args)), "--base", "tiny",
          "--out", str(prior), "--vae-steps", str(PRIOR_STEPS["vae"]),
          "--unet-steps", str(PRIOR_STEPS["unet"]), "--batch-size", str(BATCH["prior"]), "--resume")
     import pandas as pd
@@ -130,7 +130,7 @@ def step_mgfr_train(args) -> str:
     out = []
     for stage in (1, 2):
         run = args.out / "mgfr" / f"stage{stage}"
-        cmd = ["mgfr", "train", "--stage", str(stage), "--data", str(ds), "--base", str(prior),
+        cmd = ["mgfr", "train", "--stage", str(stage), "-i", str(ds), "--base", str(prior),
                "--config", str(REPO / "mgfr" / "configs" / f"tiny-stage{stage}.yaml"),
                "--out", str(run), "--max-steps", str(STAGE_STEPS[stage]),
                "--batch-size", str(BATCH["stage"]),
@@ -161,7 +161,7 @@ def step_mgfr_restore(args) -> str:
     out = args.out / "mgfr" / "restored"
     _run("mgfr", "restore", "--input", str(photo), "--refs", str(refs),
          "--adapters", str(args.out / "mgfr" / "stage2" / "adapters"),
-         "--out", str(out), "--steps", str(RESTORE_STEPS), "--seed", "0", "--no-progress")
+         "--out", str(out), "--steps", str(RESTORE_STEPS), "--seed", "0", "-q")
     import json
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
             if line.strip()]
@@ -180,7 +180,7 @@ def step_benchmark(args) -> str:
     adapters = args.out / "mgfr" / "stage2" / "adapters"
     _run("benchmarks.run", "--methods", f"mgfr:adapters={adapters},codeformer,bicubic,lq",
          "--dataset", "reface-test", "--data", str(_dataset(args)), "--out", str(results),
-         "--limit", str(BENCH_FACES), "--set", f"mgfr.steps={RESTORE_STEPS}", "--no-progress")
+         "--limit", str(BENCH_FACES), "--set", f"mgfr.steps={RESTORE_STEPS}", "-q")
     import duckdb
     con = duckdb.connect(str(results / "results.duckdb"), read_only=True)
     try:
@@ -216,7 +216,7 @@ def step_publish(args) -> str:
             f"{STAGE_STEPS[1]} stage-1 and {STAGE_STEPS[2]} stage-2 steps): a check that the "
             "whole pipeline runs, not the paper's model, so its outputs are noise-like. "
             "Restorers and metrics without their weights are listed as skipped or unavailable.")
-    _run("benchmarks.publish", "--results", str(args.out / "benchmark"), "--out", str(site),
+    _run("benchmarks.publish", "-i", str(args.out / "benchmark"), "--out", str(site),
          "--note", note)
     csvs = sorted(p.name for p in site.rglob("*.csv"))
     return f"{len(csvs)} leaderboard CSV(s) ({', '.join(csvs)}); report: {site / 'index.html'}"

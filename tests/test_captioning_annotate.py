@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from captioning.manifest import ManifestError, annotate_manifest, progress_path, read_manifest
-from captioning.attributes import AttributeValue, attributes_from_json
+from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.cli import main
 from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
-from captioning.measure import colourfulness
+from captioning.pose_and_colour import colourfulness
 from captioning.pipeline import OUTPUT_COLUMNS, Captioner
 from captioning.prompts import PromptBuilder
 from reface_core.imageio import save_image
@@ -211,7 +211,7 @@ def test_cli_annotate_with_labels_and_a_celeba_file(tmp_path, capsys):
     header = "Male Smiling Eyeglasses"
     (tmp_path / "attr.txt").write_text(
         "2\n" + header + "\n000000.jpg 1 1 -1\n000001.jpg -1 -1 1\n")
-    rc = main(["annotate", "--manifest", str(path), "--backend", "labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "labels",
                "--celeba-attributes", str(tmp_path / "attr.txt"), "--quiet"])
     out = capsys.readouterr().out
     assert rc == 1, "faces with no labels at all are reported as failed"
@@ -225,10 +225,10 @@ def test_cli_annotate_with_labels_and_a_celeba_file(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
-    assert main(["annotate", "--manifest", str(tmp_path / "x.parquet"), "--backend", "labels",
+    assert main(["annotate", "-i", str(tmp_path / "x.parquet"), "--backend", "labels",
                  "--label-columns", "gender"]) == 2
     assert "error:" in capsys.readouterr().err
-    assert main(["annotate", "--manifest", str(tmp_path / "x.parquet"), "--backend", "labelz"]) == 2
+    assert main(["annotate", "-i", str(tmp_path / "x.parquet"), "--backend", "labelz"]) == 2
     assert "unknown attribute backend 'labelz'" in capsys.readouterr().err
     assert main(["prompt", "smiling=perhaps"]) == 2
     assert "smiling" in capsys.readouterr().err
@@ -252,7 +252,7 @@ def test_cli_annotate_with_the_vlm_backend(tmp_path, capsys):
     from captioning.testing import build_tiny_blip
     vqa, cap = build_tiny_blip(tmp_path / "blip")
     path = make_dataset(tmp_path / "data", n=3)
-    rc = main(["annotate", "--manifest", str(path), "--backend", "vlm,labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "vlm,labels",
                "--label-columns", "gender", "--vqa-model", str(vqa), "--caption-model", str(cap),
                "--vlm-attributes", "smiling,gender", "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr()
@@ -359,5 +359,5 @@ def test_a_tokenizer_folder_that_does_not_load_is_a_one_line_error(tmp_path, cap
 @pytest.mark.parametrize("value", ["-1", "0", "abc"])
 def test_a_bad_limit_is_refused_by_the_command_line(value, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["annotate", "--manifest", "m.parquet", "--limit", value])
+        main(["annotate", "-i", "m.parquet", "--limit", value])
     assert e.value.code == 2 and "--limit: must be a whole number >= 1" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from captioning.attributes import (
+from captioning.attribute_values import (
     AttributeValue,
     attributes_from_json,
     attributes_to_json,

@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from captioning.attributes import AttributeValue, attributes_from_json
+from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.prompts import DEFAULT_NEGATIVE_QUALITY, PromptBuilder, contains_phrase
 from captioning.tokens import count_words, make_counter
 from captioning.vocabulary import ATTRIBUTES, VOCABULARY
@@ -124,7 +124,7 @@ def test_user_overrides_phrases_values_and_quality_terms():
     assert p.negative_quality == "blurry, noisy"
     with pytest.raises(ValueError, match="gender"):
         PromptBuilder(tokenizer="words", phrases={"gender": "lady"})
-    with pytest.raises(KeyError, match="eyeglases.*did you mean eyeglasses"):
+    with pytest.raises(KeyError, match="eyeglases.*did you mean 'eyeglasses'"):
         PromptBuilder(tokenizer="words", exclude=["eyeglases"])
     with pytest.raises(ValueError, match="smiling.*yes or no"):
         b.build({}, overrides={"smiling": "maybe"})

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from captioning.attributes import attributes_from_json
+from captioning.attribute_values import attributes_from_json
 from captioning.cli import main
 from captioning.extractors import FaceSample
-from captioning.measure import colourfulness, head_pose
 from captioning.pipeline import build_captioner
+from captioning.pose_and_colour import colourfulness, head_pose
 from captioning.prompts import PromptBuilder, contains_phrase
 from reface_core.imageio import iter_image_files, load_image
 
@@ -99,7 +99,7 @@ def test_annotate_a_manifest_of_real_photos(celeba, tmp_path):
              "split": "test", "status": "ok", "gender_label": f.parent.name} for f in picked]
     path = tmp_path / "manifest.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    rc = main(["annotate", "--manifest", str(path), "--backend", "offline,labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "offline,labels",
                "--label-columns", "gender_label=gender", "--not-aligned", "--detector-max-side", "512",
                "--images-root", str(picked[0].parents[2]), "--quiet"])
     assert rc == 0

@@ -39,7 +39,7 @@ def test_synth_writes_one_lq_and_one_row_per_input_and_is_reproducible(tmp_path)
     src = tmp_path / "hq"
     _images(src, 6)
     out = tmp_path / "out"
-    assert main(["synth", "--input", str(src), "--output", str(out), "--preset", "mgfr-medium",
+    assert main(["synth", "--input", str(src), "-o", str(out), "--preset", "mgfr-medium",
                  "--seed", "3", "--quiet"]) == 0
     df = _table(out)
     assert len(df) == 6 and df["image_id"].is_unique and (df["status"] == "ok").all()
@@ -77,8 +77,8 @@ def test_synth_reads_manifests_and_reports_bad_images_as_rows(tmp_path):
     (data / "m.csv").write_text(f"face_id,path\n00001,{paths[0]}\n")
     assert [j.image_id for j in list_inputs(data / "m.csv")] == ["00001"]
     out = tmp_path / "out"
-    rc = main(["synth", "--input", str(data / "manifest.parquet"), "--output", str(out), "--quiet"])
-    assert rc == 3  # finished, with failures
+    rc = main(["synth", "--input", str(data / "manifest.parquet"), "-o", str(out), "--quiet"])
+    assert rc == 1  # finished, with failures
     df = _table(out).set_index("image_id")
     assert list(df.index) == ["bad", "f0", "f1", "f2"]
     assert df.loc["bad", "status"] == "error" and "broken.png" in df.loc["bad", "error"]
@@ -88,17 +88,17 @@ def test_synth_reads_manifests_and_reports_bad_images_as_rows(tmp_path):
 
 def test_synth_input_errors_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "m.csv").write_text("file,x\na.png,1\n")
-    assert main(["synth", "--input", str(tmp_path / "m.csv"), "--output", str(tmp_path / "o")]) == 2
+    assert main(["synth", "--input", str(tmp_path / "m.csv"), "-o", str(tmp_path / "o")]) == 2
     assert "no 'image_path' or 'path' column" in capsys.readouterr().err
-    assert main(["synth", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert main(["synth", "--input", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     src = tmp_path / "hq"
     _images(src, 1)
-    assert main(["synth", "--input", str(src), "--output", str(tmp_path / "o2"), "--preset", "gfpgn"]) == 2
+    assert main(["synth", "--input", str(src), "-o", str(tmp_path / "o2"), "--preset", "gfpgn"]) == 2
     assert "did you mean 'gfpgan'" in capsys.readouterr().err
     # an output folder is tied to its preset and seed
-    assert main(["synth", "--input", str(src), "--output", str(tmp_path / "o3"), "--quiet"]) == 0
-    assert main(["synth", "--input", str(src), "--output", str(tmp_path / "o3"), "--seed", "9"]) == 2
+    assert main(["synth", "--input", str(src), "-o", str(tmp_path / "o3"), "--quiet"]) == 0
+    assert main(["synth", "--input", str(src), "-o", str(tmp_path / "o3"), "--seed", "9"]) == 2
     assert "Use a new output folder" in capsys.readouterr().err
 
 
@@ -117,7 +117,7 @@ def test_synth_killed_midway_resumes_without_duplicates_or_losses(tmp_path):
     n = 120  # enough work that the kill lands midway even on a fast, idle machine
     _images(src, n, size=256)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(src), "--output", str(out),
+    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(src), "-o", str(out),
            "--preset", "gfpgan", "--seed", "1", "--workers", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -169,14 +169,14 @@ def test_presets_and_replay_commands(tmp_path, capsys):
     src = tmp_path / "hq"
     _images(src, 2)
     out = tmp_path / "out"
-    assert main(["synth", "--input", str(src), "--output", str(out), "--preset", str(tmp_path / "mine.json"),
+    assert main(["synth", "--input", str(src), "-o", str(out), "--preset", str(tmp_path / "mine.json"),
                  "--quiet"]) == 0
     capsys.readouterr()
     df = _table(out)
     assert (df["preset"] == "my-resrgan").all() and df["jpeg.quality"].between(10, 20).all()
     assert (df["output_height"] == 16).all()
     rec = out / "records" / "person0" / "img_000.json"
-    assert main(["replay", str(rec), "--output", str(tmp_path / "again.png")]) == 0
+    assert main(["replay", str(rec), "-o", str(tmp_path / "again.png")]) == 0
     assert "match" in capsys.readouterr().out
     assert load_image(tmp_path / "again.png").tobytes() == load_image(out / "lq/person0/img_000.png").tobytes()
     # a record replayed on the wrong image is caught
@@ -221,7 +221,7 @@ def test_cli_on_real_faces_killed_and_resumed(data_root, tmp_path):
     manifest = tmp_path / "faces.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(manifest), "--output", str(out),
+    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(manifest), "-o", str(out),
            "--preset", "diffbir-face", "--seed", "0", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -248,3 +248,29 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
         counts = synth(src, src / "lq_out", preset="mgfr-mild", seed=0, progress=False)
     assert counts["total"] == 3 and counts["skipped"] == 3
     assert len(_table(src / "lq_out")) == 3
+
+
+@pytest.mark.realdata
+def test_synth_overwrite_and_retry_failed(data_root, tmp_path, capsys):
+    """Resume skips finished rows (failed ones too); --retry-failed redoes only the failed,
+    --overwrite redoes all."""
+    photos = sorted((data_root / "identities_512").glob("*/gt.png"))[:2]
+    broken = tmp_path / "later.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not yet")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("face_id,path\n" + "".join(f"r{i},{p}\n" for i, p in enumerate(photos))
+                        + f"late,{broken}\n")
+    out = tmp_path / "out"
+    args = ["synth", "-i", str(manifest), "-o", str(out), "-q", "--preset", "mgfr-mild"]
+    assert main(args) == 1                      # one row failed
+    broken.write_bytes(photos[0].read_bytes())  # the input is fixed
+    capsys.readouterr()
+    assert main(args) == 1                      # plain resume keeps the failed row
+    assert "0 degraded, 0 failed, 3 already done" in capsys.readouterr().out
+    assert main([*args, "--retry-failed"]) == 0
+    assert "1 degraded, 0 failed, 2 already done" in capsys.readouterr().out
+    assert (_table(out)["status"] == "ok").all() and len(_table(out)) == 3
+    before = (out / "lq" / "r0.png").stat().st_mtime_ns
+    assert main([*args, "--overwrite"]) == 0
+    assert "3 degraded, 0 failed, 0 already done" in capsys.readouterr().out
+    assert (out / "lq" / "r0.png").stat().st_mtime_ns != before

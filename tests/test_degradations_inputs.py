@@ -25,7 +25,7 @@ def two_images(tmp_path):
 def test_output_that_is_a_file_is_a_clear_error(tmp_path, two_images, capsys):
     target = tmp_path / "taken"
     target.write_text("not a folder")
-    assert main(["synth", "--input", str(two_images), "--output", str(target), "--quiet"]) == 2
+    assert main(["synth", "--input", str(two_images), "-o", str(target), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(target) in err and "not a folder" in err
     assert "Traceback" not in err
@@ -33,10 +33,10 @@ def test_output_that_is_a_file_is_a_clear_error(tmp_path, two_images, capsys):
 
 def test_replay_output_below_a_file_is_a_clear_error(tmp_path, two_images, capsys):
     out = tmp_path / "out"
-    assert main(["synth", "--input", str(two_images), "--output", str(out), "--quiet"]) == 0
+    assert main(["synth", "--input", str(two_images), "-o", str(out), "--quiet"]) == 0
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    rc = main(["replay", str(out / "records" / "img_0.json"), "--output", str(blocker / "lq.png")])
+    rc = main(["replay", str(out / "records" / "img_0.json"), "-o", str(blocker / "lq.png")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and str(blocker) in err
 

@@ -17,7 +17,7 @@ def predictor():
 
 
 def test_unknown_predictor_is_a_clear_error():
-    with pytest.raises(ValueError, match="did you mean age-gender-onnx"):
+    with pytest.raises(ValueError, match="did you mean 'age-gender-onnx'"):
         faces.get_attribute_predictor("age-gender")
 
 

@@ -40,7 +40,7 @@ def test_detect_writes_status_records_and_resumes(tmp_path, capsys):
     save_image(src / "sub" / "noface.png", make_rgb(120, 160, seed=1))
     (src / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out"
-    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 1   # one row failed
     recs = _records(out, "detect")
     assert recs["sub/noface.png"]["status"] == "ok" and recs["sub/noface.png"]["faces"] == []
     assert recs["broken.jpg"]["status"] == "failed" and "broken.jpg" in recs["broken.jpg"]["error"]
@@ -50,7 +50,7 @@ def test_detect_writes_status_records_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     # Resume: the second run redoes nothing and reports the same records.
     before = (out / "sub" / "noface.png.json").stat().st_mtime_ns
-    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 1
     assert "2 already done" in capsys.readouterr().out
     assert (out / "sub" / "noface.png.json").stat().st_mtime_ns == before
     assert _records(out, "detect") == recs
@@ -209,10 +209,10 @@ def test_retry_failed_redoes_only_failed_records(tmp_path, capsys):
     save_image(src / "good.png", make_rgb(64, 64))
     (src / "fixed.png").write_bytes(b"not yet an image")
     out = tmp_path / "out"
-    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 1   # some rows failed
     assert _records(out, "detect")["fixed.png"]["status"] == "failed"
     save_image(src / "fixed.png", make_rgb(64, 64, seed=3))
-    assert main(["detect", str(src), "-o", str(out), "-q"]) == 0
+    assert main(["detect", str(src), "-o", str(out), "-q"]) == 1
     assert _records(out, "detect")["fixed.png"]["status"] == "failed"   # resume keeps it
     capsys.readouterr()
     assert main(["detect", str(src), "-o", str(out), "-q", "--retry-failed"]) == 0

@@ -18,7 +18,7 @@ def hog():
 
 
 def test_unknown_detector_suggests_a_name():
-    with pytest.raises(ValueError, match="did you mean dlib-hog"):
+    with pytest.raises(ValueError, match="did you mean 'dlib-hog'"):
         faces.get_detector("dlib-hogg")
 
 

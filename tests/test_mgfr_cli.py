@@ -13,7 +13,7 @@ from conftest import make_rgb
 from mgfr.cli import main
 from reface_core.imageio import load_image, save_image
 
-FAST = ["--base", "tiny", "--steps", "2", "--no-progress", "--prompt", "a photo of a man",
+FAST = ["--base", "tiny", "--steps", "2", "-q", "--prompt", "a photo of a man",
         "--negative-attribute-prompt", "woman", "--negative-quality-prompt", "blurry"]
 
 
@@ -98,7 +98,7 @@ def test_restore_aligned_faces_and_missing_weights(tmp_path, capsys):
     assert "must be square" in rows["b.png"]["error"]
     capsys.readouterr()
     code = main(["restore", "--input", str(faces_dir), "--out", str(tmp_path / "o2"),
-                 "--base", "sd21-base", "--no-progress"])
+                 "--base", "sd21-base", "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "sd21-base" in err and "\n" not in err
     assert main(["restore", "--input", str(tmp_path / "nope"), "--out", str(out), *FAST]) == 2

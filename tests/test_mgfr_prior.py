@@ -67,10 +67,10 @@ def test_interrupted_prior_resumes_to_the_same_result(identities_dataset, prior,
 @pytest.mark.realdata
 def test_prior_errors_are_one_line(identities_dataset, prior, tmp_path, capsys):
     from mgfr.cli import main
-    rc = main(["pretrain-prior", "--data", str(identities_dataset), "--out", str(prior)])
+    rc = main(["pretrain-prior", "-i", str(identities_dataset), "--out", str(prior)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "already holds a finished prior" in err
-    rc = main(["pretrain-prior", "--data", str(tmp_path / "nothing"), "--out",
+    rc = main(["pretrain-prior", "-i", str(tmp_path / "nothing"), "--out",
                str(tmp_path / "p")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "manifest.parquet" in err
@@ -79,7 +79,7 @@ def test_prior_errors_are_one_line(identities_dataset, prior, tmp_path, capsys):
     pretrain_prior(identities_dataset, out, PriorConfig(**SMALL), progress=False, stop_after=2)
     ckpt = out / "training" / "checkpoint" / "vae.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[:64])
-    rc = main(["pretrain-prior", "--data", str(identities_dataset), "--out", str(out),
+    rc = main(["pretrain-prior", "-i", str(identities_dataset), "--out", str(out),
                "--resume", "--vae-steps", "3", "--unet-steps", "3", "--batch-size", "2",
                "--checkpoint-every", "2", "--seed", "1"])
     err = capsys.readouterr().err

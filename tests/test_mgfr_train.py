@@ -130,7 +130,7 @@ def test_sigkill_and_resume_give_the_same_losses(identities_dataset, cache, tmp_
     ref = tmp_path / "uninterrupted"
     Trainer(c, identities_dataset, ref, cache_dir=cache, progress=False).train()
     run = tmp_path / "killed"
-    args = [sys.executable, "-m", "mgfr", "train", "--stage", "1", "--data",
+    args = [sys.executable, "-m", "mgfr", "train", "--stage", "1", "-i",
             str(identities_dataset), "--base", "tiny", "--out", str(run), "--max-steps", "4",
             "--batch-size", "1", "--seed", "3", "--checkpoint-every", "2",
             "--cache-dir", str(cache), "--set", "ema_decay=0.9", "--set", "validation_faces=2",
@@ -175,15 +175,15 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
     df = pd.read_parquet(identities_dataset / "manifest.parquet")
     df.groupby("identity").head(1).to_parquet(single / "manifest.parquet")
     shutil.copytree(identities_dataset / "images", single / "images")
-    rc, err = _cli(["train", "--stage", "1", "--data", str(single), "--out",
+    rc, err = _cli(["train", "--stage", "1", "-i", str(single), "--out",
                     str(tmp_path / "a"), *common], capsys)
     assert rc == 2 and err.count("\n") == 1 and "no identity has two photos" in err
     # A missing base (folder, then a preset whose weights are not installed).
-    rc, err = _cli(["train", "--stage", "1", "--data", str(identities_dataset), "--base",
+    rc, err = _cli(["train", "--stage", "1", "-i", str(identities_dataset), "--base",
                     str(tmp_path / "no_such_prior"), "--out", str(tmp_path / "b"), *common],
                    capsys)
     assert rc == 2 and err.count("\n") == 1 and "does not exist" in err
-    rc, err = _cli(["train", "--stage", "1", "--data", str(identities_dataset), "--base",
+    rc, err = _cli(["train", "--stage", "1", "-i", str(identities_dataset), "--base",
                     "sd21-base", "--out", str(tmp_path / "c"), *common], capsys)
     assert rc == 2 and err.startswith("error: pretrained asset 'sd21-base'")
     assert "Traceback" not in err
@@ -192,16 +192,16 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
     shutil.copytree(stage1_run, run)
     model_file = run / "checkpoint" / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:1000])
-    rc, err = _cli(["train", "--stage", "1", "--data", str(identities_dataset), "--out",
+    rc, err = _cli(["train", "--stage", "1", "-i", str(identities_dataset), "--out",
                     str(run), "--resume", "--seed", "3", "--max-steps", "4", "--batch-size", "1",
                     "--checkpoint-every", "2", "--cache-dir", str(cache), "--set", "ema_decay=0.9",
                     "--set", "validation_faces=2", "--set", "validation_steps=2"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "corrupt" in err
     # Stage 2 without a stage-1 run; a checkpoint that would be overwritten.
-    rc, err = _cli(["train", "--stage", "2", "--data", str(identities_dataset), "--out",
+    rc, err = _cli(["train", "--stage", "2", "-i", str(identities_dataset), "--out",
                     str(tmp_path / "d"), *common], capsys)
     assert rc == 2 and "--init" in err
-    rc, err = _cli(["train", "--stage", "1", "--data", str(identities_dataset), "--out",
+    rc, err = _cli(["train", "--stage", "1", "-i", str(identities_dataset), "--out",
                     str(stage1_run), *common], capsys)
     assert rc == 2 and "--resume" in err
     # Stage 2 on another base than its stage 1.
@@ -210,7 +210,7 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
     info_file = other / "adapters" / "mgfr_adapters.json"
     import json
     info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "base": "sd15"}))
-    rc, err = _cli(["train", "--stage", "2", "--data", str(identities_dataset), "--base", "tiny",
+    rc, err = _cli(["train", "--stage", "2", "-i", str(identities_dataset), "--base", "tiny",
                     "--init", str(other), "--out", str(tmp_path / "e"), *common], capsys)
     assert rc == 2 and err.count("\n") == 1 and "needs the same base" in err
 

@@ -27,7 +27,7 @@ def handmade(data_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site(handmade, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site") / "site"
-    assert P.main(["--results", str(handmade), "--out", str(out)]) == 0
+    assert P.main(["-i", str(handmade), "--out", str(out)]) == 0
     return out
 
 
@@ -85,7 +85,7 @@ def test_publishing_a_real_benchmark_run(identities_dataset, tmp_path_factory, t
     """benchmarks.run (lq, bicubic, tiny MGFR) on the Reface-HQ test split, then publish."""
     results = real_results(identities_dataset, tmp_path_factory.getbasetemp())
     out = tmp_path / "site"
-    assert P.main(["--results", str(results), "--out", str(out)]) == 0
+    assert P.main(["-i", str(results), "--out", str(out)]) == 0
     assert check_csv_equals_view(out, results) == 3 * 5  # 3 runs x 5 metrics
     (csv_path,) = (out / "leaderboards").glob("*.csv")
     _, rows = read_csv(csv_path)
@@ -174,7 +174,7 @@ def test_names_from_the_store_are_escaped(handmade, tmp_path):
         store.con.execute("UPDATE runs SET restorer = '<img src=x onerror=alert(1)>|x' "
                           "WHERE run_id = 'run-blur-0002'")
     out = tmp_path / "site"
-    assert P.main(["--results", str(res), "--out", str(out)]) == 0
+    assert P.main(["-i", str(res), "--out", str(out)]) == 0
     page = (out / "reface-test.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;|x" in page
     md = (out / "leaderboards" / "reface-test.md").read_text()
@@ -184,9 +184,9 @@ def test_names_from_the_store_are_escaped(handmade, tmp_path):
 
 def test_republish_replaces_its_own_site_only(handmade, tmp_path, capsys):
     out = tmp_path / "site"
-    assert P.main(["--results", str(handmade), "--out", str(out)]) == 0
+    assert P.main(["-i", str(handmade), "--out", str(out)]) == 0
     (out / "stale.txt").write_text("from an older publish")
-    assert P.main(["--results", str(handmade), "--out", str(out)]) == 0
+    assert P.main(["-i", str(handmade), "--out", str(out)]) == 0
     assert not (out / "stale.txt").exists() and (out / "index.html").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site.")]  # no leftovers
 
@@ -194,22 +194,22 @@ def test_republish_replaces_its_own_site_only(handmade, tmp_path, capsys):
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     capsys.readouterr()
-    assert P.main(["--results", str(handmade), "--out", str(foreign)]) == 2
+    assert P.main(["-i", str(handmade), "--out", str(foreign)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and "did not write" in err and err.count("\n") == 1
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
 
 
 def test_bad_results_folder_is_one_line_error(tmp_path, capsys):
-    assert P.main(["--results", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]) == 2
-    assert capsys.readouterr().err.startswith("error: --results")
+    assert P.main(["-i", str(tmp_path / "nope"), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.startswith("error: --input")
     (tmp_path / "empty").mkdir()
-    assert P.main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path / "s")]) == 2
+    assert P.main(["-i", str(tmp_path / "empty"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "no results.duckdb" in err and err.count("\n") == 1
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.duckdb").write_bytes(b"not a database at all" * 100)
-    assert P.main(["--results", str(tmp_path / "junk"), "--out", str(tmp_path / "s")]) == 2
+    assert P.main(["-i", str(tmp_path / "junk"), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
@@ -217,7 +217,7 @@ def test_bad_results_folder_is_one_line_error(tmp_path, capsys):
 
 def test_benchmarks_cli_has_publish(handmade, tmp_path):
     from benchmarks.cli import main
-    assert main(["publish", "--results", str(handmade), "--out", str(tmp_path / "s")]) == 0
+    assert main(["publish", "-i", str(handmade), "--out", str(tmp_path / "s")]) == 0
     assert json.loads(json.dumps(sorted(p.name for p in (tmp_path / "s").iterdir())))
 
 
@@ -233,7 +233,7 @@ def test_one_board_per_dataset_content(handmade, tmp_path):
         store.con.execute("INSERT INTO image_scores SELECT * REPLACE ('run-lq-seed1' AS run_id, "
                           "value + 1 AS value) FROM image_scores WHERE run_id = 'run-lq-0001'")
     out = tmp_path / "site"
-    assert P.main(["--results", str(res), "--out", str(out)]) == 0
+    assert P.main(["-i", str(res), "--out", str(out)]) == 0
     boards = sorted(p.name for p in (out / "leaderboards").glob("*.csv"))
     assert boards == ["reface-test-dddddddd.csv", "reface-test-e0000000.csv"]
     _, rows = read_csv(out / "leaderboards" / "reface-test-e0000000.csv")

@@ -47,15 +47,15 @@ def test_stage_names_are_checked_when_built():
         DetectAlign(detector="nope")
     with pytest.raises(ValueError, match="transform_size must be an integer >= 8"):
         DetectAlign(transform_size=-5)  # dropped every photo as detect_align_error
-    with pytest.raises(ValueError, match="did you mean dlib"):
+    with pytest.raises(ValueError, match="did you mean 'dlib"):
         Embed(embedder="dlb")
     with pytest.raises(ValueError, match="batch_size"):
         Embed(batch_size=0)
 
 
 def test_cli_unknown_detector_exits_2_naming_it(tmp_path, photos, capsys):
-    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"),
-               "--detector", "nope", "--no-progress"])
+    rc = main(["build", "-i", str(photos), "--out", str(tmp_path / "o"),
+               "--detector", "nope", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: unknown face detector 'nope'")
 
@@ -65,7 +65,7 @@ def test_output_or_work_folder_that_is_a_file(tmp_path, photos, capsys, flag):
     taken = tmp_path / "taken"
     taken.write_text("x")
     folders = {"--out": str(tmp_path / "o"), flag: str(taken)}
-    args = ["build", "--source", str(photos), "--no-progress"]
+    args = ["build", "-i", str(photos), "-q"]
     for name, value in folders.items():
         args += [name, value]
     assert main(args) == 2
@@ -224,7 +224,7 @@ def test_outputs_inside_a_source_folder_are_not_read_back_as_photos(tmp_path, ph
 @pytest.mark.parametrize("option", ["--download-timeout=0", "--download-retries=-1",
                                     "--max-bytes=0"])
 def test_bad_download_options_are_refused_up_front(tmp_path, photos, capsys, option):
-    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"), "--no-progress",
+    rc = main(["build", "-i", str(photos), "--out", str(tmp_path / "o"), "-q",
                option])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: download ")
@@ -234,7 +234,7 @@ def test_bad_download_options_are_refused_up_front(tmp_path, photos, capsys, opt
 def test_ray_executor_without_ray_installed_is_one_line(tmp_path, photos, capsys, monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    rc = main(["build", "--source", str(photos), "--out", str(tmp_path / "o"), "--no-progress",
+    rc = main(["build", "-i", str(photos), "--out", str(tmp_path / "o"), "-q",
                "--executor", "ray"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: the Ray executor needs Ray Data")

@@ -24,7 +24,7 @@ from reface_hq.sources import (
     URLListSource,
     parse_source,
 )
-from reface_hq.stage import Stage
+from reface_hq.stage_protocol import Stage
 from reface_hq.stages import (
     Decode,
     Quality,
@@ -303,7 +303,7 @@ def test_musiq_scorer_loads_weights_safely(tmp_path):
     torch = pytest.importorskip("torch")
     from pyiqa.archs.musiq_arch import MUSIQ
 
-    from reface_hq.stages import MusiqScorer
+    from reface_core.iqa import MusiqScorer
     arch = dict(hidden_size=32, mlp_dim=32, num_heads=2, num_layers=1)
     torch.manual_seed(0)
     net = MUSIQ(pretrained=False, num_class=1, **arch)
@@ -516,7 +516,7 @@ def test_cli_help_and_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     assert "--no-identity-hints" in capsys.readouterr().out
-    assert main(["build", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["build", "-i", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "neither a folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path)]) == 2
     assert "no manifest.parquet" in capsys.readouterr().err
@@ -548,8 +548,8 @@ def test_sources_with_the_same_name_are_refused(tmp_path, capsys):
     from reface_hq.cli import main
     for d in ("a/photos", "b/photos"):
         save_image(tmp_path / d / "x.png", make_rgb(40, 40))
-    args = ["build", "--out", str(tmp_path / "o"), "--source", str(tmp_path / "a" / "photos"),
-            "--source", str(tmp_path / "b" / "photos")]
+    args = ["build", "--out", str(tmp_path / "o"), "-i", str(tmp_path / "a" / "photos"),
+            "-i", str(tmp_path / "b" / "photos")]
     assert main(args) == 2
     assert "several sources are named ['photos']" in capsys.readouterr().err
 

@@ -222,10 +222,10 @@ def test_killed_build_resumes_to_the_same_manifest(data_root, tmp_path):
     """A real kill (SIGKILL of the CLI process group) in the middle of a stage."""
     src = (f"{data_root / 'identities_512'}?identity=folder&folder_level=0"
            f"&include=^(00001|00027)/")
-    common = ["--source", src, "--source", f"{data_root / 'att_faces_lowres'}?include=s1/",
+    common = ["-i", src, "-i", f"{data_root / 'att_faces_lowres'}?include=s1/",
               "--size", "512", "--transform-size", "512", "--no-align-padding",
               "--min-photos", "3", "--seed", "3", "--shard-size", "4",
-              "--musiq", "off", "--no-progress"]
+              "--musiq", "off", "-q"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reface_hq", "build", *common, "--out", str(killed)]
@@ -319,9 +319,9 @@ def test_build_from_a_crawled_url_list(data_root, tmp_path):
             json.dumps({"url": u, "identity": "person27", "license": "CC-BY-NC-4.0"}) + "\n"
             for u in urls))
         from reface_hq.cli import main
-        common = ["--source", str(tmp_path / "urls.jsonl"), "--min-photos", "2",
+        common = ["-i", str(tmp_path / "urls.jsonl"), "--min-photos", "2",
                   "--download-timeout", "0.5", "--download-retries", "0", "--musiq", "off",
-                  "--no-progress", "--test-fraction", "0"]
+                  "-q", "--test-fraction", "0"]
         assert main(["build", *common, "--out", str(tmp_path / "ds"),
                      "--allow-private-addresses"]) == 0
         # Without the flag the loopback server is refused, URL by URL.

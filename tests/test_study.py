@@ -169,18 +169,18 @@ def test_results_cli_and_publish_show_the_votes(results, tmp_path, capsys):
         side = "left" if pair.left == "run-blur-0002" else "right"
         assert client.post(f"/study/{TOKEN}/vote", data={"pair_id": pid, "choice": side},
                            follow_redirects=False).status_code == 303
-    assert S.main(["results", "--results", str(results), "--json"]) == 0
+    assert S.main(["results", "-i", str(results), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     (st,) = res["studies"]
     top, bottom = st["methods"]
     assert (top["label"], top["wins"], top["comparisons"], top["rank"]) == ("blur", 6, 6, 1)
     assert (bottom["label"], bottom["wins"]) == ("lq", 0)
     assert (top["ci_low"], top["ci_high"]) == pytest.approx(S.wilson_interval(6, 6))
-    assert S.main(["results", "--results", str(results)]) == 0
+    assert S.main(["results", "-i", str(results)]) == 0
     text = capsys.readouterr().out
     assert "blur" in text and "6 votes" in text
     from benchmarks import publish as P
-    assert P.main(["--results", str(results), "--out", str(tmp_path / "site")]) == 0
+    assert P.main(["-i", str(results), "--out", str(tmp_path / "site")]) == 0
     index = (tmp_path / "site" / "index.html").read_text()
     assert "6 votes from 1 participant session" in index
     assert re.search(r"<td>blur</td>.*?<td class=\"num\">6</td><td class=\"num\">6</td>", index)
@@ -195,25 +195,25 @@ def test_bad_study_setup_is_one_line_error(results, capsys):
              (["--methods", "lq,blur", "--study", "../x"], "--study"),
              (["--methods", "lq,blur", "--port", "0"], "--port")]
     for extra, needle in cases:
-        assert S.main(["serve", "--results", str(results), *extra]) == 2, extra
+        assert S.main(["serve", "-i", str(results), *extra]) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
-    assert S.main(["serve", "--results", str(results.parent / "nope"), "--methods", "a,b"]) == 2
+    assert S.main(["serve", "-i", str(results.parent / "nope"), "--methods", "a,b"]) == 2
     assert "no results.duckdb" in capsys.readouterr().err
     import socket
     with socket.socket() as busy:  # a port someone else listens on
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert S.main(["serve", "--results", str(results), "--methods", "lq,blur",
+        assert S.main(["serve", "-i", str(results), "--methods", "lq,blur",
                        "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --host 127.0.0.1 --port") and "in use" in err, err
     # The default address is this machine only.
-    args = S.build_parser().parse_args(["serve", "--results", "r", "--methods", "a,b"])
+    args = S.build_parser().parse_args(["serve", "-i", "r", "--methods", "a,b"])
     assert args.host == "127.0.0.1"
     from benchmarks.cli import build_parser
-    args = build_parser().parse_args(["study", "results", "--results", str(results)])
+    args = build_parser().parse_args(["study", "results", "-i", str(results)])
     assert args.func(args) == 0 and "no votes recorded" in capsys.readouterr().out
 
 

@@ -6,29 +6,20 @@ name -> "module:class", imported lazily so ``import captioning`` loads no model 
 
 from __future__ import annotations
 
-import difflib
-import importlib
+from reface_core.registry import Registry
 
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 
-EXTRACTORS: dict[str, str] = {
+EXTRACTORS = Registry("attribute backend", {
     "offline": "captioning.extractors.offline:OfflineExtractor",
     "vlm": "captioning.extractors.vlm:BlipExtractor",
     "blip2": "captioning.extractors.vlm:Blip2Extractor",
     "labels": "captioning.extractors.labels:LabelsExtractor",
-}
+}, suggestions=2)
 
 
 def extractor_class(name: str):
-    try:
-        target = EXTRACTORS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(EXTRACTORS), n=2)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown attribute backend {name!r}{hint} "
-                         f"(known: {', '.join(EXTRACTORS)})") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return EXTRACTORS.load(name)
 
 
 def get_extractor(name: str, **options) -> AttributeExtractor:

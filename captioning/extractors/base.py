@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..attributes import Attributes
+from ..attribute_values import Attributes
 
 
 @dataclass

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..attributes import Attributes, AttributeValue
+from ..attribute_values import Attributes, AttributeValue
 from ..vocabulary import CELEBA_40, VOCABULARY, parse_value
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 

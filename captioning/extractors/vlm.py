@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attributes import Attributes, AttributeValue
+from ..attribute_values import Attributes, AttributeValue
 from ..vocabulary import VOCABULARY, get_spec
 from .base import AttributeExtractor, ExtractionResult, FaceSample
 

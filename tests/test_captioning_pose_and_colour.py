@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from captioning.measure import (
+from captioning.pose_and_colour import (
     FACE_MODEL_5,
     angles_from_rotation,
     camera_matrix,
