@@ -93,14 +93,14 @@ def _add_build(sub) -> None:
     p.add_argument("--exclude", help="exclusion list: one URL, origin path or sha256 per line")
     p.add_argument("--allow-private-addresses", action="store_true",
                    help="let the downloader fetch from private/loopback/link-local addresses")
-    p.add_argument("--download-timeout", type=float, default=10.0,
+    p.add_argument("--download-timeout", type=between(0.1, 3600.0, float), default=10.0,
                    help="seconds per socket operation of a download (default 10)")
-    p.add_argument("--download-deadline", type=float, default=60.0,
+    p.add_argument("--download-deadline", type=between(0.1, 86400.0, float), default=60.0,
                    help="wall-clock seconds per URL, headers, body and retries included, "
                         "however slowly the server sends (default 60)")
-    p.add_argument("--download-retries", type=int, default=2,
+    p.add_argument("--download-retries", type=between(0, 100), default=2,
                    help="retries of a URL after a transient failure, with backoff (default 2)")
-    p.add_argument("--max-bytes", type=int, default=20_000_000, help="download size cap")
+    p.add_argument("--max-bytes", type=between(1, 2**40), default=20_000_000, help="download size cap")
     p.add_argument("--captions", action="store_true",
                    help="run captioning annotate on the manifest as the last stage")
     p.add_argument("--caption-backends", default="offline",
@@ -239,8 +239,11 @@ def cmd_verify(args) -> int:
 
 def cmd_export(args) -> int:
     from .build import read_exclusion
-    from .export import export, push_to_hub
+    from .export import check_face_ids, export, manifest_path, push_to_hub
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
+    # A manifest with unsafe face ids is refused before the lock creates the export folder.
+    import pyarrow.parquet as pq
+    check_face_ids(pq.read_table(manifest_path(args.dataset), columns=["face_id"]).to_pylist())
     with lock_for(args, args.out):
         done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
                       exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
@@ -265,18 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "thresholds for an embedder on labelled photos (one folder per person), "
                     "fitting on half the identities and reporting error rates on the other "
                     "half; writes a preset that `build --thresholds` reads.")
-    p.add_argument("--source", action="append", required=True, metavar="SPEC",
-                   help="labelled photos: a folder of one folder per person (or a source "
-                        "spec with identity=folder/regex)")
+    add_input(p, "labelled photos: a folder of one folder per person (or a source spec with "
+                 "identity=folder/regex); repeat for several", dest="source", action="append",
+              metavar="SPEC", deprecated=("--source",))
     p.add_argument("--embedder", default="dlib", help="faces embedder to calibrate")
-    p.add_argument("--out", required=True, help="preset JSON file to write")
-    p.add_argument("--target-false-merge", type=float, default=0.01,
+    add_out(p, "preset JSON file to write", required=True)
+    p.add_argument("--target-false-merge", type=between(0.0, 0.5, float), default=0.01,
                    help="allowed fraction of other people's faces accepted (default 0.01)")
     p.add_argument("--aligned", action="store_true",
                    help="the photos are FFHQ-aligned crops already (skip detection)")
     p.add_argument("--alias", action="append", metavar="A=B",
                    help="label A is the same person as label B (known label noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fit/held-out split")
+    add_seed(p, help="seed of the fit/held-out split")
     p.add_argument("--data", help="what the photos are, recorded in the preset")
     p.add_argument("--work-dir", help="keep the aligned crops here (default: a temporary folder)")
     p.set_defaults(func=cmd_calibrate)
@@ -296,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_out(p, "export folder", required=True)
     p.add_argument("--format", action="append", choices=("parquet", "webdataset"),
                    help="formats to write (default both)")
-    p.add_argument("--shard-rows", type=int, default=500, help="faces per shard")
+    p.add_argument("--shard-rows", type=between(1, 1_000_000), default=500, help="faces per shard")
     p.add_argument("--exclude", help="exclusion list applied again at export")
     p.add_argument("--name", help="dataset name in the card")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the export (needs access)")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,20 @@ def _isolated_reface_home(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's real asset cache, nor downloads."""
     monkeypatch.setenv("REFACE_HOME", str(tmp_path_factory.mktemp("reface_home")))
     monkeypatch.delenv("REFACE_ALLOW_DOWNLOAD", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _library_log_handlers_on_real_stderr():
+    """diffusers and transformers bind their log handler to the ``sys.stderr`` of the
+    moment they are first imported: under ``capsys`` that is a stream closed after the
+    test, and every later warning then prints "--- Logging error ---" into another test's
+    output. Point those handlers at the process's stderr (still captured by pytest)."""
+    yield
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        handler = getattr(sys.modules.get(module), "_default_handler", None)
+        if handler is not None and getattr(handler, "stream", None) is not sys.__stderr__:
+            handler.stream = sys.__stderr__
+            handler.flush = sys.__stderr__.flush
 
 
 def make_rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:

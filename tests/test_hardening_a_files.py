@@ -49,7 +49,7 @@ def test_synth_outputs_are_group_readable_under_the_umask(data_root, tmp_path, u
     src.mkdir()
     shutil.copy(data_root / "identities_512/00001/gt.png", src / "a.png")
     out = tmp_path / "lq"
-    assert main(["synth", "--input", str(src), "--output", str(out), "--quiet"]) == 0
+    assert main(["synth", "--input", str(src), "-o", str(out), "--quiet"]) == 0
     files = [p for p in out.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"a.png", "a.json", "params.parquet", "run.json"}
     assert {oct(_mode(p)) for p in files} == {oct(0o666 & ~mask)}
@@ -87,8 +87,8 @@ def test_synth_processes_a_file_whose_name_is_not_utf8(data_root, tmp_path, caps
     with open(broken, "wb") as f:
         f.write(b"not an image")
     out = tmp_path / "lq"
-    assert main(["synth", "--input", str(tmp_path / "hq"), "--output", str(out),
-                 "--quiet"]) == 3     # one input failed: the documented exit status
+    assert main(["synth", "--input", str(tmp_path / "hq"), "-o", str(out),
+                 "--quiet"]) == 1     # one input failed: the documented exit status
     table = pd.read_parquet(out / "params.parquet").set_index("image_id")
     assert sorted(table.index) == ["broken%FF", "caf%E9_%FF", "plain"]
     row = table.loc["caf%E9_%FF"]
@@ -97,9 +97,10 @@ def test_synth_processes_a_file_whose_name_is_not_utf8(data_root, tmp_path, caps
     bad = table.loc["broken%FF"]
     assert bad["status"] == "error" and "broken\\xff.png" in bad["error"]
     assert "error: broken%FF: " in capsys.readouterr().out
-    # A rerun resumes (nothing redone) instead of failing the same way.
-    assert main(["synth", "--input", str(tmp_path / "hq"), "--output", str(out),
-                 "--quiet"]) == 0
+    # A rerun resumes (nothing redone) instead of failing the same way; it still exits 1
+    # while the folder holds the failed row.
+    assert main(["synth", "--input", str(tmp_path / "hq"), "-o", str(out),
+                 "--quiet"]) == 1
     assert "3 inputs: 0 degraded, 0 failed, 3 already done" in capsys.readouterr().out
     assert len(pd.read_parquet(out / "params.parquet")) == 3
 

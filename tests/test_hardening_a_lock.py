@@ -108,7 +108,7 @@ def _cli(module: str) -> list[str]:
 
 def test_synth_runs_with_two_seeds_into_one_folder_never_mix(tmp_path):
     src, out = _hq(tmp_path / "hq", 4), tmp_path / "lq"
-    cmds = [_cli("degradations") + ["synth", "--input", str(src), "--output", str(out),
+    cmds = [_cli("degradations") + ["synth", "--input", str(src), "-o", str(out),
                                      "--seed", str(seed), "--quiet"] for seed in (0, 1)]
     procs = [subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in cmds]
@@ -125,13 +125,13 @@ def test_synth_runs_with_two_seeds_into_one_folder_never_mix(tmp_path):
 def test_synth_rerun_with_another_seed_refuses_unless_overwrite(tmp_path, capsys):
     from degradations.cli import main
     src, out = _hq(tmp_path / "hq"), tmp_path / "lq"
-    assert main(["synth", "--input", str(src), "--output", str(out), "--quiet"]) == 0
+    assert main(["synth", "--input", str(src), "-o", str(out), "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["synth", "--input", str(src), "--output", str(out), "--seed", "1",
+    assert main(["synth", "--input", str(src), "-o", str(out), "--seed", "1",
                  "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert set(pd.read_parquet(out / "params.parquet")["seed"]) == {0}
-    assert main(["synth", "--input", str(src), "--output", str(out), "--seed", "1",
+    assert main(["synth", "--input", str(src), "-o", str(out), "--seed", "1",
                  "--overwrite", "--quiet"]) == 0
     table = pd.read_parquet(out / "params.parquet")
     assert len(table) == 3 and set(table["seed"]) == {1}
@@ -142,19 +142,19 @@ def _commands(tmp: Path, out: Path) -> dict:
     src = _hq(tmp / "hq", 1)
     manifest = out / "manifest.parquet"
     return {
-        "reface_hq build": ("reface_hq.cli", ["build", "--source", str(src), "--out", str(out),
-                                              "--no-progress"]),
+        "reface_hq build": ("reface_hq.cli", ["build", "-i", str(src), "--out", str(out),
+                                              "-q"]),
         "reface_hq export": ("reface_hq.cli", ["export", str(tmp / "ds"), "--out", str(out)]),
         "degradations synth": ("degradations.cli", ["synth", "--input", str(src),
-                                                    "--output", str(out), "--quiet"]),
-        "captioning annotate": ("captioning.cli", ["annotate", "--manifest", str(manifest),
+                                                    "-o", str(out), "--quiet"]),
+        "captioning annotate": ("captioning.cli", ["annotate", "-i", str(manifest),
                                                    "--quiet"]),
         "faces align": ("faces.cli", ["align", str(src), "--out", str(out), "-q"]),
         "benchmarks run": ("benchmarks.run", ["--methods", "bicubic", "--dataset", str(src),
-                                              "--out", str(out), "--no-progress"]),
-        "mgfr train": ("mgfr.cli", ["train", "--stage", "1", "--data", str(tmp / "ds"),
+                                              "--out", str(out), "-q"]),
+        "mgfr train": ("mgfr.cli", ["train", "--stage", "1", "-i", str(tmp / "ds"),
                                     "--out", str(out)]),
-        "mgfr pretrain-prior": ("mgfr.cli", ["pretrain-prior", "--data", str(tmp / "ds"),
+        "mgfr pretrain-prior": ("mgfr.cli", ["pretrain-prior", "-i", str(tmp / "ds"),
                                              "--out", str(out)]),
         "mgfr restore": ("mgfr.cli", ["restore", "--input", str(src), "--aligned",
                                       "--out", str(out)]),
@@ -184,7 +184,7 @@ def test_wait_lock_on_the_command_line_waits_for_the_holder(tmp_path, holder, ca
     src, out = _hq(tmp_path / "hq", 2), tmp_path / "lq"
     proc = holder(out, seconds=1.5)
     t0 = time.monotonic()
-    assert main(["synth", "--input", str(src), "--output", str(out), "--quiet",
+    assert main(["synth", "--input", str(src), "-o", str(out), "--quiet",
                  "--wait-lock", "60"]) == 0
     assert proc.wait(timeout=10) == 0 and time.monotonic() - t0 > 0.5
     assert len(pd.read_parquet(out / "params.parquet")) == 2
@@ -195,8 +195,8 @@ def test_builds_sharing_a_work_folder_take_turns(tmp_path, holder, capsys):
     from reface_hq.cli import main
     src, work = _hq(tmp_path / "hq", 1), tmp_path / "work"
     proc = holder(work)
-    assert main(["build", "--source", str(src), "--out", str(tmp_path / "a"),
-                 "--work-dir", str(work), "--no-progress"]) == 2
+    assert main(["build", "-i", str(src), "--out", str(tmp_path / "a"),
+                 "--work-dir", str(work), "-q"]) == 2
     err = capsys.readouterr().err
     assert f"output folder {work} is in use by another run (pid {proc.pid}" in err
     assert not (tmp_path / "a" / "manifest.parquet").exists()

@@ -45,7 +45,7 @@ def test_killing_a_build_kills_its_workers(data_root, tmp_path):
     cmd = [sys.executable, "-m", "reface_hq", "build", "--source", src,
            "--out", str(tmp_path / "ds"), "--workers", "2", "--shard-size", "8",
            "--size", "512", "--transform-size", "512", "--no-align-padding",
-           "--musiq", "off", "--no-progress"]
+           "--musiq", "off", "-q"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

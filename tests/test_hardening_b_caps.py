@@ -50,21 +50,21 @@ def test_faces_align_size_capped(tmp_path, capsys):
 ])
 def test_reface_hq_build_caps(tmp_path, capsys, argv, option):
     from reface_hq.cli import main
-    _refused(main, ["build", "--source", f"folder:{tmp_path}", "--out", str(tmp_path / "ds"), *argv],
+    _refused(main, ["build", "-i", f"folder:{tmp_path}", "--out", str(tmp_path / "ds"), *argv],
              capsys, option)
     assert not (tmp_path / "ds").exists()
 
 
 def test_degradations_synth_seed_capped(tmp_path, capsys):
     from degradations.cli import main
-    _refused(main, ["synth", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+    _refused(main, ["synth", "--input", str(tmp_path), "-o", str(tmp_path / "o"),
                     "--seed", str(10 ** 23)], capsys, "--seed")
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("backends, expected", [
-    ("vlmm", "unknown attribute backend 'vlmm'; did you mean vlm"),
+    ("vlmm", "unknown attribute backend 'vlmm'; did you mean 'vlm'"),
     ("offline,blip3", "unknown attribute backend 'blip3'"),
     ("vlm", "pretrained asset 'blip-caption-base'"),  # no BLIP weights on this machine
 ])
@@ -72,8 +72,8 @@ def test_caption_backends_checked_before_the_build(data_root, tmp_path, capsys, 
     from reface_hq.cli import main
     photos = data_root / "identities_512" / "00001" / "conditioning"
     out = tmp_path / "ds"
-    rc = main(["build", "--source", f"folder:{photos}", "--out", str(out), "--captions",
-               "--caption-backends", backends, "--no-progress"])
+    rc = main(["build", "-i", f"folder:{photos}", "--out", str(out), "--captions",
+               "--caption-backends", backends, "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and expected in err, err[:400]
     # Nothing was detected, aligned or written: the check ran before the first stage.
@@ -87,4 +87,4 @@ def test_caption_backends_checked_before_the_build(data_root, tmp_path, capsys, 
 ])
 def test_captioning_annotate_caps(tmp_path, capsys, argv, option):
     from captioning.cli import main
-    _refused(main, ["annotate", "--manifest", str(tmp_path / "m.parquet"), *argv], capsys, option)
+    _refused(main, ["annotate", "-i", str(tmp_path / "m.parquet"), *argv], capsys, option)

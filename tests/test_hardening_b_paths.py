@@ -112,7 +112,7 @@ def test_annotate_refuses_image_paths_outside_the_manifest_folder(tmp_path, data
     save_image(tmp_path / "outside.png", np.zeros((8, 8, 3), np.uint8))
     path = _annotate_manifest(tmp_path, data_root, ["images/ok.png", bad])
     before = path.read_bytes()
-    rc = main(["annotate", "--manifest", str(path), "--backend", "labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "labels",
                "--label-columns", "gender_label=gender", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
@@ -126,7 +126,7 @@ def test_annotate_reads_images_under_an_explicit_root(tmp_path, data_root):
     from captioning.cli import main
     photo = data_root / "identities_512" / "00001" / "gt.png"
     path = _annotate_manifest(tmp_path, data_root, [str(photo)])
-    rc = main(["annotate", "--manifest", str(path), "--backend", "labels",
+    rc = main(["annotate", "-i", str(path), "--backend", "labels",
                "--label-columns", "gender_label=gender", "--quiet",
                "--images-root", str(data_root / "identities_512")])
     assert rc == 0

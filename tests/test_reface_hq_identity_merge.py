@@ -305,7 +305,7 @@ def test_calibrate_writes_a_preset_the_build_reads(data_root, tmp_path, capsys):
         files = sorted((data_root / "identities_512" / ident / "conditioning").glob("*.png"))[:4]
         _copy(data_root, src, {ident: [str(f.relative_to(data_root)) for f in files]})
     preset_path = tmp_path / "preset.json"
-    assert main(["calibrate", "--source", str(src), "--aligned", "--out", str(preset_path)]) == 0
+    assert main(["calibrate", "-i", str(src), "--aligned", "--out", str(preset_path)]) == 0
     assert "held-out: 3 identities" in capsys.readouterr().out
     preset = read_preset(preset_path)
     assert preset["embedder"] == "dlib" and preset["held_out"]["faces"] == 12
@@ -319,10 +319,10 @@ def test_calibrate_writes_a_preset_the_build_reads(data_root, tmp_path, capsys):
     assert config.cluster_threshold == 0.07          # an explicit value wins
     # Bad input: one line naming it, exit 2.
     (tmp_path / "bad.json").write_text('{"thresholds": {"max_identity_distanse": 0.1}}')
-    for argv in (["calibrate", "--source", str(src / "00027"), "--out", str(tmp_path / "x.json")],
-                 ["build", "--source", str(src), "--out", str(tmp_path / "o2"),
+    for argv in (["calibrate", "-i", str(src / "00027"), "--out", str(tmp_path / "x.json")],
+                 ["build", "-i", str(src), "--out", str(tmp_path / "o2"),
                   "--thresholds", str(tmp_path / "bad.json")],
-                 ["build", "--source", str(src), "--out", str(tmp_path / "o2"),
+                 ["build", "-i", str(src), "--out", str(tmp_path / "o2"),
                   "--thresholds", str(tmp_path / "missing.json")]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
