@@ -8,6 +8,7 @@ that is not a readable image raises :class:`ImageLoadError` naming the input.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -182,11 +183,23 @@ def save_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = 95)
 IMAGE_SUFFIXES = frozenset(_FORMATS) | {".pgm", ".ppm"}
 
 
+@functools.lru_cache(maxsize=1)
+def readable_suffixes() -> frozenset[str]:
+    """Suffixes of every format Pillow can open (``.jfif``, ``.gif``, ``.tif``, ``.tga``,
+    ...) plus :data:`IMAGE_SUFFIXES`: what a folder scan picks up."""
+    from PIL import Image
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN) | IMAGE_SUFFIXES
+
+
 def iter_image_files(root: str | os.PathLike, recursive: bool = True):
-    """Image files under ``root`` in sorted (deterministic) order, hidden files skipped."""
+    """Image files under ``root`` (any suffix Pillow reads, see :func:`readable_suffixes`)
+    in sorted (deterministic) order, hidden files skipped."""
     root = Path(root)
     pattern = "**/*" if recursive else "*"
+    suffixes = readable_suffixes()
     for p in sorted(root.glob(pattern)):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(
+        if p.is_file() and p.suffix.lower() in suffixes and not any(
                 part.startswith(".") for part in p.relative_to(root).parts):
             yield p

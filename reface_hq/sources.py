@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reface_core.atomic import safe_child, write_bytes_atomic
 from reface_core.fsnames import name_id, path_text
-from reface_core.imageio import IMAGE_SUFFIXES
+from reface_core.imageio import IMAGE_SUFFIXES, readable_suffixes
 
 from . import schema
 
@@ -33,14 +33,6 @@ def safe_name(text: str) -> str:
     """``text`` as a file/folder name: letters, digits, ``_ . -`` only, never ``.``/``..``."""
     out = _SAFE.sub("_", str(text)).strip("._") or "unnamed"
     return out[:100]
-
-
-def readable_suffixes() -> frozenset[str]:
-    """Suffixes of every format Pillow can open (``.jfif``, ``.gif``, ``.tga``, ...)."""
-    from PIL import Image
-    Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                     if fmt in Image.OPEN) | IMAGE_SUFFIXES
 
 
 def _pillow_opens(path: Path) -> bool:

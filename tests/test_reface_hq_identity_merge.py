@@ -258,6 +258,24 @@ def test_jfif_folder_and_every_file_gets_a_row(data_root, tmp_path):
     assert rows["notes.txt"]["dropped_at"] == "source"
 
 
+def test_faces_and_synth_read_a_jfif_folder(data_root, tmp_path, capsys):
+    """The other folder scans (``faces``, ``degradations synth``) take every suffix Pillow
+    reads too: a folder of ``.jfif`` photos is not "no images found"."""
+    from PIL import Image
+
+    from degradations.cli import main as synth_main
+    from faces.cli import main as faces_main
+    folder = tmp_path / "jfif"
+    folder.mkdir()
+    for p in sorted((data_root / "identities_512/00049/conditioning").glob("*.png"))[:2]:
+        Image.open(p).convert("RGB").save(folder / f"{p.stem}.jfif", format="JPEG")
+    assert faces_main(["detect", str(folder), "-o", str(tmp_path / "det"), "-q"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "det/detect.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(len(r["faces"]) == 1 for r in recs)
+    assert synth_main(["synth", "-i", str(folder), "-o", str(tmp_path / "lq"), "-q"]) == 0
+    assert len(pd.read_parquet(tmp_path / "lq/params.parquet")) == 2
+
+
 def test_embed_aligned_checks_landmarks_against_the_template(data_root, tmp_path, capsys):
     from faces.cli import main
     src = tmp_path / "in"
