@@ -35,6 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import current_umask
 from .registry import Registry, UnknownNameError
 
 DEFAULT_HOME = Path("~/.cache/reface")
@@ -367,6 +368,7 @@ def _download(url: str, dest: Path, expected_sha256: str | None, *, progress: bo
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
     h = hashlib.sha256()
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "reface-toolkit"})
@@ -404,6 +406,7 @@ def fetch(name: str, *, progress: bool = True) -> Path:
         archive = target.parent / (asset.filename + ".zip")
         _download(asset.url, archive, asset.sha256, progress=progress)
         staging = Path(tempfile.mkdtemp(prefix=f".{asset.filename}.", dir=target.parent))
+        os.chmod(staging, 0o777 & ~current_umask())  # the folder becomes the asset: not 0700
         try:
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():

@@ -142,3 +142,22 @@ def test_resolve_member_of_folder_asset(tmp_path, monkeypatch):
         A.resolve_member("insightface-buffalo_l", "det_10g.onnx", tmp_path / "none.onnx")
     monkeypatch.setenv("REFACE_ASSET_INSIGHTFACE_BUFFALO_L", str(pack))
     assert A.resolve_member("insightface-buffalo_l", "w600k_r50.onnx") == pack / "w600k_r50.onnx"
+
+
+def test_downloaded_asset_keeps_the_umask_mode(file_server, monkeypatch):
+    """A shared cache (umask 002) must be readable by the group, not mkstemp's 0600."""
+    import os
+    import stat
+    root, base = file_server
+    payload = b"weights for a group" * 10
+    (root / "g.pth").write_bytes(payload)
+    asset = A.Asset(name="test-group", filename="g.pth", subdir="t", description="d",
+                    used_by=("tests",), license="none", url=f"{base}/g.pth",
+                    sha256=hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(A._ASSETS, asset.name, asset)
+    old = os.umask(0o002)
+    try:
+        path = A.fetch("test-group", progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
