@@ -218,16 +218,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--y-metric", default="ids", help="identity axis of the curves")
     p.add_argument("--grid-images", type=at_least(1), default=4, help="rows of grid.png")
     add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    from reface_core.lock import add_wait_lock_argument
+    add_wait_lock_argument(p)
 
 
 def command(args) -> int:
+    from reface_core.lock import lock_for
     try:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-        res = run_sweep(args.method, args.grid, args.dataset, args.data, out=args.out,
-                        metrics=metrics, device=args.device, limit=args.limit,
-                        dataset_options=_key_values(args.dataset_option, "--dataset-option"),
-                        x_metric=args.x_metric, y_metric=args.y_metric,
-                        n_images=args.grid_images, progress=not args.no_progress)
+        # The results store is shared with `benchmarks run`: one writer at a time.
+        with lock_for(args, args.out):
+            res = run_sweep(args.method, args.grid, args.dataset, args.data, out=args.out,
+                            metrics=metrics, device=args.device, limit=args.limit,
+                            dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+                            x_metric=args.x_metric, y_metric=args.y_metric,
+                            n_images=args.grid_images, progress=not args.no_progress)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

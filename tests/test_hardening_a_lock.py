@@ -152,6 +152,9 @@ def _commands(tmp: Path, out: Path) -> dict:
         "faces align": ("faces.cli", ["align", str(src), "--out", str(out), "-q"]),
         "benchmarks run": ("benchmarks.run", ["--methods", "bicubic", "--dataset", str(src),
                                               "--out", str(out), "-q"]),
+        "benchmarks sweep": ("benchmarks.sweep", ["--method", "bicubic", "--grid", "scale=4",
+                                                  "--dataset", str(src), "--out", str(out),
+                                                  "-q"]),
         "mgfr train": ("mgfr.cli", ["train", "--stage", "1", "-i", str(tmp / "ds"),
                                     "--out", str(out)]),
         "mgfr pretrain-prior": ("mgfr.cli", ["pretrain-prior", "-i", str(tmp / "ds"),
@@ -163,7 +166,7 @@ def _commands(tmp: Path, out: Path) -> dict:
 
 @pytest.mark.parametrize("command", ["reface_hq build", "reface_hq export",
                                      "degradations synth", "captioning annotate",
-                                     "faces align", "benchmarks run", "mgfr train",
+                                     "faces align", "benchmarks run", "benchmarks sweep", "mgfr train",
                                      "mgfr pretrain-prior", "mgfr restore"])
 def test_every_command_writing_an_output_folder_refuses_a_held_one(tmp_path, holder, capsys,
                                                                    command):
