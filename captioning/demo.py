@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ def run_demo(data: Path, out: Path) -> str:
     """Annotate the CelebA-HQ photos of ``data`` with the offline backend; one-line summary.
 
     Writes ``out/captioning/manifest.parquet`` (one row per photo, ``image_path`` relative
-    to that folder, plus the captioning columns) through ``captioning annotate`` itself,
+    to the photo folder, read with ``images_root``, plus the captioning columns) through ``captioning annotate`` itself,
     and scores the gender column against the female/male folder labels.
     """
     import pyarrow as pa
@@ -31,14 +30,16 @@ def run_demo(data: Path, out: Path) -> str:
     manifest = folder / "manifest.parquet"
     files = list(iter_image_files(root))
     rows = [{"face_id": "celeba-" + "-".join(f.relative_to(root).with_suffix("").parts),
-             "image_path": Path(os.path.relpath(f, folder)).as_posix(), "identity": f.stem,
+             "image_path": f.relative_to(root).as_posix(), "identity": f.stem,
              "split": "test", "source": "celeba_hq_1024", "origin": str(f.relative_to(root)),
              "status": "ok", "folder_gender": f.parent.name} for f in files]
     fresh = pa.Table.from_pylist(rows)
     # A manifest of these very photos from an earlier run is kept, so a rerun resumes
     # (annotate skips the faces done) instead of redoing every photo.
     try:
-        keep = read_manifest(manifest).column("face_id").to_pylist() == fresh.column("face_id").to_pylist()
+        old = read_manifest(manifest)
+        keep = all(old.column(c).to_pylist() == fresh.column(c).to_pylist()
+                   for c in ("face_id", "image_path"))
     except (ManifestError, KeyError):
         keep = False
     if not keep:
@@ -47,7 +48,8 @@ def run_demo(data: Path, out: Path) -> str:
     t0 = time.perf_counter()
     # CelebA-HQ photos are aligned but not to FFHQ's template: detect and re-align them.
     captioner = build_captioner(["offline"], detector_options={"max_side": 512})
-    report = annotate_manifest(manifest, captioner, aligned=False, progress=False)
+    report = annotate_manifest(manifest, captioner, aligned=False, progress=False,
+                               images_root=root)
     seconds = time.perf_counter() - t0
 
     table = pq.read_table(manifest).to_pylist()
