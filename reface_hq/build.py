@@ -204,8 +204,13 @@ def source_rows(config: BuildConfig) -> list[dict]:
     return rows
 
 
-def build(config: BuildConfig) -> dict:
-    """Build the dataset into ``config.out``; returns the stats written to stats.json."""
+def build(config: BuildConfig, *, overwrite: bool = False, retry_failed: bool = False) -> dict:
+    """Build the dataset into ``config.out``; returns the stats written to stats.json.
+
+    A rerun reuses every cached shard of the work folder. ``overwrite`` recomputes them
+    all; ``retry_failed`` recomputes the shards holding a download that failed for a
+    reason a retry may fix (``download.TRANSIENT_REASONS``: timeouts, connection errors,
+    HTTP 5xx/429), and what follows from them."""
     from .dataset import write_dataset
 
     t0 = time.perf_counter()
@@ -221,7 +226,9 @@ def build(config: BuildConfig) -> dict:
                             progress=config.progress,
                             **({"workers": config.workers} if config.executor == "local" else {}))
     rows = source_rows(config)
-    rows, reports = executor.run(map_stages, rows, config.work)
+    from .download import is_transient
+    rows, reports = executor.run(map_stages, rows, config.work, overwrite=overwrite,
+                                 redo=is_transient if retry_failed else None)
     timings = {r.name: r.seconds for r in reports}
     for stage in global_stages:
         t = time.perf_counter()

@@ -106,6 +106,12 @@ def _add_build(sub) -> None:
     p.add_argument("--caption-backends", default="offline",
                    help="comma-separated captioning backends (default offline: age, gender, "
                         "pose, colour from the offline models)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute every cached shard of the work folder (default: a rerun "
+                        "reuses them and resumes)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="on resume, redo the downloads that failed for a reason a retry may "
+                        "fix (timeout, connection or DNS error, HTTP 408/425/429/5xx)")
     add_quiet(p, dest="no_progress", help="no progress bars", deprecated=("--no-progress",))
     add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
@@ -140,13 +146,21 @@ def cmd_build(args) -> int:
     work, out = config.work.resolve(), Path(args.out).resolve()
     with lock_for(args, args.out), (contextlib.nullcontext() if out in (work, *work.parents)
                                     else lock_for(args, config.work)):
-        stats = build(config)
+        stats = build(config, overwrite=args.overwrite, retry_failed=args.retry_failed)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
           + (", ".join(f"{stage}/{reason} {n}" for stage, reasons in stats["dropped"].items()
                        for reason, n in reasons.items()) or "none"))
-    return 0
+    # Filters (no face, blurry, duplicates) and final download failures (dead links) are
+    # a dataset's normal drops; downloads a retry may fix are failed rows: exit 1.
+    from .download import TRANSIENT_REASONS
+    failed = sum(n for reason, n in stats["dropped"].get("download", {}).items()
+                 if reason in TRANSIENT_REASONS)
+    if failed:
+        print(f"{failed} downloads failed for a reason a retry may fix; rerun with "
+              "--retry-failed to try them again", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_calibrate(args) -> int:

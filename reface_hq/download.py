@@ -56,6 +56,16 @@ from . import schema
 from .stage_protocol import Stage
 
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+#: Reasons of a failed download that a later attempt may fix (the server was slow, down or
+#: unreachable then): what ``build --retry-failed`` redoes and what makes a build exit 1.
+#: A dead link (``http_404``), a refused address or a file that is not an image is final.
+TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "dns_error", "truncated",
+                               *(f"http_{s}" for s in _RETRY_STATUS)})
+
+
+def is_transient(row: dict) -> bool:
+    """True for a row dropped by the download stage for a reason a retry may fix."""
+    return row.get("dropped_at") == "download" and row.get("status") in TRANSIENT_REASONS
 _EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/gif": ".gif",
         "image/bmp": ".bmp", "image/tiff": ".tif"}
 

@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -152,8 +152,15 @@ class LocalExecutor:
         if int(self.shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
-    def run(self, stages: Sequence[Stage], rows: list[dict], work_dir: str | os.PathLike
+    def run(self, stages: Sequence[Stage], rows: list[dict], work_dir: str | os.PathLike,
+            *, overwrite: bool = False, redo: Callable[[dict], bool] | None = None
             ) -> tuple[list[dict], list[StageReport]]:
+        """Run ``stages`` over ``rows``, reusing the shards cached in ``work_dir``.
+
+        ``overwrite``: recompute every shard of every stage. ``redo``: a cached shard is
+        recomputed at a stage when one of its rows dropped there satisfies ``redo`` (e.g. a
+        download that timed out), and so at every later stage.
+        """
         from tqdm.auto import tqdm
 
         work = Path(work_dir)
@@ -176,14 +183,32 @@ class LocalExecutor:
         sizes = [len(rows[i * self.shard_size:(i + 1) * self.shard_size])
                  for i in range(n_shards)]
         reports: list[StageReport] = []
+        # Every stage's folder up front: a shard redone at one stage is first marked not
+        # done at every later stage too, so a kill in between never leaves a stale shard.
+        stage_dirs = []
+        for s, stage in enumerate(stages, start=1):
+            key = _chain_key(key, stage.fingerprint())
+            stage_dirs.append(work / f"{s:02d}-{stage.name}-{key[:12]}")
+        redone: set[int] = set()
         pool = None
         try:
             for s, stage in enumerate(stages, start=1):
-                key = _chain_key(key, stage.fingerprint())
-                out_dir = work / f"{s:02d}-{stage.name}-{key[:12]}"
+                out_dir = stage_dirs[s - 1]
                 out_dir.mkdir(parents=True, exist_ok=True)
                 _clean_temporaries(out_dir)
-                todo = [i for i in range(n_shards) if not shard_done(out_dir, i)]
+                todo = {i for i in range(n_shards) if not shard_done(out_dir, i)}
+                if overwrite:
+                    todo = set(range(n_shards))
+                elif redo is not None:
+                    todo |= {i for i in range(n_shards) if i not in todo and any(
+                        r.get("dropped_at") == stage.name and redo(r)
+                        for r in read_shard(out_dir, i))}
+                todo |= redone
+                for i in todo - redone:
+                    for later in stage_dirs[s - 1:]:
+                        (later / f"{_shard_name(i)}.done.json").unlink(missing_ok=True)
+                redone |= todo
+                todo = sorted(todo)
                 bar = tqdm(total=sum(sizes), initial=sum(sizes) - sum(sizes[i] for i in todo),
                            unit="row", desc=f"{s}/{len(stages)} {stage.name}",
                            disable=not self.progress)
@@ -245,8 +270,11 @@ class RayExecutor:
     address: str | None = None
     progress: bool = True
 
-    def run(self, stages: Sequence[Stage], rows: list[dict], work_dir: str | os.PathLike
+    def run(self, stages: Sequence[Stage], rows: list[dict], work_dir: str | os.PathLike,
+            *, overwrite: bool = False, redo: Callable[[dict], bool] | None = None
             ) -> tuple[list[dict], list[StageReport]]:
+        # Nothing is cached under Ray: every run computes every row, which is what
+        # ``overwrite`` and ``redo`` ask of the local executor.
         try:
             import ray
             import ray.data

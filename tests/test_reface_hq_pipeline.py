@@ -111,6 +111,35 @@ def test_local_executor_resumes_without_duplicates(tmp_path):
     assert [r.reused_shards for r in again] == [6, 6]
 
 
+def test_overwrite_and_redo_recompute_the_right_shards(tmp_path):
+    """``overwrite`` recomputes every shard; ``redo`` the shards holding a matching row
+    dropped at a stage, at that stage and every later one; a plain rerun nothing."""
+    rows = _rows(12)                     # 'bad' rows: 3 and 8, in shards 0 and 2 of 3
+    ex = LocalExecutor(shard_size=4, progress=False)
+    ref, _ = ex.run([AddLength()], rows, tmp_path / "w")
+    out, again = ex.run([AddLength()], rows, tmp_path / "w")
+    assert out == ref and [r.reused_shards for r in again] == [3]
+    _, forced = ex.run([AddLength()], rows, tmp_path / "w", overwrite=True)
+    assert [r.reused_shards for r in forced] == [0]
+    asked = []
+
+    def redo(row):
+        asked.append(row["origin"])
+        return row["origin"] == "img8-bad"
+    out, retried = ex.run([AddLength()], rows, tmp_path / "w", redo=redo)
+    assert out == ref
+    assert retried[0].reused_shards == 2            # only the shard of img8-bad
+    assert sorted(set(asked)) == ["img3-bad", "img8-bad"]  # rows dropped at the stage only
+
+    class Second(AddLength):
+        name = "second"
+    fresh, _ = ex.run([AddLength(), Second()], rows, tmp_path / "w2")
+    out, two = ex.run([AddLength(), Second()], rows, tmp_path / "w2",
+                      redo=lambda r: r["origin"] == "img8-bad")
+    assert [r.reused_shards for r in two] == [2, 2]  # redone at stage 1 and so at stage 2
+    assert out == fresh
+
+
 def test_local_executor_process_pool_matches_inline(tmp_path):
     rows = _rows(10)
     a, _ = LocalExecutor(workers=1, shard_size=3, progress=False).run([AddLength()], rows,

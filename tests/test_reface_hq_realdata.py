@@ -280,9 +280,13 @@ def test_optional_caption_stage_annotates_the_manifest(data_root, tmp_path):
 
 def test_build_from_a_crawled_url_list(data_root, tmp_path):
     """A URL list served on 127.0.0.1: real faces land in the dataset, every bad URL is a
-    status row with its reason in dropped.parquet, nothing crashes."""
+    status row with its reason in dropped.parquet, nothing crashes. A download that timed
+    out makes the build exit 1; a rerun reuses it, `--retry-failed` fetches it again."""
     import http.server
     import threading
+    from collections import Counter
+    hits: Counter = Counter()
+    slow = {"seconds": 2.0}
     photos = sorted((data_root / "identities_512" / "00027" / "conditioning").glob("*.png"))[:4]
     routes = {f"/p{i}.png": ("image/png", p.read_bytes()) for i, p in enumerate(photos)}
     routes["/page.html"] = ("text/html", b"<html>not a photo</html>")
@@ -293,8 +297,9 @@ def test_build_from_a_crawled_url_list(data_root, tmp_path):
             pass
 
         def do_GET(self):
+            hits[self.path] += 1
             if self.path == "/slow.png":
-                time.sleep(2.0)
+                time.sleep(slow["seconds"])
             if self.path not in routes:
                 self.send_response(404)
                 self.end_headers()
@@ -321,16 +326,34 @@ def test_build_from_a_crawled_url_list(data_root, tmp_path):
         from reface_hq.cli import main
         common = ["-i", str(tmp_path / "urls.jsonl"), "--min-photos", "2",
                   "--download-timeout", "0.5", "--download-retries", "0", "--musiq", "off",
-                  "-q", "--test-fraction", "0"]
+                  "-q", "--test-fraction", "0", "--shard-size", "1"]
+        # slow.png timed out: a failed row a retry may fix, so exit 1.
         assert main(["build", *common, "--out", str(tmp_path / "ds"),
-                     "--allow-private-addresses"]) == 0
-        # Without the flag the loopback server is refused, URL by URL.
+                     "--allow-private-addresses"]) == 1
+        first = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
+        first_dropped = pd.read_parquet(tmp_path / "ds" / "dropped.parquet")
+        # Without the flag the loopback server is refused, URL by URL (final: exit 0).
         assert main(["build", *common, "--out", str(tmp_path / "refused")]) == 0
+        # A plain rerun reuses the cached downloads: nothing is fetched again.
+        before = sum(hits.values())
+        assert main(["build", *common, "--out", str(tmp_path / "ds"),
+                     "--allow-private-addresses"]) == 1
+        assert sum(hits.values()) == before
+        # --retry-failed fetches the timed-out URL again (the server is fast now); only the
+        # shard holding it is recomputed (one URL a shard here), not the dead link.
+        slow["seconds"] = 0.0
+        fifth = sorted((data_root / "identities_512/00027/conditioning").glob("*.png"))[4]
+        routes["/slow.png"] = ("image/png", fifth.read_bytes())
+        assert main(["build", *common, "--out", str(tmp_path / "retried"),
+                     "--work-dir", str(tmp_path / "ds" / ".work"),
+                     "--allow-private-addresses", "--retry-failed"]) == 0
+        assert hits["/slow.png"] == 2 and hits["/missing.png"] == hits["/p1.png"] == 1
+        retried = pd.read_parquet(tmp_path / "retried" / "manifest.parquet")
+        assert urls[7] in set(retried.origin) and len(retried) == len(first) + 1
     finally:
         httpd.shutdown()
         httpd.server_close()
-    man = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
-    dropped = pd.read_parquet(tmp_path / "ds" / "dropped.parquet").set_index("origin")
+    man, dropped = first, first_dropped.set_index("origin")
     assert sorted(man.origin) == urls[:4]
     assert set(man.license) == {"CC-BY-NC-4.0"} and man.identity.nunique() == 1
     reasons = {u.rsplit("/", 1)[1]: dropped.loc[u, "status"] for u in urls[4:]}
