@@ -4,8 +4,9 @@ Every input gets one row in ``OUT/results.jsonl`` (``input``, ``output``, ``stat
 ``done``/``failed``, ``error``, ``faces``, ``seconds``) and, when done, ``OUT/<stem>.png``
 (written under a temporary name, then renamed). ``OUT/run.json`` records the settings
 (``MGFRPipeline.config_for_record``); a rerun with the same settings skips the inputs that
-are done and retries the failed ones, so a killed run resumes without duplicating or losing
-rows; a rerun with other settings is refused unless ``--overwrite``. Each input's seed is
+have a row (``--retry-failed`` redoes the failed ones), so a killed run resumes without
+duplicating or losing rows; a rerun with other settings is refused unless ``--overwrite``,
+which starts over. Each input's seed is
 ``--seed`` itself (a fresh generator per input), so a resumed run writes what an
 uninterrupted one would.
 """
@@ -62,7 +63,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--detector", default="dlib-hog", help="faces detector for photos")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over even if OUT holds results of other settings")
+                   help="start over, redoing every input (also when OUT holds results of "
+                        "other settings)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="on resume, redo the inputs whose row says failed (default: keep "
+                        "their row)")
     add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
@@ -196,8 +201,12 @@ def run_restore(args: argparse.Namespace) -> int:
     # Compact first: one row per input, so a kill during this run leaves no duplicates of
     # earlier rows behind.
     _write_rows(results, [rows[str(p)] for p in inputs if str(p) in rows])
-    todo = [p for p in inputs if not (rows.get(str(p), {}).get("status") == "done"
-                                      and safe_child(out, names[str(p)]).is_file())]
+    def finished(p: Path) -> bool:
+        row = rows.get(str(p), {})
+        if row.get("status") == "done":
+            return safe_child(out, names[str(p)]).is_file()
+        return row.get("status") == "failed" and not args.retry_failed
+    todo = [p for p in inputs if not finished(p)]
     skipped = len(inputs) - len(todo)
     bar = tqdm(todo, desc="restore", unit="img", disable=args.no_progress, file=sys.stderr)
     for p in bar:
@@ -231,8 +240,8 @@ def run_restore(args: argparse.Namespace) -> int:
     _write_rows(results, [rows[str(p)] for p in inputs if str(p) in rows])
     failed = [rows[str(p)] for p in inputs if rows.get(str(p), {}).get("status") != "done"]
     done = len(inputs) - len(failed)
-    print(f"restored {done}/{len(inputs)} inputs into {out} ({skipped} already done, "
-          f"{len(failed)} failed)", file=sys.stderr)
+    print(f"restored {done}/{len(inputs)} inputs into {out} ({skipped} already done or "
+          f"failed before, {len(failed)} failed)", file=sys.stderr)
     for r in failed:
         print(f"failed: {r['input']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0

@@ -53,16 +53,24 @@ def test_restore_real_photo_end_to_end_and_resume(data_root, tmp_path, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["base"] == "tiny" and run["num_inference_steps"] == 2 and run["seed"] == 3
 
-    # A rerun keeps the done row (same file, no duplicate rows) and retries the failed ones.
+    # A rerun keeps every row (same file, no duplicate rows): nothing is redone, and it
+    # still exits 1 while failed rows stand; --retry-failed redoes the failed ones only.
     before = (out / "obama.png").stat().st_mtime_ns
     # A kill mid-write leaves a cut line behind; the rerun drops it.
     with open(out / "results.jsonl", "a") as f:
         f.write('{"input": "cut')
     assert main(args) == 1
     assert (out / "obama.png").stat().st_mtime_ns == before
-    assert "1 already done" in capsys.readouterr().err
+    assert "3 already done or failed before" in capsys.readouterr().err
     assert sorted(r["input"].rsplit("/", 1)[-1] for r in _rows(out)) == \
         ["broken.jpg", "noface.png", "obama.jpg"]
+    save_image(inputs / "broken.jpg", load_image(ex / "obama2.jpg"))  # the file is fixed
+    assert main([*args, "--retry-failed"]) == 1                  # noface.png still fails
+    assert "1 already done or failed before" in capsys.readouterr().err
+    assert (out / "obama.png").stat().st_mtime_ns == before
+    rows = {r["input"].rsplit("/", 1)[-1]: r for r in _rows(out)}
+    assert rows["broken.jpg"]["status"] == "done" and rows["noface.png"]["status"] == "failed"
+    assert len(_rows(out)) == 3
     # Same output folder, other settings: refused in one line.
     assert main([*args, "--steps", "3"]) == 2  # the last --steps wins
     err = capsys.readouterr().err.strip()
