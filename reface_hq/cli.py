@@ -255,9 +255,16 @@ def cmd_export(args) -> int:
     from .build import read_exclusion
     from .export import check_face_ids, export, manifest_path, push_to_hub
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
-    # A manifest with unsafe face ids is refused before the lock creates the export folder.
+    # A manifest with unsafe face ids is refused before the lock creates the export folder
+    # (a missing or unreadable manifest is left to export's own message).
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    check_face_ids(pq.read_table(manifest_path(args.dataset), columns=["face_id"]).to_pylist())
+    try:
+        ids = pq.read_table(manifest_path(args.dataset), columns=["face_id"]).to_pylist()
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        ids = None
+    if ids is not None:
+        check_face_ids(ids)
     with lock_for(args, args.out):
         done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
                       exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
