@@ -65,6 +65,18 @@ def _library_log_handlers_on_real_stderr():
             handler.flush = sys.__stderr__.flush
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that changes torch's thread count (a degradation worker, a benchmark) must
+    not leave it changed: later tests compare bits across processes."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def make_rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:
     """A deterministic, structured RGB test image (gradients plus noise)."""
     rng = np.random.default_rng(seed)
