@@ -386,6 +386,12 @@ class Download(Stage):
             raise ValueError(f"download retries must be >= 0 and threads >= 1, got "
                              f"retries={self.retries}, threads={self.threads}")
 
+    def config(self) -> dict:
+        # The seed only spaces out retries and the thread count only overlaps downloads:
+        # neither changes a row, so neither is part of the fingerprint (a build with
+        # another --seed reuses every cached shard; only the split changes).
+        return {k: v for k, v in super().config().items() if k not in ("seed", "threads")}
+
     def _downloader(self) -> Downloader:
         return Downloader(timeout=self.timeout, deadline=self.deadline, retries=self.retries,
                           backoff=self.backoff, max_bytes=self.max_bytes,

@@ -76,6 +76,19 @@ def _resplit(rows: list[dict], seed: int) -> list[dict]:
     return SplitByIdentity(test_fraction=0.34, seed=seed)(rows)
 
 
+def test_another_seed_reuses_every_cached_stage_and_keeps_one_person_in_one_split(two_names):
+    """The seed moves the split only: a rebuild with another seed computes no map stage
+    again (no new stage folder in the work folder), and the person still lands whole."""
+    work = Path(two_names["common"]["work_dir"])
+    stage_dirs = sorted(p.name for p in work.iterdir() if p.is_dir())
+    out = two_names["base"] / "ds_seed7"
+    stats = build(BuildConfig(sources=two_names["sources"], out=str(out), seed=7,
+                              **two_names["common"]))
+    assert sorted(p.name for p in work.iterdir() if p.is_dir()) == stage_dirs
+    assert stats["faces_kept"] == len(pd.read_parquet(two_names["out"] / "manifest.parquet"))
+    assert _obama_rows(out).split.nunique() == 1 and _obama_rows(out).identity.nunique() == 1
+
+
 def test_one_person_under_two_names_in_two_sources_lands_in_one_split(two_names):
     out = two_names["out"]
     assert verify(out) == []
