@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from reface_core.argtypes import at_least, between, seed
+from reface_core.argtypes import at_least
 from reface_core.assets_cli import add_subcommands as add_asset_commands
 from reface_core.cli import (
     add_input,

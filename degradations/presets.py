@@ -22,6 +22,11 @@ from typing import Any
 from reface_core.registry import Registry
 
 PI = math.pi
+#: Largest kernel side a preset (and a record, ``records.MAX_KERNEL_SIZE``) may use; the
+#: shipped presets use at most 41. A bigger one costs memory and time for no real blur.
+MAX_KERNEL_SIZE = 255
+#: Largest upscale factor of one resize stage (records cap a resize at 16x the pixels).
+MAX_RESIZE_UP = 4.0
 RESIZE_MODES = ("area", "bilinear", "bicubic", "nearest")
 
 
@@ -30,6 +35,8 @@ def _pair(name: str, value, lo: float | None = None) -> tuple[float, float]:
         a, b = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a [low, high] pair of numbers, got {value!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"{name} must be finite numbers, got [{a}, {b}]")
     if a > b:
         raise ValueError(f"{name} must have low <= high, got [{a}, {b}]")
     if lo is not None and a < lo:
@@ -76,8 +83,9 @@ class Blur:
     def __post_init__(self):
         sizes = self.kernel_size if isinstance(self.kernel_size, tuple) else (self.kernel_size,)
         for s in sizes:
-            if int(s) != s or s < 1 or s % 2 == 0:
-                raise ValueError(f"blur kernel_size values must be odd positive integers, got {s!r}")
+            if int(s) != s or s < 1 or s % 2 == 0 or s > MAX_KERNEL_SIZE:
+                raise ValueError(f"blur kernel_size values must be odd integers in [1, "
+                                 f"{MAX_KERNEL_SIZE}], got {s!r}")
         from .kernels import KERNEL_TYPES
         for k in self.kernel_list:
             if k not in KERNEL_TYPES[:6]:
@@ -104,8 +112,9 @@ class Sinc:
 
     def __post_init__(self):
         for s in self.kernel_size:
-            if int(s) != s or s < 1 or s % 2 == 0:
-                raise ValueError(f"sinc kernel_size values must be odd positive integers, got {s!r}")
+            if int(s) != s or s < 1 or s % 2 == 0 or s > MAX_KERNEL_SIZE:
+                raise ValueError(f"sinc kernel_size values must be odd integers in [1, "
+                                 f"{MAX_KERNEL_SIZE}], got {s!r}")
         _, hi = _pair("sinc omega", self.omega, 1e-6)
         if hi > PI:
             raise ValueError(f"sinc omega must not exceed pi, got {hi}")
@@ -122,8 +131,9 @@ class MotionBlur:
     kind = "motion"
 
     def __post_init__(self):
-        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
-            raise ValueError(f"motion kernel_size must be odd and positive, got {self.kernel_size}")
+        if self.kernel_size % 2 == 0 or not 1 <= self.kernel_size <= MAX_KERNEL_SIZE:
+            raise ValueError(f"motion kernel_size must be odd and in [1, {MAX_KERNEL_SIZE}], "
+                             f"got {self.kernel_size}")
         _, hi = _pair("motion length", self.length, 0.0)
         if hi > self.kernel_size - 1:
             raise ValueError(f"motion length {hi} does not fit kernel_size {self.kernel_size}")
@@ -140,7 +150,7 @@ class Downsample:
     kind = "downsample"
 
     def __post_init__(self):
-        _pair("downsample scale", self.scale, 1e-3)
+        _pair("downsample scale", self.scale, 1 / MAX_RESIZE_UP)  # below 1: an upscale
         if self.mode not in RESIZE_MODES:
             raise ValueError(f"downsample mode must be one of {RESIZE_MODES}, got {self.mode!r}")
         _prob("downsample prob", self.prob)
@@ -165,6 +175,9 @@ class Resize:
         lo, hi = _pair("resize scale", self.scale, 1e-3)
         if lo > 1 or hi < 1:
             raise ValueError(f"resize scale must bracket 1 (down below, up above), got [{lo}, {hi}]")
+        if hi > MAX_RESIZE_UP:
+            raise ValueError(f"resize scale must not exceed {MAX_RESIZE_UP} (an upscale), got "
+                             f"[{lo}, {hi}]")
         _probs("resize updown_prob", self.updown_prob, 3)
         for m in self.modes:
             if m not in RESIZE_MODES:

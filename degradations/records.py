@@ -18,11 +18,10 @@ from typing import Any
 
 from .kernels import KERNEL_TYPES
 from .ops import KNOWN_OPS
-from .presets import RESIZE_MODES
+from .presets import MAX_KERNEL_SIZE, RESIZE_MODES
 from .sampling import RECORD_VERSION
 
-#: Largest kernel side (odd) a record may ask for; the presets use at most 41.
-MAX_KERNEL_SIZE = 255
+# MAX_KERNEL_SIZE (from presets): largest kernel side (odd) a preset or a record may ask for.
 #: Largest image side a record may name (input, output or any resize target).
 MAX_SIDE = 16384
 #: A resize target may hold at most this many times the input's pixels (the presets stay

@@ -29,9 +29,20 @@ _ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.73
 TEMPLATES: dict[str, tuple[np.ndarray, int]] = {"ffhq": (_FFHQ_512, 512), "arcface": (_ARCFACE_112, 112)}
 
 
-def _check_size(size: int, what: str = "output_size") -> int:
-    if int(size) != size or int(size) < 8:
-        raise ValueError(f"{what} must be an integer >= 8, got {size!r}")
+#: Largest aligned crop side (FFHQ's is 1024); the command line allows up to 2048.
+MAX_OUTPUT_SIZE = 4096
+#: Largest intermediate transform side (FFHQ: 4x the output, 4096 for 1024): a 16384 px
+#: RGB image is 805 MB, beyond that a typo exhausts memory.
+MAX_TRANSFORM_SIZE = 16384
+
+
+def _check_size(size: int, what: str = "output_size", maximum: int = MAX_OUTPUT_SIZE) -> int:
+    try:
+        whole = int(size) == size
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or not 8 <= int(size) <= maximum:
+        raise ValueError(f"{what} must be an integer in [8, {maximum}], got {size!r}")
     return int(size)
 
 
@@ -135,7 +146,8 @@ def align_ffhq(image: np.ndarray, landmarks: np.ndarray, output_size: int = 512,
 
     image = check_image(image)
     output_size = _check_size(output_size)
-    transform_size = 4 * output_size if transform_size is None else _check_size(transform_size, "transform_size")
+    transform_size = (4 * output_size if transform_size is None
+                      else _check_size(transform_size, "transform_size", MAX_TRANSFORM_SIZE))
     quad, qsize = ffhq_quad(landmarks)
     img = Image.fromarray(image)
 

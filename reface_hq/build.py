@@ -133,6 +133,32 @@ class BuildConfig:
     def work(self) -> Path:
         return Path(self.work_dir) if self.work_dir else Path(self.out) / ".work"
 
+    #: (field, low, high) of every count and size, as the command line bounds them: a
+    #: typo in the Python API gets one line instead of an exhausted memory.
+    LIMITS = (("workers", 1, 1024), ("shard_size", 1, 100_000), ("download_threads", 1, 256),
+              ("download_retries", 0, 100), ("max_bytes", 1, 2 ** 40),
+              ("min_source_side", 1, 65_536), ("detect_max_side", 0, 65_536),
+              ("min_photos", 1, 1_000_000), ("max_phash_distance", 0, 64),
+              ("seed", 0, 2 ** 63 - 1))
+
+    def check_limits(self) -> None:
+        """Raise ``ValueError`` naming the first field outside its bounds (or not finite)."""
+        import math
+        for field, low, high in self.LIMITS:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"BuildConfig.{field} must be an integer in [{low}, {high}], "
+                                 f"got {value!r}")
+        for field in ("download_timeout", "download_deadline", "min_face_size", "min_sharpness",
+                      "min_musiq", "test_fraction"):
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, (int, float))
+                                          and math.isfinite(value)):
+                raise ValueError(f"BuildConfig.{field} must be a finite number, got {value!r}")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise ValueError(f"BuildConfig.test_fraction must be within [0, 1], got "
+                             f"{self.test_fraction!r}")
+
     def map_stages(self) -> list:
         work = self.work.resolve()
         detect = DetectAlign(detector=self.detector, output_size=self.output_size,
@@ -214,6 +240,7 @@ def build(config: BuildConfig, *, overwrite: bool = False, retry_failed: bool = 
     from .dataset import write_dataset
 
     t0 = time.perf_counter()
+    config.check_limits()
     for folder, what in ((Path(config.out), "output"), (config.work, "work")):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{what} folder {folder} exists and is not a folder")

@@ -154,9 +154,9 @@ class DetectAlign(Stage):
         from faces.detection import DETECTORS, get_detector
         if self.detector not in DETECTORS:
             get_detector(self.detector)  # raises the "did you mean" error
-        if self.transform_size is not None and (int(self.transform_size) != self.transform_size
-                                                or self.transform_size < 8):
-            raise ValueError(f"transform_size must be an integer >= 8, got {self.transform_size!r}")
+        if self.transform_size is not None:
+            from faces.alignment import MAX_TRANSFORM_SIZE, _check_size
+            _check_size(self.transform_size, "transform_size", MAX_TRANSFORM_SIZE)
 
     def _detector(self, upsample: int | None = None):
         from faces.detection import get_detector

@@ -88,3 +88,35 @@ def test_caption_backends_checked_before_the_build(data_root, tmp_path, capsys, 
 def test_captioning_annotate_caps(tmp_path, capsys, argv, option):
     from captioning.cli import main
     _refused(main, ["annotate", "-i", str(tmp_path / "m.parquet"), *argv], capsys, option)
+
+
+def test_python_api_sizes_and_counts_are_bounded(rgb_image):
+    """The Python API has the command line's bounds: one ValueError naming the field."""
+    import numpy as np
+
+    from degradations.presets import Preset
+    from faces.alignment import align_ffhq
+    from reface_hq import BuildConfig, FolderSource, build
+    src = [FolderSource("photos")]
+    marks = np.array([[20, 25], [40, 25], [30, 35], [22, 45], [38, 45]], np.float32)
+    with pytest.raises(ValueError, match=r"output_size must be an integer in \[8, 4096\]"):
+        align_ffhq(rgb_image, marks, output_size=100_000)
+    with pytest.raises(ValueError, match=r"transform_size must be an integer in \[8, 16384\]"):
+        align_ffhq(rgb_image, marks, output_size=64, transform_size=10 ** 6)
+    for field, value in (("workers", 10 ** 6), ("shard_size", 0), ("seed", 10 ** 23),
+                         ("download_threads", 10 ** 5)):
+        with pytest.raises(ValueError, match=f"BuildConfig.{field} must be an integer"):
+            build(BuildConfig(sources=src, **{field: value}))
+    with pytest.raises(ValueError, match="BuildConfig.min_sharpness must be a finite number"):
+        build(BuildConfig(sources=src, min_sharpness=float("nan")))
+    with pytest.raises(ValueError, match="transform_size must be an integer in"):
+        BuildConfig(sources=src, transform_size=100_000).map_stages()
+    # A preset (e.g. a user's YAML file) cannot ask for a huge kernel or upscale either.
+    for stage, match in (({"kind": "blur", "kernel_size": 1001}, "kernel_size values must be odd"),
+                         ({"kind": "motion", "kernel_size": 4097, "length": [3, 15]},
+                          "motion kernel_size must be odd and in"),
+                         ({"kind": "resize", "scale": [0.5, 100]}, "must not exceed 4.0"),
+                         ({"kind": "downsample", "scale": [0.001, 2]}, "must not go below 0.25"),
+                         ({"kind": "noise", "sigma": [1, float("nan")]}, "finite")):
+        with pytest.raises(ValueError, match=match):
+            Preset.from_dict({"name": "user", "stages": [stage]})

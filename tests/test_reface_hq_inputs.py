@@ -45,7 +45,7 @@ def test_bad_stage_options_fail_before_any_stage_runs(tmp_path, photos, option):
 def test_stage_names_are_checked_when_built():
     with pytest.raises(ValueError, match="unknown face detector 'nope'"):
         DetectAlign(detector="nope")
-    with pytest.raises(ValueError, match="transform_size must be an integer >= 8"):
+    with pytest.raises(ValueError, match=r"transform_size must be an integer in \[8, 16384\]"):
         DetectAlign(transform_size=-5)  # dropped every photo as detect_align_error
     with pytest.raises(ValueError, match="did you mean 'dlib"):
         Embed(embedder="dlb")
