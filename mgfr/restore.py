@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from reface_core.argtypes import at_least, seed
-from reface_core.cli import add_input, add_out, add_quiet
+from reface_core.cli import add_input, add_out, add_quiet, add_resume_flags
 
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
@@ -62,12 +62,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--detector", default="dlib-hog", help="faces detector for photos")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over, redoing every input (also when OUT holds results of "
-                        "other settings)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="on resume, redo the inputs whose row says failed (default: keep "
-                        "their row)")
+    add_resume_flags(p, overwrite_help="start over, redoing every input (also when OUT "
+                                       "holds results of other settings)",
+                     retry_help="on resume, redo the inputs whose row says failed (default: "
+                                "keep their row)")
     add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)

@@ -130,12 +130,15 @@ def add_seed(p: argparse.ArgumentParser, default: int | None = 0, *,
     p.add_argument("--seed", type=seed, default=default, help=f"{help} (default {default})")
 
 
-def add_resume_flags(p: argparse.ArgumentParser, *, what: str = "outputs") -> None:
-    """``--overwrite`` / ``--retry-failed`` of a resumable job (default: skip done rows)."""
+def add_resume_flags(p: argparse.ArgumentParser, *, what: str = "outputs",
+                     overwrite_help: str | None = None, retry_help: str | None = None) -> None:
+    """``--overwrite`` / ``--retry-failed`` of a resumable job (default: skip done rows);
+    the help texts can say what each means for the command."""
     p.add_argument("--overwrite", action="store_true",
-                   help=f"redo every input, replacing existing {what} (default: resume)")
+                   help=overwrite_help or f"redo every input, replacing existing {what} "
+                                          "(default: resume)")
     p.add_argument("--retry-failed", action="store_true",
-                   help="on resume, redo the inputs that failed before")
+                   help=retry_help or "on resume, redo the inputs that failed before")
 
 
 # -- the main wrapper --------------------------------------------------------------------

@@ -13,6 +13,7 @@ from reface_core.cli import (
     add_input,
     add_out,
     add_quiet,
+    add_resume_flags,
     add_seed,
     add_workers,
     exit_with,
@@ -106,12 +107,11 @@ def _add_build(sub) -> None:
     p.add_argument("--caption-backends", default="offline",
                    help="comma-separated captioning backends (default offline: age, gender, "
                         "pose, colour from the offline models)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="recompute every cached shard of the work folder (default: a rerun "
-                        "reuses them and resumes)")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="on resume, redo the downloads that failed for a reason a retry may "
-                        "fix (timeout, connection or DNS error, HTTP 408/425/429/5xx)")
+    add_resume_flags(
+        p, overwrite_help="recompute every cached shard of the work folder (default: a "
+                          "rerun reuses them and resumes)",
+        retry_help="on resume, redo the downloads that failed for a reason a retry may fix "
+                   "(timeout, connection or DNS error, HTTP 408/425/429/5xx)")
     add_quiet(p, dest="no_progress", help="no progress bars", deprecated=("--no-progress",))
     add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
