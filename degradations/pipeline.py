@@ -53,7 +53,7 @@ def _check_records(records: Sequence[dict], size: tuple[int, int]) -> None:
 
 
 def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+                  out: torch.Tensor | None = None, *, checked: bool = False) -> torch.Tensor:
     """Apply one record per sample to ``x`` ``(B, 3, H, W)`` float in [0, 1].
 
     ``jpeg``: ``"libjpeg"`` (exact, CPU round trip), ``"torch"`` (differentiable model on
@@ -68,11 +68,12 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
         raise ValueError(f"got {len(records)} records for a batch of {x.shape[0]} images")
     if jpeg not in JPEG_BACKENDS:
         raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
-    _check_records(records, tuple(x.shape[-2:]))
+    if not checked:  # done already by a caller that split a checked batch (chunks, dtype)
+        _check_records(records, tuple(x.shape[-2:]))
     backend = ("libjpeg" if x.device.type == "cpu" else "torch") if jpeg == "auto" else jpeg
     if x.dtype != torch.float32:  # the ops compute in float32; the result takes x's dtype
         out_dtype = x.dtype
-        return apply_records(x.float(), records, jpeg=backend).to(out_dtype)
+        return apply_records(x.float(), records, jpeg=backend, checked=True).to(out_dtype)
     n_img = x.shape[0]
     # ``whole`` holds the batch while all samples share one size (``cur`` are its views);
     # once sizes diverge (per-sample resizes), samples live in ``cur`` until a resize to a
@@ -258,7 +259,7 @@ class BatchDegrader:
                 return self.apply(x.float(), records).to(x.dtype)
             result = torch.from_numpy(np.empty((x.shape[0], 3, oh, ow), dtype=np.float32))
             run = lambda a: apply_records(x[a:a + self.chunk], records[a:a + self.chunk], jpeg=self.jpeg,
-                                          out=result[a:a + self.chunk])
+                                          out=result[a:a + self.chunk], checked=True)
             if workers <= 1 or len(starts) == 1:
                 for a in starts:
                     run(a)

@@ -38,15 +38,10 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_killing_a_build_kills_its_workers(data_root, tmp_path):
-    src = f"{data_root / 'identities_512'}?identity=folder&folder_level=0&include=^(00001|00027|00049)/"
-    cmd = [sys.executable, "-m", "reface_hq", "build", "--source", src,
-           "--out", str(tmp_path / "ds"), "--workers", "2", "--shard-size", "8",
-           "--size", "512", "--transform-size", "512", "--no-align-padding",
-           "--musiq", "off", "-q"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)),
+def _kill_parent_mid_work(cmd: list[str], busy, what: str) -> None:
+    """Start ``cmd`` (two pool workers), SIGKILL the parent only (as the OOM killer would)
+    once ``busy()`` says both workers are mid-task, and check no worker outlives it."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     workers: list[psutil.Process] = []
@@ -54,25 +49,36 @@ def test_killing_a_build_kills_its_workers(data_root, tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
             workers = _workers(proc.pid)
-            time.sleep(0.2)
-        assert len(workers) == 2, "the build did not start two workers"
-        # Kill while both are busy on detection shards (8 faces, seconds each): a worker
-        # that is between tasks would notice the closed queue and exit anyway.
-        while time.monotonic() < deadline and proc.poll() is None and not list(
-                (tmp_path / "ds" / ".work").glob("*-detect_align-*/*.done.json")):
+            time.sleep(0.1)
+        assert len(workers) == 2, f"{what} did not start two workers"
+        while time.monotonic() < deadline and proc.poll() is None and not busy():
             time.sleep(0.05)
-        assert proc.poll() is None, "the build ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
+        assert proc.poll() is None, f"{what} ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
         proc.wait()
         gone = time.monotonic() + 1.0
         while _alive(workers) and time.monotonic() < gone:
             time.sleep(0.05)
-        assert _alive(workers) == [], "workers outlived the killed build"
+        assert _alive(workers) == [], f"workers outlived the killed {what}"
     finally:
         for p in _alive(workers):
             p.kill()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_killing_a_build_kills_its_workers(data_root, tmp_path):
+    src = f"{data_root / 'identities_512'}?identity=folder&folder_level=0&include=^(00001|00027|00049)/"
+    cmd = [sys.executable, "-m", "reface_hq", "build", "-i", src,
+           "-o", str(tmp_path / "ds"), "--workers", "2", "--shard-size", "8",
+           "--size", "512", "--transform-size", "512", "--no-align-padding",
+           "--musiq", "off", "-q"]
+    # Killed while both are busy on detection shards (8 faces, seconds each): a worker
+    # that is between tasks would notice the closed queue and exit anyway.
+    _kill_parent_mid_work(cmd, lambda: list((tmp_path / "ds" / ".work").glob(
+        "*-detect_align-*/*.done.json")), "build")
 
 
 @pytest.mark.parametrize("damage", ["garbage_stage_shard", "truncated_input_shard",
@@ -115,31 +121,7 @@ def test_killing_synth_kills_its_workers(data_root, tmp_path):
     for i in range(6):
         save_image(src / f"big_{i}.jpg", cv2.resize(face, (3500 + i, 3500)), quality=90)
     out = tmp_path / "lq"
-    cmd = [sys.executable, "-m", "degradations", "synth", "--input", str(src), "--output",
-           str(out), "--preset", "gfpgan", "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    workers: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
-            workers = _workers(proc.pid)
-            time.sleep(0.1)
-        assert len(workers) == 2, "synth did not start two workers"
-        # Both start an image at once; when the first record lands both begin the next.
-        while time.monotonic() < deadline and proc.poll() is None and not list(
-                (out / "records").glob("*.json")):
-            time.sleep(0.05)
-        assert proc.poll() is None, "synth ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        gone = time.monotonic() + 1.0
-        while _alive(workers) and time.monotonic() < gone:
-            time.sleep(0.05)
-        assert _alive(workers) == [], "workers outlived the killed synth"
-    finally:
-        for p in _alive(workers):
-            p.kill()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    cmd = [sys.executable, "-m", "degradations", "synth", "-i", str(src), "-o", str(out),
+           "--preset", "gfpgan", "--workers", "2", "-q"]
+    # Both start an image at once; when the first record lands both begin the next.
+    _kill_parent_mid_work(cmd, lambda: list((out / "records").glob("*.json")), "synth")
