@@ -5,10 +5,14 @@ field, so another choice is a config change, and docs/mgfr.md gives the reasons)
 
 * **LCA** (LQ control adapter): a ControlNet-style encoder whose blocks mirror the frozen
   UNet's down blocks and mid block (built from the UNet config, so any SD-family UNet
-  works). Input: ``conv_in(concat(z_t, z_lq))``; its own timestep embedding. Its attention
-  blocks keep self-attention but have **no text cross-attention**: the adapters do not read
-  the prompt, so their residuals are computed once per denoising step and shared by every
-  guidance branch (positive, negative-attribute, negative-quality, unconditional).
+  works). Input: ``conv_in(concat(z_t, z_lq))``; its own timestep embedding. With
+  ``read_prompt=True`` (the presets' default) its attention blocks **read the prompt**
+  through cross-attention, as ControlNet's encoder copy does: the adapters then know when
+  the prompt asks for "low quality" (negative-quality training samples), and their
+  residuals differ per guidance branch, so they run once per branch. With
+  ``read_prompt=False`` (text-blind, the first design) the cross-attention is removed and
+  the residuals are computed once per step and shared by every guidance branch (cheaper;
+  docs/mgfr.md gives the measured cost).
 * **RLF** (reference latent fusion): the frozen VAE encodes each reference; a trainable
   ResBlock follows; its output is added to a trainable 3x3 conv of z_lq. Several references:
   the ResBlock outputs are **averaged** (masked mean) before the addition.
@@ -16,8 +20,9 @@ field, so another choice is a config change, and docs/mgfr.md gives the reasons)
   ``conv_in(concat(z_t, rlf))``. The **identity embedding** enters through cross-attention
   in the RCA's attention blocks: an IP-Adapter-FaceID style MLP projects each reference's
   embedding into ``id_tokens`` tokens; several references **concatenate** their tokens
-  (masked). Since the RCA reads no text, the "decoupled" identity K/V of IP-Adapter is the
-  RCA's only cross-attention.
+  (masked). With ``read_prompt`` the RCA attends to the prompt's tokens followed by the
+  identity tokens (one cross-attention over both; the identity tokens have the text
+  width); text-blind, the identity tokens are its only cross-attention.
 * **Exchange links**: after every encoder level, zero-initialised 1x1 convs add each
   adapter's features into the other (computed from the features before the exchange).
 * **Outputs**: one zero-initialised 1x1 conv per UNet skip feature and one for the mid
@@ -195,6 +200,16 @@ class AdapterConditions:
         return AdapterConditions(rep(self.lq_latents), rep(self.rlf), rep(self.id_tokens),
                                  rep(self.id_mask))
 
+    def tile(self, k: int) -> AdapterConditions:
+        """The conditions stacked ``k`` times, branch-major (the order of guidance branches)."""
+        if k == 1:
+            return self
+
+        def tile(t):
+            return None if t is None else torch.cat([t] * k)
+        return AdapterConditions(tile(self.lq_latents), tile(self.rlf), tile(self.id_tokens),
+                                 tile(self.id_mask))
+
 
 class DualControlAdapter(ModelMixin, ConfigMixin):
     """LCA + RCA (with RLF and identity tokens) + exchange links; see the module doc.
@@ -216,8 +231,15 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
                  transformer_layers_per_block=1, mid_block_type: str = "UNetMidBlock2DCrossAttn",
                  channel_mult: float = 1.0, enable_rca: bool = True, rlf_channels: int = 64,
                  id_embedder: str = "dlib", id_embed_dim: int = 128, id_tokens: int = 4,
-                 id_token_dim: int = 64, exchange_links: bool = True):
+                 id_token_dim: int = 64, exchange_links: bool = True,
+                 read_prompt: bool = False, cross_attention_dim: int | None = None):
         super().__init__()
+        if read_prompt:
+            if not cross_attention_dim:
+                raise ValueError("read_prompt=True needs cross_attention_dim (the text width)")
+            if int(id_token_dim) != int(cross_attention_dim):
+                raise ValueError(f"read_prompt=True: id_token_dim ({id_token_dim}) must equal "
+                                 f"the text width cross_attention_dim ({cross_attention_dim})")
         n = len(down_block_types)
         if float(channel_mult) <= 0:
             raise ValueError(f"channel_mult must be > 0, got {channel_mult}")
@@ -241,7 +263,9 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
                       downsample_padding=downsample_padding,
                       transformer_layers=_as_tuple(transformer_layers_per_block, n),
                       mid_block_type=mid_block_type)
-        self.lca = ControlEncoder(in_channels=2 * in_channels, cross_attention_dim=None, **common)
+        self.lca = ControlEncoder(in_channels=2 * in_channels,
+                                  cross_attention_dim=cross_attention_dim if read_prompt else None,
+                                  **common)
         self.lca_out = self._output_convs()
         self.lca_mid_out = zero_module(nn.Conv2d(self.channels[-1], block_out_channels[-1], 1))
         if enable_rca:
@@ -275,6 +299,10 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
         the adapter fields (channel_mult, id_embedder, ...). With ``channel_mult == 1``
         the encoders start as copies of the UNet encoder unless ``copy_unet_weights=False``."""
         cfg = {k: unet.config[k] for k in UNET_KEYS if k in unet.config}
+        if options.get("read_prompt"):
+            text_dim = int(unet.config["cross_attention_dim"])
+            options.setdefault("cross_attention_dim", text_dim)
+            options.setdefault("id_token_dim", text_dim)
         if options.get("id_embedder") and "id_embed_dim" not in options:
             if options["id_embedder"] not in EMBEDDER_DIMS:
                 raise ValueError(f"unknown identity embedder {options['id_embedder']!r}; "
@@ -341,9 +369,21 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
 
     # ---- per-step part -----------------------------------------------------------------
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
-                cond: AdapterConditions, *, lca_scale: float = 1.0, rca_scale: float = 1.0):
-        """``(down_residuals, mid_residual)`` for the frozen UNet at this step."""
+                cond: AdapterConditions, *, encoder_hidden_states: torch.Tensor | None = None,
+                lca_scale: float = 1.0, rca_scale: float = 1.0):
+        """``(down_residuals, mid_residual)`` for the frozen UNet at this step.
+        ``encoder_hidden_states``: the prompt's text states (B, L, D); needed when the
+        adapter reads the prompt (``read_prompt``), ignored otherwise."""
         b = noisy_latents.shape[0]
+        text = None
+        if self.config.read_prompt:
+            if encoder_hidden_states is None:
+                raise ValueError("this adapter reads the prompt (read_prompt=True): pass "
+                                 "encoder_hidden_states")
+            if encoder_hidden_states.shape[0] != b:
+                raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} "
+                                 f"rows for {b} latents")
+            text = encoder_hidden_states.to(noisy_latents.dtype)
         if cond.lq_latents.shape != noisy_latents.shape:
             raise ValueError(f"lq_latents {tuple(cond.lq_latents.shape)} must match the noisy "
                              f"latents {tuple(noisy_latents.shape)}")
@@ -362,16 +402,21 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
             temb_r = rca.time_embedding(rca.time_proj(timesteps).to(dtype))
             hr = rca.conv_in(torch.cat([noisy_latents, cond.rlf.to(dtype)], dim=1))
             ctx, ctx_mask = cond.id_tokens.to(dtype), cond.id_mask
+            if text is not None:
+                # The prompt's tokens, then the identity tokens.
+                if ctx_mask is not None:
+                    ctx_mask = torch.cat([ctx_mask.new_ones(b, text.shape[1]), ctx_mask], dim=1)
+                ctx = torch.cat([text, ctx], dim=1)
             skips_r = [hr]
         for i in range(len(lca.down_blocks)):
-            hl, res_l = lca.run_block(i, hl, temb_l, None, None)
+            hl, res_l = lca.run_block(i, hl, temb_l, text, None)
             skips_l += list(res_l)
             if use_rca:
                 hr, res_r = rca.run_block(i, hr, temb_r, ctx, ctx_mask)
                 skips_r += list(res_r)
                 if self.config.exchange_links:
                     hl, hr = hl + self.link_r2l[i](hr), hr + self.link_l2r[i](hl)
-        hl = lca.run_mid(hl, temb_l, None, None)
+        hl = lca.run_mid(hl, temb_l, text, None)
         down = [lca_scale * conv(s) for conv, s in zip(self.lca_out, skips_l)]
         mid = lca_scale * self.lca_mid_out(hl)
         if use_rca:

@@ -246,3 +246,13 @@ def save_base(base: BaseModels, out: str | Path, **extra) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def noise_schedule(scheduler):
+    """The DDPM forward process (``alphas_cumprod``) behind any diffusers scheduler of
+    the base: a ``DDPMScheduler`` from its config (samplers such as Euler keep sigmas
+    instead, but every one is built from the same betas)."""
+    from diffusers import DDPMScheduler
+
+    cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return DDPMScheduler.from_config(cfg)

@@ -67,15 +67,25 @@ class MGFRModel(nn.Module):
     def step(self, noisy_latents: torch.Tensor, timesteps, encoder_hidden_states: torch.Tensor,
              cond: AdapterConditions, *, num_branches: int = 1, lca_scale: float = 1.0,
              rca_scale: float = 1.0) -> torch.Tensor:
-        """One denoising step. The adapter runs once on the B latents; its residuals are
-        shared by ``num_branches`` guidance branches, whose prompts are stacked branch-major
-        in ``encoder_hidden_states`` (K*B rows) and go through the UNet as one batch."""
-        down, mid = self.adapter(noisy_latents, timesteps, cond, lca_scale=lca_scale,
-                                 rca_scale=rca_scale)
+        """One denoising step for ``num_branches`` guidance branches, whose prompts are
+        stacked branch-major in ``encoder_hidden_states`` (K*B rows) and go through the UNet
+        as one batch. A text-blind adapter runs once on the B latents and its residuals are
+        shared by the branches; an adapter that reads the prompt runs on all K*B rows."""
         k = int(num_branches)
         if encoder_hidden_states.shape[0] != k * noisy_latents.shape[0]:
             raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} rows; "
                              f"expected {k} branches x {noisy_latents.shape[0]} latents")
+        if self.adapter.config.read_prompt:
+            x = torch.cat([noisy_latents] * k) if k > 1 else noisy_latents
+            t = torch.as_tensor(timesteps, device=x.device)
+            if t.numel() > 1 and k > 1:
+                t = torch.cat([t.reshape(-1)] * k)
+            down, mid = self.adapter(x, t, cond.tile(k), encoder_hidden_states=encoder_hidden_states,
+                                     lca_scale=lca_scale, rca_scale=rca_scale)
+            return self.unet(x, t, encoder_hidden_states, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid, return_dict=False)[0]
+        down, mid = self.adapter(noisy_latents, timesteps, cond, lca_scale=lca_scale,
+                                 rca_scale=rca_scale)
         if k > 1:
             noisy_latents = torch.cat([noisy_latents] * k)
             down = tuple(torch.cat([d] * k) for d in down)
@@ -130,9 +140,14 @@ class MGFRModel(nn.Module):
         meta.update(info)
         meta["id_embedder"] = self.adapter.config.id_embedder
         meta["id_embed_dim"] = int(self.adapter.config.id_embed_dim)
+        adapter = self.adapter
+        if int(meta.get("stage", 0)) == 1 and adapter.config.enable_rca:
+            # Stage 1 trains the LCA alone: its folder holds the LCA alone (stage 2 adds a
+            # fresh reference branch, see ``with_reference_branch``).
+            adapter = lca_only(adapter)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            self.adapter.save_pretrained(tmp, safe_serialization=True)
+            adapter.save_pretrained(tmp, safe_serialization=True)
             (tmp / ADAPTERS_FILE).write_text(json.dumps(meta, indent=2, default=str))
             old = None
             if out.exists():
@@ -193,6 +208,33 @@ class MGFRModel(nn.Module):
         model.base = base_models
         model.info = info
         return model
+
+
+def lca_only(adapter: DualControlAdapter) -> DualControlAdapter:
+    """A copy of ``adapter`` without the reference branch (``enable_rca=False``)."""
+    cfg = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
+    out = DualControlAdapter(**{**cfg, "enable_rca": False})
+    keep = out.state_dict().keys()
+    out.load_state_dict({k: v for k, v in adapter.state_dict().items() if k in keep})
+    return out.to(next(adapter.parameters()).device)
+
+
+def with_reference_branch(adapter: DualControlAdapter, unet=None, **options) -> DualControlAdapter:
+    """``adapter`` with a reference branch added (RCA, RLF, identity projection, links),
+    newly initialised (from ``unet`` when the adapter copies the UNet), the LCA kept.
+    ``options``: adapter fields for the new branch (identity embedder and dimension)."""
+    if adapter.config.enable_rca and not options:
+        return adapter
+    cfg = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
+    out = DualControlAdapter(**{**cfg, **options, "enable_rca": True})
+    if unet is not None and float(out.config.channel_mult) == 1.0:
+        out.copy_unet_weights(unet)
+    lca = {k: v for k, v in adapter.state_dict().items() if k.startswith(("lca.", "lca_out.",
+                                                                           "lca_mid_out."))}
+    missing, unexpected = out.load_state_dict(lca, strict=False)
+    if unexpected or any(k.startswith(("lca.", "lca_out.", "lca_mid_out.")) for k in missing):
+        raise ValueError("the LCA of the stage-1 adapter does not fit the new adapter")
+    return out.to(next(adapter.parameters()).device)
 
 
 def _move(module, device, dtype) -> None:

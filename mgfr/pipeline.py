@@ -52,9 +52,14 @@ SCHEDULERS = Registry("scheduler", {
     "lms": "LMSDiscreteScheduler",
 }, hint="or a diffusers scheduler class name")
 
-#: defaults of ``MGFRPipeline.__call__`` (and of ``config_for_record``)
+#: defaults of ``MGFRPipeline.__call__`` (and of ``config_for_record``); a preset's
+#: ``inference`` dict overrides them for that scale (``MGFRPipeline.call_defaults``).
+#: ``strength`` 1.0 samples from pure noise; below 1 sampling starts from the LQ latent
+#: noised to ``strength`` of the schedule (SDEdit); ``one_step`` returns the model's
+#: deterministic clean estimate from that start instead of sampling.
 CALL_DEFAULTS = {"guidance_scale": 4.0, "lambda_na": 1.0, "lambda_nq": 1.0,
-                 "num_inference_steps": 30, "lca_scale": 1.0, "rca_scale": 1.0}
+                 "num_inference_steps": 30, "lca_scale": 1.0, "rca_scale": 1.0,
+                 "strength": 1.0, "one_step": False}
 
 #: aligned crops for whole photos are made at this size, then resized to the resolution
 ALIGN_SIZE = 512
@@ -195,13 +200,22 @@ class MGFRPipeline(DiffusionPipeline):
             self._adapters_hash = h.hexdigest()
         return self._adapters_hash
 
+    @property
+    def call_defaults(self) -> dict:
+        """``CALL_DEFAULTS`` with this pipeline's preset's own inference defaults."""
+        from .presets import PRESETS
+
+        preset = PRESETS.get(self.config.preset, None) if self.config.preset in PRESETS else None
+        return {**CALL_DEFAULTS, **(preset.inference if preset is not None else {})}
+
     def config_for_record(self, **call_options) -> dict:
         """Everything that determines the output, JSON-able (for benchmark records)."""
         unknown = set(call_options) - set(CALL_DEFAULTS) - {"prompt", "negative_attribute_prompt",
                                                              "negative_quality_prompt", "seed"}
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)}")
-        opts = {**CALL_DEFAULTS, **call_options}
+        opts = {**self.call_defaults,
+                **{k: v for k, v in call_options.items() if v is not None or k not in CALL_DEFAULTS}}
         sched = {k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}
         return {
@@ -281,20 +295,35 @@ class MGFRPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, image, references=None, prompt=None, negative_attribute_prompt=None,
-                 negative_quality_prompt=None, guidance_scale: float = CALL_DEFAULTS["guidance_scale"],
-                 lambda_na: float = CALL_DEFAULTS["lambda_na"],
-                 lambda_nq: float = CALL_DEFAULTS["lambda_nq"],
-                 num_inference_steps: int = CALL_DEFAULTS["num_inference_steps"],
+                 negative_quality_prompt=None, guidance_scale: float | None = None,
+                 lambda_na: float | None = None, lambda_nq: float | None = None,
+                 num_inference_steps: int | None = None,
                  generator: torch.Generator | None = None, output_type: str = "np",
-                 lca_scale: float = CALL_DEFAULTS["lca_scale"],
-                 rca_scale: float = CALL_DEFAULTS["rca_scale"],
+                 lca_scale: float | None = None, rca_scale: float | None = None,
+                 strength: float | None = None, one_step: bool | None = None,
                  id_embeds: np.ndarray | None = None, progress: bool = False,
                  callback=None) -> MGFRPipelineOutput:
         """Restore aligned face(s); see the module doc. ``image``: one uint8 (H, W, 3) square
         face or a list; ``references``: per image a list of aligned faces (or one flat list
         for one image). ``id_embeds``: optional precomputed (B, R, D) identity vectors from
         the adapter's embedder. ``output_type``: ``"np"`` (uint8 arrays), ``"pil"`` or
-        ``"latent"``."""
+        ``"latent"``. Options left as None take ``call_defaults`` (the preset's own, else
+        ``CALL_DEFAULTS``); ``strength`` and ``one_step``: see ``CALL_DEFAULTS``."""
+        d = self.call_defaults
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        lambda_na = d["lambda_na"] if lambda_na is None else lambda_na
+        lambda_nq = d["lambda_nq"] if lambda_nq is None else lambda_nq
+        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None \
+            else num_inference_steps
+        lca_scale = d["lca_scale"] if lca_scale is None else lca_scale
+        rca_scale = d["rca_scale"] if rca_scale is None else rca_scale
+        strength = float(d["strength"] if strength is None else strength)
+        one_step = bool(d["one_step"] if one_step is None else one_step)
+        if not (np.isfinite(strength) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if one_step and strength >= 1:
+            raise ValueError("one_step needs strength < 1 (the estimate starts from the "
+                             "noised LQ latent)")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         for name, v in (("guidance_scale", guidance_scale), ("lambda_na", lambda_na),
@@ -352,14 +381,31 @@ class MGFRPipeline(DiffusionPipeline):
         ehs = self._encode_text(texts)
 
         # -- denoising loop ---------------------------------------------------------------
-        self.scheduler.set_timesteps(int(num_inference_steps), device=device)
+        steps = int(num_inference_steps)
+        self.scheduler.set_timesteps(steps, device=device)
         shape = (n, self.unet.config.in_channels, res // self.vae_scale_factor,
                  res // self.vae_scale_factor)
-        latents = torch.randn(shape, generator=generator, device=generator.device
-                              if generator is not None else "cpu", dtype=torch.float32)
-        latents = (latents.to(device) * self.scheduler.init_noise_sigma).to(dtype)
+        noise = torch.randn(shape, generator=generator, device=generator.device
+                            if generator is not None else "cpu", dtype=torch.float32).to(device)
         k = len(branches)
         timesteps = self.scheduler.timesteps
+        if strength < 1:
+            # SDEdit: start from the LQ latent noised to the start timestep.
+            keep = min(steps, max(1, int(round(steps * strength))))
+            begin = (steps - keep) * getattr(self.scheduler, "order", 1)
+            timesteps = timesteps[begin:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(begin)
+            if one_step:
+                latents = self._one_step_estimate(model, lq, noise, int(timesteps[0]), ehs,
+                                                  cond, branches, guidance_scale, lambda_na,
+                                                  lambda_nq, lca_scale, rca_scale)
+                timesteps = timesteps[:0]
+            else:
+                latents = self.scheduler.add_noise(lq.float(), noise,
+                                                   timesteps[:1].repeat(n)).to(dtype)
+        else:
+            latents = (noise * self.scheduler.init_noise_sigma).to(dtype)
         for step_i, t in enumerate(self.progress_bar(timesteps) if progress else timesteps):
             x_in = self.scheduler.scale_model_input(latents, t)
             eps_all = model.step(x_in, t, ehs, cond, num_branches=k, lca_scale=lca_scale,
@@ -382,6 +428,21 @@ class MGFRPipeline(DiffusionPipeline):
             faces_out = [Image.fromarray(a) for a in faces_out]
         self.maybe_free_model_hooks()
         return MGFRPipelineOutput(images=faces_out, prompts=used)
+
+    def _one_step_estimate(self, model, lq, noise, t: int, ehs, cond, branches, g, lna, lnq,
+                           lca_scale, rca_scale) -> torch.Tensor:
+        """The clean latent the model predicts in one call from the LQ latent noised to
+        ``t`` (the DDPM forward process of the base's training schedule, whatever
+        sampler is set): x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+        from .base import noise_schedule
+
+        a = noise_schedule(self.scheduler).alphas_cumprod[t].to(lq.device, torch.float32)
+        zt = (a.sqrt() * lq.float() + (1 - a).sqrt() * noise).to(lq.dtype)
+        tt = torch.full((lq.shape[0],), t, device=lq.device, dtype=torch.long)
+        eps_all = model.step(zt, tt, ehs, cond, num_branches=len(branches),
+                             lca_scale=lca_scale, rca_scale=rca_scale)
+        eps = self._combine(eps_all.chunk(len(branches)), branches, g, lna, lnq)
+        return ((zt.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(lq.dtype)
 
     @staticmethod
     def _branches(g, lna, lnq, used) -> list[tuple[str, list[str]]]:

@@ -7,6 +7,9 @@ asset folder holds the real weights.
 
 * ``tiny``: a few million parameters, 64 px, random init (or the prior that
   ``mgfr pretrain-prior`` trains); tests, CPU runs and the demo.
+* ``mini``: 64 px, a prior and adapters trained here by the toolkit's own recipe
+  (``mgfr/configs/mini-*.yaml``) and shipped with the repository (asset ``mgfr-mini``):
+  the model that restores faces on a CPU, and the default of ``mgfr restore``.
 * ``sd21-base``: Stable Diffusion 2.1-base at 512 px (the paper's prior). The UNet config
   is the published one (865.9 M parameters).
 * ``sd15``: Stable Diffusion 1.5 at 512 px.
@@ -67,6 +70,12 @@ class BasePreset:
     adapter: dict[str, Any]
     embedder: str = "dlib"
     asset: str | None = None   # asset resolver name of the real weights folder (None: random)
+    # MGFRPipeline call defaults for this scale (strength, guidance ...); the rest come
+    # from mgfr.pipeline.CALL_DEFAULTS.
+    inference: dict[str, Any] = field(default_factory=dict)
+    # pretrain-prior refuses to call a prior done when the VAE's round trip on held-out
+    # faces is below this PSNR (dB); 0 turns the gate off.
+    vae_gate_psnr: float = 0.0   # asset resolver name of the real weights folder (None: random)
     tokenizer_pad: str = "<|endoftext|>"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +92,8 @@ class BasePreset:
             "name": self.name, "description": self.description, "resolution": self.resolution,
             "unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
             "scheduler": self.scheduler, "adapter": self.adapter, "embedder": self.embedder,
-            "asset": self.asset, "vae_scale_factor": self.vae_scale_factor})
+            "asset": self.asset, "vae_scale_factor": self.vae_scale_factor,
+            "inference": self.inference, "vae_gate_psnr": self.vae_gate_psnr})
 
 
 PRESETS = Registry("MGFR base preset", sort=True, hint="or give a base folder")
@@ -122,7 +132,45 @@ register_preset(BasePreset(
     scheduler=dict(_SD_SCHEDULER),
     # The tiny adapter copies the UNet encoder at full width (ControlNet practice); at this
     # size the cost does not matter and the copy lets the adapter start from the prior.
-    adapter={"channel_mult": 1.0, "id_tokens": 4, "id_token_dim": 64},
+    adapter={"channel_mult": 1.0, "id_tokens": 4, "read_prompt": True},
+))
+
+register_preset(BasePreset(
+    name="mini",
+    description="CPU-scale MGFR (64 px, latents 16x16x16) trained here and shipped (asset mgfr-mini)",
+    resolution=64,
+    # No attention at the largest latent level (16x16): there it costs 4x the time of a
+    # convolution-only level for no measured gain (perf/bench_mgfr_train.py).
+    unet={
+        "sample_size": 16, "in_channels": 16, "out_channels": 16, "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [48, 96, 128], "layers_per_block": 1, "norm_num_groups": 16,
+        "cross_attention_dim": 64, "attention_head_dim": 8, "act_fn": "silu",
+    },
+    # Factor 4 with 16 latent channels (3x fewer numbers than pixels): the round trip must
+    # clear 30 dB on held-out faces, which 8 channels (6x) did not reach in the CPU budget
+    # (24.4 dB after 800 steps); 16x16 latents keep the UNet step cheap.
+    vae={
+        "in_channels": 3, "out_channels": 3, "latent_channels": 16, "layers_per_block": 1,
+        "block_out_channels": [64, 128, 128],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "act_fn": "silu", "norm_num_groups": 16, "sample_size": 64, "scaling_factor": 1.0,
+    },
+    text_encoder={
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "vocab_size": 49408,
+        "hidden_act": "quick_gelu", "projection_dim": 64, "bos_token_id": 49406,
+        "eos_token_id": 49407, "pad_token_id": 49407,
+    },
+    scheduler=dict(_SD_SCHEDULER),
+    adapter={"channel_mult": 1.0, "id_tokens": 4, "read_prompt": True},
+    asset="mgfr-mini",
+    inference={"strength": 0.5, "guidance_scale": 1.0, "lambda_na": 0.0, "lambda_nq": 0.5,
+               "num_inference_steps": 20},
+    vae_gate_psnr=30.0,
 ))
 
 register_preset(BasePreset(
@@ -140,7 +188,7 @@ register_preset(BasePreset(
     scheduler=dict(_SD_SCHEDULER),
     # Half-width adapters: two full-width copies of the SD encoder would cost ~0.9x a UNet
     # call on top of it; at half width each costs ~1/4 of a full copy (docs/mgfr.md).
-    adapter={"channel_mult": 0.5, "id_tokens": 4, "id_token_dim": 768},
+    adapter={"channel_mult": 0.5, "id_tokens": 4, "read_prompt": True},
     asset="sd21-base",
     tokenizer_pad="!",
 ))
@@ -158,7 +206,7 @@ register_preset(BasePreset(
         "pad_token_id": 1,
     },
     scheduler=dict(_SD_SCHEDULER),
-    adapter={"channel_mult": 0.5, "id_tokens": 4, "id_token_dim": 768},
+    adapter={"channel_mult": 0.5, "id_tokens": 4, "read_prompt": True},
     asset="sd15",
 ))
 

@@ -9,6 +9,12 @@ diffusion model on the HQ faces of the *train* split of a Reface-HQ folder:
    the 64 px faces: a quarter of the cost); afterwards its ``scaling_factor`` is
    set to 1 / std of the latents of the training faces, as Stable Diffusion's 0.18215 was
    chosen, so noise and latents share a scale.
+   **The round-trip gate**: the VAE bounds every restoration in its latent space (a
+   latent restorer cannot beat decode(encode(HQ))), so after the VAE phase the mean PSNR
+   of decode(encode(x)) over the *test-split* faces (never trained on) is printed and
+   recorded in ``mgfr_base.json``; below ``min_vae_psnr`` (default: the preset's
+   ``vae_gate_psnr``, 30 dB for ``mini``) the run stops with an error before the UNet
+   phase, and ``--resume --vae-steps N`` trains the VAE further.
 2. **UNet**: text-conditioned noise prediction (epsilon, the preset's DDPM schedule) on the
    frozen VAE's latents, with the face's attribute prompt and 10 % empty prompts (so
    classifier-free guidance works on the prior too).
@@ -64,6 +70,7 @@ class PriorConfig:
     seed: int = 0
     checkpoint_every: int = 250
     flip: bool = True
+    min_vae_psnr: float | None = None   # None: the preset's vae_gate_psnr
 
     def __post_init__(self):
         for name in ("vae_steps", "unet_steps"):
@@ -76,8 +83,10 @@ class PriorConfig:
             raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
 
 
-def load_train_faces(data: str | os.PathLike, size: int) -> tuple[np.ndarray, list[str]]:
-    """HQ faces of the train split as (N, size, size, 3) uint8, and their prompts."""
+def load_train_faces(data: str | os.PathLike, size: int, split: str = "train"
+                     ) -> tuple[np.ndarray, list[str]]:
+    """HQ faces of a split (default train) as (N, size, size, 3) uint8, and their prompts;
+    an empty split other than train gives an empty array."""
     import cv2
 
     from reface_core.atomic import safe_child
@@ -89,8 +98,10 @@ def load_train_faces(data: str | os.PathLike, size: int) -> tuple[np.ndarray, li
     except DatasetError as e:
         raise TrainingError(str(e)) from None
     root = manifest_path(data).parent
-    df = df[df["split"] == "train"].sort_values("face_id")
+    df = df[df["split"] == split].sort_values("face_id")
     if df.empty:
+        if split != "train":
+            return np.zeros((0, size, size, 3), np.uint8), []
         raise TrainingError(f"{data}: the manifest has no train-split faces")
     faces, prompts = [], []
     for r in df.to_dict("records"):
@@ -233,6 +244,9 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
         raise TrainingError(f"{out} holds a checkpoint of an unfinished pretraining; pass "
                             "--resume to continue it or delete the folder")
     faces, prompts = load_train_faces(data, preset.resolution)
+    heldout, _ = load_train_faces(data, preset.resolution, split="test")
+    gate = float(preset.vae_gate_psnr if cfg.min_vae_psnr is None else cfg.min_vae_psnr)
+    vae_psnr = None
 
     base = build_base_from_config(preset, cfg.seed)
     vae, unet = base.vae, base.unet
@@ -303,6 +317,14 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
                     checkpoint("vae", step, opt)
             bar.close()
             vae.eval().requires_grad_(False)
+            vae_psnr = _check_vae_gate(vae, heldout, faces, gate, cfg)
+            if vae_psnr < gate:
+                checkpoint("vae", step, opt)
+                raise TrainingError(
+                    f"the VAE's round trip on {len(heldout) or len(faces)} "
+                    f"{'held-out' if len(heldout) else 'training'} faces is {vae_psnr:.2f} dB, "
+                    f"below the gate of {gate:g} dB: a latent restorer on it cannot beat that; "
+                    f"train the VAE longer (--resume --vae-steps N with N > {cfg.vae_steps})")
             scaling = _latent_scaling(vae, faces)
             phase, step, state_optim = "unet", 0, None
             checkpoint("unet", 0, unet_optimizer())
@@ -358,8 +380,14 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
         unet.eval().requires_grad_(False)
     finally:
         log.close()
+    if vae_psnr is None:  # resumed in the UNet phase: measure the VAE again
+        vae_psnr = _check_vae_gate(vae, heldout, faces, gate, cfg, quiet=True)
     _write_prior(base, out, {"pretrained_on": Path(data).name, "faces": len(faces),
-                             "text_encoder": "random, frozen (seeded)", **asdict(cfg)})
+                             "text_encoder": "random, frozen (seeded)", **asdict(cfg),
+                             "vae_roundtrip_psnr": round(vae_psnr, 3),
+                             "vae_roundtrip_faces": int(len(heldout) or len(faces)),
+                             "vae_roundtrip_split": "test" if len(heldout) else "train",
+                             "vae_gate_psnr": gate})
     return out
 
 
@@ -371,6 +399,24 @@ def _written_steps(out: Path) -> tuple[int, int] | None:
         return int(info["vae_steps"]), int(info["unet_steps"])
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
+
+
+def _check_vae_gate(vae, heldout: np.ndarray, faces: np.ndarray, gate: float, cfg,
+                    quiet: bool = False) -> float:
+    """Round-trip PSNR of the VAE on the held-out faces (train faces when the dataset has
+    no test split, said so), printed with the gate."""
+    import sys
+    from types import SimpleNamespace
+
+    from .train import vae_roundtrip_psnr
+    which = heldout if len(heldout) else faces
+    value = vae_roundtrip_psnr(SimpleNamespace(vae=vae), which)
+    if not quiet:
+        where = "held-out (test split)" if len(heldout) else "TRAINING (no test split)"
+        verdict = "passes" if value >= gate else "FAILS"
+        print(f"VAE round trip on {len(which)} {where} faces: {value:.2f} dB PSNR "
+              f"({verdict} the {gate:g} dB gate)", file=sys.stderr, flush=True)
+    return value
 
 
 @torch.no_grad()
@@ -409,15 +455,42 @@ def _write_prior(base, out: Path, info: dict) -> None:
                                         "prior": info})
 
 
+def load_prior_config(path: str | os.PathLike | None) -> dict:
+    """PriorConfig fields from a YAML recipe (unknown fields get a did-you-mean error)."""
+    from dataclasses import fields
+
+    import yaml
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"config {path} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TrainingError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise TrainingError(f"config {path}: expected a mapping of fields")
+    names = {f.name for f in fields(PriorConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        from reface_core.registry import unknown_names_message
+        raise TrainingError(f"config {path}: {unknown_names_message('field', unknown, names)}")
+    return d
+
+
 def pretrain_from_args(args) -> int:
-    cfg = PriorConfig(base=args.base, seed=args.seed)
-    for key, flag in (("vae_steps", "vae_steps"), ("unet_steps", "unet_steps"),
-                      ("batch_size", "batch_size"), ("checkpoint_every", "checkpoint_every")):
-        if getattr(args, flag) is not None:
-            setattr(cfg, key, int(getattr(args, flag)))
+    d = load_prior_config(getattr(args, "config", None))
+    for key in ("base", "seed", "vae_steps", "unet_steps", "batch_size", "checkpoint_every",
+                "min_vae_psnr"):
+        if getattr(args, key, None) is not None:
+            d[key] = getattr(args, key)
     if args.lr is not None:
-        cfg.vae_lr = cfg.unet_lr = float(args.lr)
-    cfg.__post_init__()
+        d["vae_lr"] = d["unet_lr"] = float(args.lr)
+    try:
+        cfg = PriorConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise TrainingError(str(e)) from None
     out = pretrain_prior(args.data, args.out, cfg, resume=args.resume)
     print(f"prior written to {out} (load it with --base {out})")
     return 0

@@ -71,6 +71,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     ema_decay: float = 0.999          # 0: no EMA; saved adapters are the EMA weights
     seed: int = 0
+    # Timestep weighting: with probability ``focus_rate`` a sample's timestep is drawn from
+    # [0, focus_timesteps) instead of the whole schedule, so the steps that restoration
+    # from the noised LQ latent (``strength`` < 1) actually runs get most of the training.
+    focus_timesteps: int = 0          # 0: uniform over the whole schedule
+    focus_rate: float = 0.0
     # data
     resolution: int | None = None     # None: the preset's resolution
     n_references: int = 1
@@ -89,6 +94,7 @@ class TrainConfig:
     validation_steps: int = 20        # DDIM steps of the validation restorations
     validation_preset: str | None = None  # None: the first preset of ``degradation``
     validation_seed: int = 1234
+    validation_strength: float | None = None  # None: the preset's inference default
 
     def __post_init__(self):
         if int(self.stage) not in (1, 2):
@@ -98,7 +104,9 @@ class TrainConfig:
                      "validation_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("negative_rate", "prompt_dropout", "reference_dropout"):
+        if int(self.focus_timesteps) < 0:
+            raise ValueError(f"focus_timesteps must be >= 0, got {self.focus_timesteps}")
+        for name in ("negative_rate", "prompt_dropout", "reference_dropout", "focus_rate"):
             if not 0 <= float(getattr(self, name)) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= float(self.ema_decay) < 1:
@@ -196,9 +204,21 @@ class AdapterStep(nn.Module):
         self.adapter = adapter
 
     def forward(self, noisy, timesteps, lq_latents, ref_latents=None, id_embeds=None,
-                ref_mask=None):
+                ref_mask=None, encoder_hidden_states=None):
         cond = self.adapter.prepare(lq_latents, ref_latents, id_embeds, ref_mask)
-        return self.adapter(noisy, timesteps, cond)
+        return self.adapter(noisy, timesteps, cond, encoder_hidden_states=encoder_hidden_states)
+
+
+def sample_timesteps(n: int, total: int, focus: int, rate: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps: uniform over [0, total), except that with probability
+    ``rate`` one is drawn from [0, focus) (``focus`` 0: never)."""
+    t = torch.randint(0, total, (n,), generator=generator)
+    if focus > 0 and rate > 0:
+        low = torch.randint(0, min(int(focus), total), (n,), generator=generator)
+        pick = torch.rand(n, generator=generator) < rate
+        t = torch.where(pick, low, t)
+    return t
 
 
 def _enable_checkpointing(module: nn.Module) -> None:
@@ -296,6 +316,11 @@ class Trainer:
                                     f"this run uses {config.base!r}; stage 2 needs the same base")
             self.model = MGFRModel.load_adapters(init_dir, base=self.base)
             self.model.adapter.to(acc.device)
+            if config.stage == 2 and not self.model.adapter.config.enable_rca:
+                # A stage-1 folder holds the LCA alone: add a new reference branch.
+                from .model import with_reference_branch
+                self.model.adapter = with_reference_branch(self.model.adapter, self.base.unet,
+                                                           **adapter_opts)
             if config.stage == 2:
                 ac = self.model.adapter.config
                 if ac.id_embedder != config.embedder or int(ac.id_embed_dim) != \
@@ -448,11 +473,11 @@ class Trainer:
         hidden = self._text(batch["prompts"])
         sched = self.base.noise_scheduler
         noise = torch.randn(target.shape, generator=gen).to(target.device, target.dtype)
-        t = torch.randint(0, sched.config.num_train_timesteps, (target.shape[0],),
-                          generator=gen).to(target.device)
+        t = sample_timesteps(target.shape[0], sched.config.num_train_timesteps,
+                             self.cfg.focus_timesteps, self.cfg.focus_rate, gen).to(target.device)
         noisy = sched.add_noise(target, noise, t)
         with acc.autocast():
-            down, mid = self.step_module(noisy, t, lq, refs, ids, mask)
+            down, mid = self.step_module(noisy, t, lq, refs, ids, mask, hidden)
             pred = self.base.unet(noisy, t, hidden,
                                   down_block_additional_residuals=[d.to(noisy.dtype) for d in down],
                                   mid_block_additional_residual=mid.to(noisy.dtype),
@@ -595,7 +620,8 @@ def _load_ema(ema, path: Path) -> None:
 
 
 VALIDATION_FIELDS = ("step", "psnr", "ssim", "identity_cosine", "psnr_lq", "ssim_lq",
-                     "identity_cosine_lq", "denoise_loss", "psnr_onestep_t500", "faces")
+                     "identity_cosine_lq", "denoise_loss", "psnr_onestep_t500", "psnr_onestep",
+                     "vae_psnr", "faces")
 
 
 class _CsvLog:
@@ -683,37 +709,21 @@ def validation_set(data: Path, cfg: TrainConfig, resolution: int,
 
 @torch.no_grad()
 def restore(model, base, lq: np.ndarray, prompts: list[str], *, references=None,
-            reference_embeddings=None, steps: int = 20, seed: int = 0) -> np.ndarray:
-    """DDIM restoration of uint8 LQ faces (B, S, S, 3) -> uint8 (B, S, S, 3); no guidance
-    (the validation measures the model, not the guidance settings)."""
-    from diffusers import DDIMScheduler
+            reference_embeddings=None, steps: int = 20, seed: int = 0,
+            strength: float | None = None, one_step: bool = False) -> np.ndarray:
+    """Restore uint8 LQ faces (B, S, S, 3) -> uint8 (B, S, S, 3) with ``MGFRPipeline`` (the
+    inference path users run), DDIM, no guidance (the validation measures the model, not
+    the guidance settings); ``strength`` None: the preset's default."""
+    from .pipeline import pipeline_from_model
 
-    from .model import encode_prompts
-    dev, dt = base.device, base.dtype
-    sf = base.vae.config.scaling_factor
-
-    def latents(imgs: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).to(dev, dt) / 127.5 - 1
-        return base.vae.encode(x).latent_dist.mean * sf
-
-    zlq = latents(lq)
-    refs = ids = None
-    if references is not None:
-        b, r = references.shape[:2]
-        refs = latents(references.reshape(b * r, *references.shape[2:])).unflatten(0, (b, r))
-        if reference_embeddings is not None:
-            ids = torch.as_tensor(reference_embeddings, device=dev, dtype=dt)
-    cond = model.prepare(zlq, refs, ids)
-    hidden = encode_prompts(base, prompts)
-    sched = DDIMScheduler.from_config(base.noise_scheduler.config)
-    sched.set_timesteps(steps)
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(zlq.shape, generator=gen).to(dev, dt) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        eps = model.step(sched.scale_model_input(z, t), t, hidden, cond)
-        z = sched.step(eps, t, z).prev_sample
-    img = base.vae.decode(z / sf).sample
-    return to_uint8((img.float() + 1) / 2)
+    pipe = pipeline_from_model(base, model)
+    refs = None if references is None else [list(r) for r in references]
+    ids = None if reference_embeddings is None else np.asarray(reference_embeddings)
+    out = pipe(list(lq), references=refs, prompt=list(prompts), negative_attribute_prompt="",
+               negative_quality_prompt="", guidance_scale=1.0, lambda_na=0.0, lambda_nq=0.0,
+               num_inference_steps=steps, strength=strength, one_step=one_step,
+               generator=torch.Generator().manual_seed(seed), id_embeds=ids)
+    return np.stack(out.images)
 
 
 def validate(model, base, data: Path, cfg: TrainConfig, *, resolution: int,
@@ -723,11 +733,20 @@ def validate(model, base, data: Path, cfg: TrainConfig, *, resolution: int,
     input), plus an image grid (rows: LQ, restored, HQ)."""
     val = val or validation_set(data, cfg, resolution, cache_dir)
     use_refs = cfg.stage == 2 if with_references is None else with_references
-    out = restore(model, base, val["lq"], val["prompts"],
-                  references=val["references"] if use_refs else None,
-                  reference_embeddings=val["reference_embeddings"] if use_refs else None,
-                  steps=cfg.validation_steps, seed=cfg.validation_seed)
+    kw = dict(references=val["references"] if use_refs else None,
+              reference_embeddings=val["reference_embeddings"] if use_refs else None,
+              steps=cfg.validation_steps, seed=cfg.validation_seed,
+              strength=cfg.validation_strength)
+    out = restore(model, base, val["lq"], val["prompts"], **kw)
     metrics = score(out, val)
+    from .pipeline import pipeline_from_model
+    start = (cfg.validation_strength if cfg.validation_strength is not None
+             else pipeline_from_model(base, model).call_defaults["strength"])
+    if start < 1:
+        one = restore(model, base, val["lq"], val["prompts"], **{**kw, "strength": start},
+                      one_step=True)
+        metrics["psnr_onestep"] = float(np.mean([psnr(a, b) for a, b in zip(one, val["hq"])]))
+    metrics["vae_psnr"] = vae_roundtrip_psnr(base, val["hq"])
     metrics.update(denoising_metrics(model, base, val, use_refs, seed=cfg.validation_seed))
     grid = np.concatenate([np.concatenate(list(row), axis=1)
                            for row in (val["lq"], out, val["hq"])], axis=0)
@@ -773,6 +792,21 @@ def denoising_metrics(model, base, val: dict, use_refs: bool, *, seed: int = 0,
             img = to_uint8((base.vae.decode(x0 / sf).sample.float() + 1) / 2)
             onestep = float(np.mean([psnr(x, y) for x, y in zip(img, val["hq"])]))
     return {"denoise_loss": float(np.mean(losses)), "psnr_onestep_t500": onestep}
+
+
+@torch.no_grad()
+def vae_roundtrip_psnr(base, faces: np.ndarray, batch: int = 32) -> float:
+    """Mean PSNR (dB) of decode(encode(face)) over uint8 faces (N, S, S, 3): the ceiling of
+    any restoration in this VAE's latent space."""
+    vals = []
+    vae = base.vae
+    for i in range(0, len(faces), batch):
+        x = torch.from_numpy(faces[i:i + batch]).permute(0, 3, 1, 2).to(vae.device, vae.dtype)
+        x = x / 127.5 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out = to_uint8((rec.float() + 1) / 2)
+        vals += [psnr(a, b) for a, b in zip(out, faces[i:i + batch])]
+    return float(np.mean(vals))
 
 
 def score(restored: np.ndarray, val: dict) -> dict:

@@ -78,20 +78,26 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=lambda a: _run(_train, a))
 
     q = subparsers.add_parser(
-        "pretrain-prior", help="pretrain the tiny base (VAE + text-conditioned UNet) on HQ faces",
-        description="Train the tiny preset's AutoencoderKL (reconstruction) and UNet "
+        "pretrain-prior", help="pretrain a CPU-scale base (VAE + text-conditioned UNet) on HQ faces",
+        description="Train the preset's AutoencoderKL (reconstruction) and UNet "
                     "(text-conditioned noise prediction) on the HQ faces of a Reface-HQ "
                     "folder, so that stages 1 and 2 have a frozen prior on a CPU. Writes a "
                     "diffusers-layout folder that `--base PATH` loads. Resumable.")
     add_input(q, "Reface-HQ dataset folder", dest="data", deprecated=("--data",))
-    q.add_argument("--base", default="tiny", help="preset to pretrain (only tiny is sensible "
-                                                 "on a CPU)")
+    q.add_argument("--config", default=None,
+                   help="YAML recipe of mgfr.prior.PriorConfig fields (e.g. "
+                        "mgfr/configs/mini-prior.yaml); flags override it")
+    q.add_argument("--base", default=None, help="preset to pretrain: mini or tiny (default: "
+                                                "the config's, else tiny)")
     add_out(q, "prior folder to write", required=True)
+    q.add_argument("--min-vae-psnr", type=at_least(0.0, float), default=None,
+                   help="round-trip PSNR (dB) the VAE must reach on the test-split faces "
+                        "before the UNet phase (default: the preset's gate; 0 turns it off)")
     q.add_argument("--vae-steps", type=at_least(0), default=None)
     q.add_argument("--unet-steps", type=at_least(0), default=None)
     q.add_argument("--batch-size", type=at_least(1), default=None)
     q.add_argument("--lr", type=at_least(0.0, float), default=None)
-    q.add_argument("--seed", type=seed, default=0)
+    q.add_argument("--seed", type=seed, default=None)
     q.add_argument("--checkpoint-every", type=at_least(1), default=None)
     q.add_argument("--resume", action="store_true",
                    help="continue a killed pretraining from its last checkpoint")
