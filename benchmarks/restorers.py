@@ -246,9 +246,14 @@ class MGFR(Restorer):
                  lambda_na: float | None = None, lambda_nq: float | None = None,
                  prompt: str | None = None, negative_attribute_prompt: str | None = None,
                  negative_quality_prompt: str | None = None, seed: int = 0,
-                 use_references: bool = True):
+                 use_references: bool = True, strength: float | None = None,
+                 one_step: bool | None = None):
         self.adapters, self.base = adapters, base
+        if isinstance(one_step, str):
+            one_step = one_step.lower() in ("1", "true", "yes")
         self.call_options = {k: v for k, v in {
+            "strength": None if strength is None else float(strength),
+            "one_step": None if one_step is None else bool(one_step),
             "num_inference_steps": None if steps is None else int(steps),
             "guidance_scale": None if guidance_scale is None else float(guidance_scale),
             "lambda_na": None if lambda_na is None else float(lambda_na),
@@ -264,10 +269,8 @@ class MGFR(Restorer):
                 "use_references": self.use_references, **self.call_options}
 
     def load(self, device="cpu"):
-        if not self.adapters:
-            raise RestorerUnavailable("mgfr: needs adapters=RUN_DIR/adapters (the folder "
-                                      "`mgfr train` writes), e.g. --methods mgfr:adapters=runs/x/adapters")
-        if not Path(self.adapters).expanduser().exists():
+        # No adapters and no base (or base=mini): the shipped mini model.
+        if self.adapters and not Path(self.adapters).expanduser().exists():
             raise RestorerUnavailable(f"mgfr: adapters={self.adapters}: no such folder")
         try:
             import mgfr
@@ -277,8 +280,8 @@ class MGFR(Restorer):
                                       f"load_pipeline ({e})") from None
         from reface_core.assets import AssetNotFoundError
         try:
-            self.pipe = load_pipeline(base=self.base, adapters=str(Path(self.adapters).expanduser()),
-                                      device=device)
+            adapters = str(Path(self.adapters).expanduser()) if self.adapters else None
+            self.pipe = load_pipeline(base=self.base, adapters=adapters, device=device)
         except AssetNotFoundError as e:
             raise RestorerUnavailable(str(e)) from None
         self.device = device

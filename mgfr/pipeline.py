@@ -530,16 +530,33 @@ class MGFRPipeline(DiffusionPipeline):
         return PhotoResult(image=out, faces=records)
 
 
+#: the shipped mini model (asset ``mgfr-mini``): its prior folder holds both adapter stages
+MINI_ASSET = "mgfr-mini"
+
+
+def shipped_adapters(stage: int = 2) -> Path:
+    """The shipped mini model's stage-``stage`` adapter folder (asset ``mgfr-mini``; a
+    missing or altered copy raises the asset error naming it)."""
+    from reface_core.assets import resolve
+
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    return resolve(MINI_ASSET) / f"adapters-stage{stage}"
+
+
 def load_pipeline(base: str | None = None, adapters: str | None = None, device: str = "cpu",
                   dtype: torch.dtype | str = torch.float32, scheduler: str = "ddim",
                   embedder: str | None = None) -> MGFRPipeline:
     """An :class:`MGFRPipeline` from an adapter folder (its ``mgfr_adapters.json`` names the
     base) and/or a base (preset name, prior folder, or a saved pipeline folder with
-    ``model_index.json``). Without ``adapters`` the adapter is untrained (zero residuals:
-    the frozen prior alone)."""
+    ``model_index.json``). With neither, or with ``base="mini"`` alone, the shipped mini
+    model (stage-2 adapters). Other bases without ``adapters`` get an untrained adapter
+    (zero residuals: the frozen prior alone)."""
     from .base import load_base
 
     dtype = parse_dtype(dtype)
+    if adapters is None and base in (None, "mini"):
+        base, adapters = "mini", str(shipped_adapters(2))
     if base is not None and adapters is None and (Path(base) / "model_index.json").is_file():
         pipe = MGFRPipeline.from_pretrained(base, torch_dtype=dtype)
         pipe.to(device)

@@ -43,13 +43,25 @@ def add_subcommands(sub) -> None:
                    help="positive attribute prompt (default: built from the references)")
     p.add_argument("--negative-attribute-prompt", default=None)
     p.add_argument("--negative-quality-prompt", default=None)
-    p.add_argument("--lambda-na", type=at_least(0.0, float), default=1.0,
-                   help="weight of the negative-attribute prompt (0 turns it off)")
-    p.add_argument("--lambda-nq", type=at_least(0.0, float), default=1.0,
-                   help="weight of the negative-quality prompt (0 turns it off)")
-    p.add_argument("--guidance", type=at_least(0.0, float), default=4.0,
-                   help="classifier-free guidance scale")
-    p.add_argument("--steps", type=at_least(1), default=30, help="denoising steps")
+    p.add_argument("--lambda-na", type=at_least(0.0, float), default=None,
+                   help="weight of the negative-attribute prompt (0 turns it off; default: "
+                        "the preset's, 1.0 for sd21-base, 0 for mini)")
+    p.add_argument("--lambda-nq", type=at_least(0.0, float), default=None,
+                   help="weight of the negative-quality prompt (0 turns it off; default: the "
+                        "preset's, 1.0 for sd21-base, 0.5 for mini)")
+    p.add_argument("--guidance", type=at_least(0.0, float), default=None,
+                   help="classifier-free guidance scale (default: the preset's, 4.0 for "
+                        "sd21-base, 1.0 for mini)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="denoising steps of the whole schedule (default: the preset's, 30 "
+                        "for sd21-base, 20 for mini); with --strength < 1 only that share runs")
+    p.add_argument("--strength", type=_strength, default=None,
+                   help="start from the LQ face's latent noised to this share of the schedule "
+                        "(SDEdit; 1 = pure noise; default: the preset's, 0.5 for mini, 1.0 "
+                        "for sd21-base)")
+    p.add_argument("--one-step", action="store_true",
+                   help="return the model's deterministic one-step clean estimate from the "
+                        "--strength start instead of sampling (for fidelity scores)")
     p.add_argument("--scheduler", default="ddim", help="ddim, dpm++, euler, unipc, ...")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--upscale", type=at_least(1.0, float), default=1.0,
@@ -57,8 +69,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--adapters", default=None,
                    help="adapter folder (RUN_DIR/adapters written by `mgfr train`)")
     p.add_argument("--base", default=None,
-                   help="sd21-base, sd15, tiny or a base folder (default: the one the "
-                        "adapters name, else tiny)")
+                   help="mini, sd21-base, sd15, tiny or a base folder (default: the one the "
+                        "adapters name, else the shipped mini model with its stage-2 adapters)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--detector", default="dlib-hog", help="faces detector for photos")
@@ -70,6 +82,16 @@ def add_subcommands(sub) -> None:
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_locked_restore)
+
+
+def _strength(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
 
 
 def _locked_restore(args: argparse.Namespace) -> int:
@@ -163,6 +185,7 @@ def run_restore(args: argparse.Namespace) -> int:
                          dtype=args.dtype, scheduler=args.scheduler)
     options = dict(guidance_scale=args.guidance, lambda_na=args.lambda_na,
                    lambda_nq=args.lambda_nq, num_inference_steps=args.steps,
+                   strength=args.strength, one_step=True if args.one_step else None,
                    prompt=args.prompt, negative_attribute_prompt=args.negative_attribute_prompt,
                    negative_quality_prompt=args.negative_quality_prompt)
     record = pipe.config_for_record(seed=args.seed, **options)

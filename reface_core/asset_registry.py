@@ -190,3 +190,20 @@ register(Asset(
     url=_PYIQA_URL + "ckpt_koniq10k.pt",
     other_places=(f"{_PYIQA_CACHE}/ckpt_koniq10k.pt",), unpinned=_NO_PIN,
     source="https://github.com/IIGROUP/MANIQA"))
+
+# --- MGFR mini: trained by the toolkit's own recipe, shipped in the repository ------------
+# Pinned by the folder digest (reface_core.assets.folder_sha256) of mgfr/weights/mini;
+# docs/mgfr-training.md ("The mini model") gives the recipe that reproduces it.
+MGFR_MINI_SHA256 = "PENDING"
+register(Asset(
+    name="mgfr-mini", filename="mini", kind="dir", subdir="mgfr",
+    required=("mgfr_base.json", "unet/config.json", "vae/config.json",
+              "text_encoder/config.json", "adapters-stage1/config.json",
+              "adapters-stage2/config.json"),
+    description="MGFR mini (64 px): prior, stage-1 and stage-2 adapters trained by the "
+                "toolkit's recipe (mgfr/configs/mini-*.yaml)",
+    used_by=("mgfr", "benchmarks"),
+    license="Apache-2.0 (the toolkit's); trained on CelebRef-HQ sample faces (no license "
+            "stated): research use",
+    package=("mgfr", "weights"), source="trained here: docs/mgfr-training.md, The mini model",
+    folder_sha256=MGFR_MINI_SHA256))

@@ -77,6 +77,9 @@ class Asset:
     hf_repo: str | None = None
     #: Why a downloadable file has no pinned ``sha256`` (so the gap is stated, not silent).
     unpinned: str | None = None
+    #: A folder asset's pin: :func:`folder_sha256` of its contents (``sha256`` of a folder
+    #: asset pins the zip archive it is downloaded as).
+    folder_sha256: str | None = None
 
     @property
     def env_var(self) -> str:
@@ -252,16 +255,34 @@ def cached_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
+def folder_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a folder's contents: of the sorted lines ``<relative path> <sha256>`` of
+    every regular file in it (hidden files and ``__pycache__`` left out), so renaming,
+    adding, removing or changing any file changes it. Each file is hashed once
+    (``cached_sha256``)."""
+    root = Path(path)
+    lines = []
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if not f.is_file() or any(part.startswith(".") or part == "__pycache__"
+                                  for part in rel.parts):
+            continue
+        lines.append(f"{rel.as_posix()} {cached_sha256(f)}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def check_integrity(asset: Asset | str, p: Path) -> None:
-    """Raise :class:`AssetIntegrityError` when file ``p`` does not match ``asset``'s pin."""
+    """Raise :class:`AssetIntegrityError` when ``p`` does not match ``asset``'s pin (a
+    file's sha256, or a folder's :func:`folder_sha256`)."""
     asset = get_asset(asset) if isinstance(asset, str) else asset
-    if asset.kind != "file" or not asset.sha256 or not verification_enabled():
+    pin = asset.sha256 if asset.kind == "file" else asset.folder_sha256
+    if not pin or not verification_enabled():
         return
-    digest = cached_sha256(p)
-    if not checksum_matches(asset.sha256, digest):
+    digest = cached_sha256(p) if asset.kind == "file" else folder_sha256(p)
+    if not checksum_matches(pin, digest):
         raise AssetIntegrityError(
             asset, f"pretrained asset {asset.name!r}: {p} is corrupt or another file: sha256 "
-                   f"{digest}, expected {asset.sha256}{'...' if len(asset.sha256) < 64 else ''}. "
+                   f"{digest}, expected {pin}{'...' if len(pin) < 64 else ''}. "
                    f"Replace it ({asset.how_to_get()}), or set REFACE_VERIFY_ASSETS=0 to use it "
                    "anyway")
 
