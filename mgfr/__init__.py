@@ -17,6 +17,7 @@ _LAZY = {
     "BaseModels": "base", "load_base": "base", "build_base_from_config": "base",
     "save_base": "base",
     "DualControlAdapter": "adapters", "AdapterConditions": "adapters",
+    "PatchAutoencoder": "autoencoder",
     "MGFRModel": "model", "encode_prompts": "model", "encode_images": "model",
     "MGFRPipeline": "pipeline", "MGFRPipelineOutput": "pipeline", "load_pipeline": "pipeline",
 }

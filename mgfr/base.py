@@ -52,7 +52,8 @@ class BaseModels:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        from .presets import vae_scale_factor
+        return vae_scale_factor(self.vae.config)
 
     @property
     def device(self) -> torch.device:
@@ -108,14 +109,14 @@ def build_base_from_config(preset: str | BasePreset = "tiny", seed: int = 0, *,
 
     ``device="meta"`` builds without allocating memory (parameter counts and shapes only).
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     torch.manual_seed(int(seed))
     with torch.device(device):
         unet = UNet2DConditionModel(**preset.unet)
-        vae = AutoencoderKL(**preset.vae)
+        vae = vae_class(preset.vae_class)(**preset.vae)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
     if str(device) != "meta" and dtype != torch.float32:
         unet.to(dtype=dtype)
@@ -126,6 +127,29 @@ def build_base_from_config(preset: str | BasePreset = "tiny", seed: int = 0, *,
     return BaseModels(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                       noise_scheduler=build_noise_scheduler(preset), preset=preset.name,
                       resolution=preset.resolution, base=preset.name)
+
+
+#: autoencoder classes a base folder may name in vae/config.json (``_class_name``)
+VAE_CLASSES = ("AutoencoderKL", "PatchAutoencoder")
+
+
+def vae_class(name: str):
+    """The autoencoder class called ``name`` (one of ``VAE_CLASSES``)."""
+    if name == "PatchAutoencoder":
+        from .autoencoder import PatchAutoencoder
+        return PatchAutoencoder
+    if name == "AutoencoderKL":
+        from diffusers import AutoencoderKL
+        return AutoencoderKL
+    raise ValueError(f"unknown autoencoder class {name!r}; choose from {', '.join(VAE_CLASSES)}")
+
+
+def _saved_class(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("_class_name",
+                                                                      "AutoencoderKL"))
+    except (OSError, ValueError, AttributeError):
+        return "AutoencoderKL"
 
 
 def guess_preset(unet_config: dict) -> str:
@@ -166,7 +190,7 @@ def read_base_file(folder: str | Path) -> dict:
 def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
                      base: str | None = None) -> BaseModels:
     """Load a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``, ...)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
@@ -180,7 +204,8 @@ def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
                                     f"diffusers-layout base folder)")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype)
+        vae = vae_class(_saved_class(folder / "vae")).from_pretrained(folder / "vae",
+                                                                      torch_dtype=dtype)
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -142,7 +142,8 @@ class MGFRPipeline(DiffusionPipeline):
                               tokenizer=tokenizer, scheduler=scheduler, adapter=adapter)
         self.register_to_config(resolution=int(resolution), preset=preset, base=base,
                                 adapters_path=adapters_path)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        from .presets import vae_scale_factor
+        self.vae_scale_factor = vae_scale_factor(vae.config)
         self._embedder = None
         self._captioner = None
         self._adapters_hash = None

@@ -292,6 +292,12 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     try:
         # ---- phase 1: the VAE -------------------------------------------------------------
         if phase == "vae":
+            if step == 0 and hasattr(vae, "init_from_pca"):
+                # A patch autoencoder starts as the best linear one (mgfr.autoencoder).
+                explained = vae.init_from_pca(faces)
+                import sys
+                print(f"patch autoencoder initialised from the PCA of the training patches "
+                      f"({explained:.4f} of their variance kept)", file=sys.stderr, flush=True)
             vae.train().requires_grad_(True)
             opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
             if state_optim is not None:
