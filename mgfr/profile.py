@@ -15,7 +15,8 @@ restored image (step-invariant work once, plus ``steps`` steps).
   0 when the allocator reuses memory freed by earlier calls), and the process's high-water
   mark.
 * step ratio: the bare-UNet and MGFR calls are timed interleaved (a, b, a, b, ...) so load
-  from other processes falls on both alike. An MGFR step runs the adapter once and the UNet over the guidance branches;
+  from other processes falls on both alike. An MGFR step runs the adapter once (once per
+  branch when the adapter reads the prompt) and the UNet over the guidance branches;
   the ratio is reported for the same number of UNet branches with and without the adapter
   (1 branch: the adapter's own overhead; 4 branches: MGFR's dual negative guidance), and
   for MGFR with 4 branches against plain CFG (2 branches).
@@ -219,9 +220,10 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         return torch.randn(*shape, generator=gen).to(device=dev, dtype=dt)
 
     image = rnd(1, 3, res, res).clamp(-1, 1)
-    z = rnd(1, 4, h, h)
-    lq = rnd(1, 4, h, h)
-    ref_z = rnd(1, max(refs, 1), 4, h, h)
+    c = base.unet.config.in_channels
+    z = rnd(1, c, h, h)
+    lq = rnd(1, c, h, h)
+    ref_z = rnd(1, max(refs, 1), c, h, h)
     ids = rnd(1, max(refs, 1), adapter.config.id_embed_dim)
     tokens = torch.randint(0, 49407, (1, 77), generator=gen).to(dev)
     t = torch.tensor([500], device=dev)
@@ -242,15 +244,20 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         return m
 
     vae = base.vae
-    add("VAE encoder", lambda: vae.encode(image), _count(vae.encoder.parameters())
-        + _count(vae.quant_conv.parameters()), calls=f"{1 + refs} per image")
-    add("VAE decoder", lambda: vae.decode(z), _count(vae.decoder.parameters())
-        + _count(vae.post_quant_conv.parameters()), calls="1 per image")
+    def vae_part(prefixes):
+        return sum(prm.numel() for n, prm in vae.named_parameters() if n.startswith(prefixes))
+    add("VAE encoder", lambda: vae.encode(image), vae_part(("encoder.", "quant_conv.", "enc_")),
+        calls=f"{1 + refs} per image")
+    add("VAE decoder", lambda: vae.decode(z),
+        vae_part(("decoder.", "post_quant_conv.", "dec_")), calls="1 per image")
     add("text encoder", lambda: base.text_encoder(tokens), _count(base.text_encoder.parameters()),
         calls="1 per image (all prompts in one batch)")
     add("UNet", lambda: base.unet(z, t, ehs1), _count(base.unet.parameters()),
                  calls="branches per step")
     lca_params = _count(adapter.lca_parameters())
+    # An adapter that reads the prompt runs once per guidance branch; a text-blind one
+    # once per step, shared by the branches.
+    calls_adapter = "branches per step" if adapter.config.read_prompt else "1 per step"
     if refs:
         rca_params = (_count(adapter.rca.parameters()) + _count(adapter.rca_out.parameters())
                       + _count(adapter.rca_mid_out.parameters())
@@ -259,20 +266,20 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         # The RCA runs interleaved with the LCA block by block, so it is measured as the
         # whole adapter with references minus the LCA alone, the two timed interleaved.
         log("measuring LCA and the adapter with references")
-        lca_m, full_m = measure_pair(lambda: adapter(z, t, cond_lca),
-                                     lambda: adapter(z, t, cond_full), dev, repeats)
+        lca_m, full_m = measure_pair(lambda: adapter(z, t, cond_lca, encoder_hidden_states=ehs1),
+                                     lambda: adapter(z, t, cond_full, encoder_hidden_states=ehs1), dev, repeats)
         rows.append({"component": "LCA (+ output convs)", "frozen_params": 0,
-                     "trainable_params": lca_params, "calls": "1 per step",
+                     "trainable_params": lca_params, "calls": calls_adapter,
                      **{k: v for k, v in lca_m.items() if k != "all_seconds"}})
         rows.append({"component": "RCA (+ links, output convs)", "frozen_params": 0,
-                     "trainable_params": rca_params, "calls": "1 per step",
+                     "trainable_params": rca_params, "calls": calls_adapter,
                      "gflops": full_m["gflops"] - lca_m["gflops"],
                      "seconds": full_m["seconds"] - lca_m["seconds"],
                      "peak_mib": full_m["peak_mib"],
                      "note": "adapter with references minus LCA alone"})
     else:
-        add("LCA (+ output convs)", lambda: adapter(z, t, cond_lca), 0, lca_params,
-            calls="1 per step")
+        add("LCA (+ output convs)", lambda: adapter(z, t, cond_lca, encoder_hidden_states=ehs1), 0, lca_params,
+            calls=calls_adapter)
     if refs:
         add("RLF", lambda: adapter.rlf(ref_z, lq), 0, _count(adapter.rlf.parameters()),
             calls="1 per image")
@@ -296,7 +303,8 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
                      "trainable_params": 0, "calls": f"{refs} per image", "gflops": None,
                      "seconds": statistics.median(times), "peak_mib": None})
 
-    # One denoising step: MGFR (adapter once, UNet over K branches) vs the bare UNet.
+    # One denoising step: MGFR (adapter once, or once per branch when it reads the
+    # prompt; UNet over K branches) vs the bare UNet.
     step = {}
     branches = sorted({1, *(int(k) for k in branches)})
     for k in branches:

@@ -55,10 +55,11 @@ def flops_per_sample(preset: str, stage: int, n_refs: int) -> dict:
     model.trainable_parameters(stage)
     res, f = base.resolution, base.vae_scale_factor
     with torch.device("meta"):
-        z = torch.randn(1, 4, res // f, res // f)
+        c = base.unet.config.in_channels
+        z = torch.randn(1, c, res // f, res // f)
         t = torch.zeros(1, dtype=torch.long)
         hidden = torch.randn(1, 77, base.unet.config.cross_attention_dim)
-        refs = torch.randn(1, n_refs, 4, res // f, res // f) if stage == 2 else None
+        refs = torch.randn(1, n_refs, c, res // f, res // f) if stage == 2 else None
         ids = torch.randn(1, n_refs, model.adapter.config.id_embed_dim) if stage == 2 else None
         x = torch.randn(1, 3, res, res)
     with FlopCounterMode(display=False) as fc:
@@ -71,18 +72,37 @@ def flops_per_sample(preset: str, stage: int, n_refs: int) -> dict:
             "vae_encodes": encodes, "total_gflop": (step + encodes * vae) / 1e9}
 
 
-def bench_stage(args, stage: int, data: Path, work: Path, init: Path | None):
+def attention_at_top(preset: str) -> str:
+    """Register ``<preset>-attn-top``: the preset with the UNet's attention moved to the
+    largest latent level and off the smallest (the tiny layout, and mini's before the
+    change); returns its name."""
+    import dataclasses
+
+    from mgfr.presets import get_preset, register_preset
+    p = get_preset(preset)
+    n = len(p.unet["down_block_types"])
+    unet = {**p.unet, "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1)}
+    name = f"{preset}-attn-top"
+    register_preset(dataclasses.replace(p, name=name, unet=unet, asset=None,
+                                        description=f"{preset} with attention at the top level"))
+    return name
+
+
+def bench_stage(args, stage: int, data: Path, work: Path, init: Path | None,
+                preset: str | None = None):
     import torch
     import torch.nn.functional as F
 
     from mgfr.base import build_base_from_config
     from mgfr.train import TrainConfig, Trainer
-    cfg = TrainConfig(stage=stage, base=args.preset, batch_size=args.batch_size,
+    preset = preset or args.preset
+    cfg = TrainConfig(stage=stage, base=preset, batch_size=args.batch_size,
                       mixed_precision=args.mixed_precision, n_references=args.refs,
                       gradient_checkpointing=args.gradient_checkpointing, max_steps=10 ** 6,
                       ema_decay=0.999, seed=0)
-    base = build_base_from_config(args.preset, 0)
-    tr = Trainer(cfg, data, work / f"stage{stage}", init=init, progress=False,
+    base = build_base_from_config(preset, 0)
+    tr = Trainer(cfg, data, work / f"{preset}-stage{stage}", init=init, progress=False,
                  base_models=base, cache_dir=work / "cache")
     device = tr.accelerator.device
     # Baseline: plain UNet training on the same kind of batch (a copy of the UNet, all of
@@ -121,7 +141,7 @@ def bench_stage(args, stage: int, data: Path, work: Path, init: Path | None):
         sync()
         times_plain.append(time.perf_counter() - t0)
     mgfr_s, plain_s = statistics.median(times_mgfr), statistics.median(times_plain)
-    row = {"stage": stage, "preset": args.preset, "device": str(device),
+    row = {"stage": stage, "preset": preset, "device": str(device),
            "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
            "gradient_checkpointing": args.gradient_checkpointing,
            "trainable_m": sum(p.numel() for p in tr.params) / 1e6,
@@ -145,6 +165,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 gives steadier numbers on a shared machine)")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--attention-at-top", action="store_true",
+                   help="also time stage 1 with the preset's UNet attention moved to the "
+                        "largest latent level (the layout before the mini change) and print "
+                        "the speed ratio")
     args = p.parse_args(argv)
     import os
 
@@ -160,8 +184,12 @@ def main(argv=None) -> int:
         rows.append(row1)
         row2, _ = bench_stage(args, 2, Path(args.data), work, run1)
         rows.append(row2)
+        if args.attention_at_top:
+            before, _ = bench_stage(args, 1, Path(args.data), work, None,
+                                    preset=attention_at_top(args.preset))
+            rows.append(before)
     for r in rows:
-        r.update(flops_per_sample(args.preset, r["stage"], args.refs))
+        r.update(flops_per_sample(r["preset"], r["stage"], args.refs))
     print("| stage | preset | device | batch | samples/s | step s | plain UNet step s | ratio | "
           "peak MiB | trainable M | GFLOP/sample |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -170,6 +198,11 @@ def main(argv=None) -> int:
               f"{r['samples_per_s']:.3g} | {r['step_s']:.3g} | {r['plain_unet_step_s']:.3g} | "
               f"{r['ratio_vs_plain_unet']:.2f} | {r['peak_memory_mib']:.0f} | "
               f"{r['trainable_m']:.2f} | {r['total_gflop']:.0f} |")
+    if args.attention_at_top:
+        print(f"\nstage 1, no attention at the largest latent level vs attention there: "
+              f"{rows[-1]['step_s'] / rows[0]['step_s']:.2f}x faster per step "
+              f"({rows[0]['step_s']:.3g} s vs {rows[-1]['step_s']:.3g} s), "
+              f"{rows[-1]['total_gflop'] / rows[0]['total_gflop']:.2f}x fewer FLOPs")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
