@@ -133,7 +133,10 @@ def _limit(items: list[Item], limit: int | None) -> list[Item]:
 # --- reface-test ---------------------------------------------------------------------
 def load_reface_test(data, results_dir: Path, *, preset: str = "mgfr-medium", seed: int = 0,
                      n_references: int = 1, split: str = "test", limit: int | None = None,
-                     **unknown) -> BenchmarkDataset:
+                     size: int | None = None, **unknown) -> BenchmarkDataset:
+    """``size``: score at this side (the GT face resized with INTER_AREA, the LQ
+    synthesized from it), e.g. 64 for a 64 px model such as MGFR ``mini``; default: the
+    dataset's own size."""
     _no_options("reface-test", unknown)
     import pyarrow.parquet as pq
 
@@ -147,6 +150,8 @@ def load_reface_test(data, results_dir: Path, *, preset: str = "mgfr-medium", se
                            "build one with `python -m reface_hq build`")
     if int(n_references) < 0:
         raise DatasetError(f"n_references must be >= 0, got {n_references}")
+    if size is not None and not (16 <= int(size) <= 4096):
+        raise DatasetError(f"size must be between 16 and 4096, got {size}")
     try:
         preset_obj = get_preset(preset)
     except ValueError as e:
@@ -164,6 +169,8 @@ def load_reface_test(data, results_dir: Path, *, preset: str = "mgfr-medium", se
     config = {"kind": "reface-test", "split": split, "preset": preset_obj.name,
               "preset_fingerprint": preset_obj.fingerprint(), "seed": int(seed),
               "reference_rule": "same-identity-next-k", "n_references": int(n_references)}
+    if size is not None:
+        config["size"] = int(size)
     # The manifest's per-image sha256 stands for the bytes (checked below for the images used).
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for r in rows:
@@ -178,19 +185,27 @@ def load_reface_test(data, results_dir: Path, *, preset: str = "mgfr-medium", se
         k = group.index(r)
         refs = [group[(k + j) % len(group)] for j in range(1, len(group))][:int(n_references)]
         gt = safe_child(root, r["image_path"])
+        gt_used = gt
+        if size is not None:
+            gt_used = safe_child(results_dir, f"datasets/{cache.name}/gt/{r['face_id']}.png")
         lq_rel = f"datasets/{cache.name}/lq/{r['face_id']}.png"
         lq_abs = safe_child(results_dir, lq_rel)
         record_path = safe_child(results_dir, f"datasets/{cache.name}/records/{r['face_id']}.json")
-        if not (lq_abs.is_file() and record_path.is_file()):
+        if not (lq_abs.is_file() and record_path.is_file() and gt_used.is_file()):
             data_bytes = gt.read_bytes()
             if hashlib.sha256(data_bytes).hexdigest() != r["image_sha256"]:
                 raise DatasetError(f"{gt}: bytes differ from the manifest's image_sha256 "
                                    "(the dataset folder was edited; rebuild or verify it)")
             degrader = degrader or Degrader(preset_obj)
-            lq, record = degrader(load_image(data_bytes, name=str(gt)), int(seed), r["face_id"])
+            hq = load_image(data_bytes, name=str(gt))
+            if size is not None:
+                import cv2
+                hq = cv2.resize(hq, (int(size), int(size)), interpolation=cv2.INTER_AREA)
+                save_image(gt_used, hq)
+            lq, record = degrader(hq, int(seed), r["face_id"])
             save_image(lq_abs, lq)
             write_json_atomic(record_path, record)  # written last: marks the LQ done
-        items.append(Item(image_id=r["face_id"], lq_path=lq_rel, gt_path=str(gt),
+        items.append(Item(image_id=r["face_id"], lq_path=lq_rel, gt_path=str(gt_used),
                           ref_paths=[str(safe_child(root, x["image_path"])) for x in refs],
                           identity=r["identity"]))
     return BenchmarkDataset("reface-test", root, items, dataset_hash, dict(config, data=str(root)),
@@ -291,7 +306,7 @@ def _no_options(name: str, unknown: dict) -> None:
 DATASETS = Registry("dataset", error=UnknownDatasetError, hint="or an existing folder")
 for _name, _entry in {
     "reface-test": (load_reface_test, ("test split of a Reface-HQ folder, LQ synthesized "
-                                       "(options: preset, seed, n_references, split)")),
+                                       "(options: preset, seed, n_references, split, size)")),
     "paired": (load_paired, "DIR/lq + DIR/gt (+ DIR/ref/<identity>/)"),
     "lq-only": (load_lq_only, "a folder of LQ faces, or DIR/lq (+ DIR/ref/<identity>/)"),
     "photos": (load_photos, ("whole photos; faces detected, aligned, restored, pasted back "
