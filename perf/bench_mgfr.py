@@ -71,7 +71,7 @@ def peak_mib(fn, device) -> float:
     return m.used / 2**20
 
 
-def build(preset: str, device: str, dtype):
+def build(preset: str, device: str, dtype, **adapter_options):
     import torch
 
     from mgfr.base import build_base_from_config
@@ -79,7 +79,7 @@ def build(preset: str, device: str, dtype):
     from mgfr.pipeline import pipeline_from_model
 
     base = build_base_from_config(preset, 0, device=device, dtype=dtype)
-    model = MGFRModel.from_base(base)
+    model = MGFRModel.from_base(base, **adapter_options)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a "trained" adapter: no exact zeros anywhere
         for p in model.adapter.parameters():
@@ -96,7 +96,8 @@ def bare_sd(pipe, steps: int, guidance: float, generator):
     ehs = pipe._encode_text(["", "a photo of a man"])
     pipe.scheduler.set_timesteps(steps, device=pipe.device)
     h = res // pipe.vae_scale_factor
-    lat = torch.randn((1, 4, h, h), generator=generator).to(pipe.device, pipe.unet.dtype)
+    c = pipe.unet.config.in_channels
+    lat = torch.randn((1, c, h, h), generator=generator).to(pipe.device, pipe.unet.dtype)
     lat = lat * pipe.scheduler.init_noise_sigma
     with torch.no_grad():
         for t in pipe.scheduler.timesteps:
@@ -108,7 +109,8 @@ def bare_sd(pipe, steps: int, guidance: float, generator):
 
 def invariant_counts(pipe, face, refs, ids, steps, prompts) -> dict:
     calls: dict[str, int] = {}
-    mods = {"vae_encoder": pipe.vae.encoder, "text_encoder": pipe.text_encoder,
+    vae_encoder = getattr(pipe.vae, "encoder", None) or pipe.vae.enc_linear
+    mods = {"vae_encoder": vae_encoder, "text_encoder": pipe.text_encoder,
             "rlf": pipe.adapter.rlf, "id_proj": pipe.adapter.id_proj, "unet": pipe.unet}
 
     def hook(name):
@@ -137,6 +139,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
+    ap.add_argument("--text-blind", action="store_true",
+                    help="also time the same model with text-blind adapters (read_prompt=False, "
+                         "the adapter once per step) interleaved with the default one, and "
+                         "print the ratio: the cost advantage of text-blind adapters")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -175,6 +181,18 @@ def main(argv=None) -> int:
                 def run_bare():
                     bare_sd(pipe, steps, 4.0, torch.Generator().manual_seed(0))
                 t_m, t_b = timed_pair(run_mgfr, run_bare, args.repeats, device)
+                if args.text_blind:
+                    blind = build(args.preset, args.device, dtype, read_prompt=False)
+                    blind.register_to_config(resolution=res)
+
+                    def run_blind():
+                        blind(face, references=refs or None, id_embeds=ids,
+                              num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                              **prompts)
+                    t_read, t_blind = timed_pair(run_mgfr, run_blind, args.repeats, device)
+                    print(f"{args.preset} {res}px {steps} steps, 4 guidance branches: adapters "
+                          f"reading the prompt {t_read:.3f} s/img, text-blind {t_blind:.3f} "
+                          f"s/img ({t_read / t_blind:.2f}x)", flush=True)
                 rows.append({"preset": args.preset, "device": str(device), "dtype": dt_name,
                              "resolution": res, "steps": steps, "refs": args.refs,
                              "mgfr_s": t_m, "bare_cfg_s": t_b, "ratio": t_m / t_b,

@@ -61,6 +61,11 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None,
                    help="a mini weights folder (default: the shipped asset mgfr-mini)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--split", default="test",
+                   help="split of the build to score (train: for choosing settings)")
+    p.add_argument("--strengths", default=None,
+                   help="instead of the table: PSNR/ids of stages 1 and 2 at these comma-"
+                        "separated strengths (how the default strength was chosen)")
     args = p.parse_args(argv)
 
     import torch
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    ds = FaceTrainingDataset(args.data, "test", n_references=2, size=64, seed=args.seed,
+    ds = FaceTrainingDataset(args.data, args.split, n_references=2, size=64, seed=args.seed,
                              embedder="dlib")
     order = sorted(range(len(ds)), key=lambda i: ds.items[i]["face_id"])
     if args.faces:
@@ -120,6 +125,21 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(args.seed + i)
             outs.append(pipe(lq[i], references=r, id_embeds=e, generator=g, **kw).images[0])
         return np.stack(outs)
+
+    if args.strengths:
+        lines = [f"{len(items)} {args.split}-split faces; other settings the defaults", "",
+                 "| preset | strength | stage 1 PSNR | stage 1 ids | stage 2 PSNR | stage 2 ids |",
+                 "|---|---|---|---|---|---|"]
+        for preset in args.presets.split(","):
+            lq = lq_faces(hq, face_ids, preset, args.seed)
+            for st in (float(x) for x in args.strengths.split(",")):
+                a = scores(run(stage1, lq, strength=st))
+                b = scores(run(stage2, lq, refs, ref_ids, strength=st))
+                lines.append(f"| {preset} | {st:g} | {a['psnr']:.2f} | {a['ids']:.3f} | "
+                             f"{b['psnr']:.2f} | {b['ids']:.3f} |")
+                print(lines[-1], flush=True)
+        (out_dir / f"strengths-{args.split}.md").write_text("\n".join(lines) + "\n")
+        return 0
 
     results = {"faces": len(items), "identities": sorted(set(identity)),
                "defaults": {k: v for k, v in defaults.items()}, "presets": {}}
