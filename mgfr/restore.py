@@ -69,12 +69,18 @@ def add_subcommands(sub) -> None:
     add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
+    from .video import add_video_arguments
+    add_video_arguments(p)
     p.set_defaults(func=_locked_restore)
 
 
 def _locked_restore(args: argparse.Namespace) -> int:
     from reface_core.lock import lock_for
     with lock_for(args, args.out):
+        from reface_core.video import is_video_path
+        if is_video_path(args.input):
+            from .video import run_video_restore
+            return run_video_restore(args)
         return run_restore(args)
 
 
