@@ -59,3 +59,16 @@ def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), fp
             c.mux(p)
     c.close()
     return out
+
+
+def cut_clip(src: Path, dst: Path, frames: int) -> Path:
+    """The first ``frames`` frames of ``src`` re-encoded into ``dst`` (short test clips)."""
+    from dataclasses import replace
+
+    from reface_core.video import VideoWriter, iter_frames, probe_video
+
+    info = probe_video(src)
+    with VideoWriter(dst, replace(info, frames=frames), crf=12) as w:
+        for f in iter_frames(src, info=info, stop=frames):
+            w.write(f)
+    return dst
