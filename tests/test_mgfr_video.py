@@ -98,6 +98,7 @@ def test_smoothing_off_changes_the_crops(real_cut, tmp_path):
     assert not np.allclose(b["smoothed"], b["landmarks"])
 
 
+@pytest.mark.slow
 def test_mgfr_default_pipeline_runs_on_real_and_aligned_clips(real_cut, tmp_path, data_root):
     out = tmp_path / "mgfr"
     short = cut_clip(real_cut, tmp_path / "short.mp4", 3)
