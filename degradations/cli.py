@@ -211,8 +211,13 @@ def _cmd_realism(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from .fit import fit, load_space, report_path
+    from .fit import SearchSpace, fit, load_space, report_path
+    from .presets import get_preset
     space = load_space(args.space)
+    if args.template:  # start from this preset's ranges; the parameters must fit its layout
+        template = get_preset(args.template).to_dict()
+        space = SearchSpace.from_dict({**space.to_dict(), "template": template},
+                                      where=f"search space with template {args.template}")
     real = _real_faces(args, args.part)
     hq = _hq_faces(args, args.part)
     report = fit(real, hq, args.out, space=space, name=args.name, budget=args.budget,
@@ -321,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_out(p, "the fitted preset file (.yaml)", required=True, metavar="PRESET.yaml")
     p.add_argument("--space", metavar="YAML", help="search space: template preset + parameters "
                                                    "(default: degradations.fit.DEFAULT_SPACE)")
+    p.add_argument("--template", metavar="PRESET",
+                   help="start from this preset (name or file) instead of the space's template; the "
+                        "space's parameters must name its stages")
     p.add_argument("--name", default="real-world", help="name of the fitted preset (default real-world)")
     p.add_argument("--budget", type=at_least(1), default=120, help="candidates to evaluate (default 120)")
     p.add_argument("--popsize", type=at_least(2), default=None, help="CMA-ES population (default 4+3 ln d)")

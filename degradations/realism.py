@@ -79,7 +79,7 @@ def noise_sigma(gray: np.ndarray) -> float:
     """Immerkaer (1996) fast noise variance estimation: sigma from the |response| of the
     difference of two Laplacians, which cancels smooth image structure."""
     m = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    r = cv2.filter2D(gray, cv2.CV_32F, m, borderType=cv2.BORDER_REFLECT_101)[1:-1, 1:-1]
+    r = cv2.filter2D(gray.astype(np.float32), cv2.CV_32F, m, borderType=cv2.BORDER_REFLECT_101)[1:-1, 1:-1]
     return float(math.sqrt(math.pi / 2) * np.abs(r).mean() / 6.0)
 
 
