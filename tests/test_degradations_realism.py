@@ -164,7 +164,7 @@ def test_realism_command_on_real_lq_faces(data_root, tmp_path, capsys):
     out = tmp_path / "realism"
     code = main(["realism", "-i", str(data_root / "real_lq" / "gfpgan"), "--exclude", "*/gt/*",
                  "--preset", "mgfr-mild", "--preset", "mgfr-severe",
-                 "--hq", str(data_root / "celeba_hq_1024" / "female"), "--size", "256",
+                 "--hq", str(data_root / "celeba_hq_1024" / "src" / "female"), "--size", "256",
                  "--n-synthetic", "16", "--boot", "200", "-o", str(out), "-q"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -183,7 +183,7 @@ def test_realism_command_on_real_lq_faces(data_root, tmp_path, capsys):
 @pytest.mark.realdata
 def test_fit_is_seeded_resumable_and_writes_a_preset_every_command_accepts(data_root, tmp_path):
     real = R.load_faces(data_root / "real_lq" / "gfpgan" / "inputs" / "cropped_faces", 128)
-    hq = R.load_hq_faces([data_root / "celeba_hq_1024" / "female"], 128)[:12]
+    hq = R.load_hq_faces([data_root / "celeba_hq_1024" / "src" / "female"], 128)[:12]
     kw = dict(n_synthetic=6, seed=3, size=128, popsize=3, progress=False, n_boot=50)
     full = fit(real, hq, tmp_path / "a" / "p.yaml", budget=7, **kw)
     fit(real, hq, tmp_path / "b" / "p.yaml", budget=4, **kw)      # stopped after 4 ...
