@@ -19,6 +19,7 @@ from reface_core.cli import (
     exit_with,
     run_main,
 )
+from reface_core.lock import add_wait_lock_argument
 
 
 def _cmd_synth(args) -> int:
@@ -146,10 +147,6 @@ def _hq_faces(args, part: str):
 
 
 def _cmd_realism(args) -> int:
-    import pandas as pd
-
-    from reface_core.atomic import write_json_atomic, write_text_atomic
-
     from . import realism
     from .presets import get_preset, list_presets
     if not args.preset and not args.synthetic:
@@ -159,6 +156,7 @@ def _cmd_realism(args) -> int:
     if presets and not args.hq:
         raise ValueError("--preset needs --hq DIR: the HQ faces the preset degrades")
     real = _real_faces(args, args.part)
+    args.real_skipped = real.skipped
     real_table = realism.statistics_table(real, progress=not args.quiet, desc="real statistics")
     sets = {}
     if presets:
@@ -171,6 +169,19 @@ def _cmd_realism(args) -> int:
         sets[Path(folder).name] = realism.load_faces(folder, args.size, aligner=realism.square_crops,
                                                      what="synthetic LQ folder", progress=not args.quiet)
     out = Path(args.out) if args.out else None
+    if out:
+        from reface_core.lock import lock_for
+        with lock_for(args, out):
+            return _realism_report(args, real_table, sets, out)
+    return _realism_report(args, real_table, sets, None)
+
+
+def _realism_report(args, real_table, sets, out) -> int:
+    import pandas as pd
+
+    from reface_core.atomic import write_json_atomic, write_text_atomic
+
+    from . import realism
     rows, per_stat = [], {}
     for label, faces in sets.items():
         table = realism.statistics_table(faces, progress=not args.quiet, desc=f"{label} statistics")
@@ -205,13 +216,13 @@ def _cmd_realism(args) -> int:
         write_text_atomic(out / "realism.md", text)
         write_json_atomic(out / "realism.json", {"sets": rows, "per_statistic": per_stat,
                                                  "real": args.input, "part": args.part,
-                                                 "skipped": real.skipped})
+                                                 "skipped": args.real_skipped})
         print(f"wrote {out}/realism.md, realism.csv, realism.json and one plot per set", file=sys.stderr)
     return 0
 
 
 def _cmd_fit(args) -> int:
-    from .fit import SearchSpace, fit, load_space, report_path
+    from .fit import SearchSpace, load_space, report_path
     from .presets import get_preset
     space = load_space(args.space)
     if args.template:  # start from this preset's ranges; the parameters must fit its layout
@@ -220,15 +231,23 @@ def _cmd_fit(args) -> int:
                                       where=f"search space with template {args.template}")
     real = _real_faces(args, args.part)
     hq = _hq_faces(args, args.part)
-    report = fit(real, hq, args.out, space=space, name=args.name, budget=args.budget,
-                 popsize=args.popsize, n_synthetic=args.n_synthetic, seed=args.seed, size=args.size,
-                 overwrite=args.overwrite, progress=not args.quiet, n_boot=args.boot,
-                 describe_real=f"{Path(args.input).name}, part {args.part}, {len(real.faces)} faces")
+    from reface_core.lock import lock_for
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with lock_for(args, Path(args.out).parent):  # one fit at a time writes beside OUT
+        report = _fit_locked(args, space, real, hq)
     b, a = report["before"], report["after"]
     print(f"wrote {args.out} and {report_path(args.out)}: {report['candidates']} candidates, "
           f"{report['seconds_per_candidate']:.2f} s each (median); distance {b['distance']:.3f} -> "
           f"{a['distance']:.3f}, two-sample AUC {b['auc']:.3f} -> {a['auc']:.3f} on the fit faces")
     return 0
+
+
+def _fit_locked(args, space, real, hq) -> dict:
+    from .fit import fit
+    return fit(real, hq, args.out, space=space, name=args.name, budget=args.budget,
+                 popsize=args.popsize, n_synthetic=args.n_synthetic, seed=args.seed, size=args.size,
+                 overwrite=args.overwrite, progress=not args.quiet, n_boot=args.boot,
+               describe_real=f"{Path(args.input).name}, part {args.part}, {len(real.faces)} faces")
 
 
 def _add_face_options(p, *, n_synthetic: int) -> None:
@@ -279,7 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_resume_flags(p, what="LQ images and records (--overwrite also starts over when OUT "
                              "was made with another preset or seed)")
     add_quiet(p, help="no progress bar")
-    from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)
 
@@ -312,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of synthetic LQ aligned faces instead of a preset (repeatable)")
     add_out(p, "folder for the table (realism.md/.csv/.json), per-face statistics and plots")
     _add_face_options(p, n_synthetic=64)
+    add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_realism)
 
     p = sub.add_parser(
@@ -334,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--popsize", type=at_least(2), default=None, help="CMA-ES population (default 4+3 ln d)")
     p.add_argument("--overwrite", action="store_true", help="discard a log made with other settings")
     _add_face_options(p, n_synthetic=32)
+    add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_fit)
 
     add_asset_commands(sub, package="degradations")

@@ -235,7 +235,6 @@ def fit(real, hq, out: str | Path, *, space: SearchSpace | None = None, name: st
         raise ValueError(f"output {out}: must end in .yaml or .yml (a preset file)")
     out.parent.mkdir(parents=True, exist_ok=True)
     real_table = realism.statistics_table(real, progress=progress, desc="real statistics")
-    real_x = realism._features(real_table)
     settings = {"space": space.to_dict(), "name": name, "popsize": popsize, "n_synthetic": n_synthetic,
                 "seed": seed, "size": size, "sigma0": sigma0,
                 "real": sorted(f"{f.group}:{f.face_id}" for f in real.faces),

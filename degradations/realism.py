@@ -34,8 +34,7 @@ STATISTICS: dict[str, tuple[str, bool]] = {
     "laplacian_var": ("variance of the luma Laplacian (blur: lower is blurrier)", True),
     "spectral_slope": ("slope of the log radial power spectrum, 0.02-0.45 cycles/px (blur)", False),
     "noise_sigma": ("Immerkaer's noise estimate, 0-255 units", True),
-    "blockiness_native": ("8x8-grid blockiness at the stored scale (1: none; synthetic: at the "
-                          "smallest size, before the resize back)", False),
+    "blockiness_native": ("8x8-grid blockiness at the stored scale (1: none)", False),
     "blockiness_output": ("8x8-grid blockiness of the aligned face (1: none)", False),
     "ringing": ("high-frequency energy 2-5 px from strong edges over flat areas", True),
     "saturation": ("mean HSV saturation, 0-1", False),
@@ -246,7 +245,7 @@ def _native_region(image: np.ndarray, box) -> np.ndarray:
     x0, y0, x1, y1 = box
     # on the 8x8 grid of the stored image, so its JPEG blocks stay where they were
     x0, y0 = max(0, int(x0) // 8 * 8), max(0, int(y0) // 8 * 8)
-    x1, y1 = min(w, -(-int(math.ceil(x1)) // 8) * 8), min(h, -(-int(math.ceil(y1)) // 8) * 8)
+    x1, y1 = min(w, -(-math.ceil(x1) // 8) * 8), min(h, -(-math.ceil(y1) // 8) * 8)
     if x1 - x0 < 16 or y1 - y0 < 16:
         return image
     return image[y0:y1, x0:x1]
@@ -289,8 +288,9 @@ def load_faces(root: str | Path, size: int = DEFAULT_SIZE, *, aligner: Aligner |
     Unreadable files, duplicates (same pixels as an earlier file) and photos with no face
     are listed in ``skipped``; none readable at all is an input error. ``part``: ``all``,
     or the ``fit`` / ``heldout`` side of :func:`split_part`."""
-    from reface_core.imageio import ImageLoadError, load_image
     from tqdm import tqdm
+
+    from reface_core.imageio import ImageLoadError, load_image
     if part not in ("all", "fit", "heldout"):
         raise ValueError(f"part must be all, fit or heldout, got {part!r}")
     root = Path(root)
@@ -363,27 +363,9 @@ def synthesize(preset, hq: Sequence[tuple[str, np.ndarray]], n: int, seed: int,
     for i in tqdm(range(n), desc=f"synthesize {preset.name}", disable=not progress, unit="img"):
         hid, image = hq[order[i % len(hq)]]
         image_id = hid if i < len(hq) else f"{hid}/{i // len(hq)}"
-        lq, record = deg(image, seed=seed, image_id=image_id)
-        small = stored_scale_record(record)
-        native = lq if small is None else Degrader.replay(image, small)
-        faces.append(LQFace(face_id=image_id, group=image_id, face=resize_face(lq, size), native=native))
+        lq, _ = deg(image, seed=seed, image_id=image_id)
+        faces.append(LQFace(face_id=image_id, group=image_id, face=resize_face(lq, size), native=lq))
     return FaceSet(faces=faces, source=f"preset {preset.name}")
-
-
-def stored_scale_record(record: dict) -> dict | None:
-    """The record cut before its first resize that enlarges the image (the resize back to
-    the face size): what the degraded face looked like at its smallest, the synthetic
-    counterpart of a real LQ face's stored pixels. None when no resize enlarges it."""
-    h, w = record["input_size"]
-    for i, op in enumerate(record["ops"]):
-        if op.get("op") == "one_of":
-            return None  # a branch decides the order: keep the whole pipeline
-        if op.get("op") == "resize" and op.get("applied", True):
-            nh, nw = op["size"]
-            if nh * nw > h * w:
-                return {**record, "ops": record["ops"][:i], "output_size": [h, w]}
-            h, w = nh, nw
-    return None
 
 
 def statistics_table(faces: FaceSet | Sequence[LQFace], progress: bool = False, desc: str = "statistics"):

@@ -24,7 +24,7 @@ def _texture(size=256, seed=0) -> np.ndarray:
 
 
 def _jpeg(img: np.ndarray, q: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+    _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
 
 
@@ -77,7 +77,8 @@ def test_classifier_auc_is_half_for_one_distribution_and_one_for_two():
     assert lo < 0.5 < hi and abs(auc - 0.5) < 0.2
     auc, (lo, hi) = R.classifier_auc(a, b + np.array([3.0, 0, 0, 0, 0]), seed=0, n_boot=300)
     assert auc > 0.95 and lo > 0.85
-    assert R.marginal_distances(a, b + 3.0)[0] > 2.5 > 0.5 > R.marginal_distances(a, b)[0]
+    assert R.marginal_distances(a, b + 3.0)[0] > 2.5
+    assert R.marginal_distances(a, b)[0] < 0.5
 
 
 def test_split_is_a_fixed_function_of_the_pixels():
@@ -184,7 +185,7 @@ def test_realism_command_on_real_lq_faces(data_root, tmp_path, capsys):
 def test_fit_is_seeded_resumable_and_writes_a_preset_every_command_accepts(data_root, tmp_path):
     real = R.load_faces(data_root / "real_lq" / "gfpgan" / "inputs" / "cropped_faces", 128)
     hq = R.load_hq_faces([data_root / "celeba_hq_1024" / "src" / "female"], 128)[:12]
-    kw = dict(n_synthetic=6, seed=3, size=128, popsize=3, progress=False, n_boot=50)
+    kw = {"n_synthetic": 6, "seed": 3, "size": 128, "popsize": 3, "progress": False, "n_boot": 50}
     full = fit(real, hq, tmp_path / "a" / "p.yaml", budget=7, **kw)
     fit(real, hq, tmp_path / "b" / "p.yaml", budget=4, **kw)      # stopped after 4 ...
     resumed = fit(real, hq, tmp_path / "b" / "p.yaml", budget=7, **kw)  # ... and resumed
