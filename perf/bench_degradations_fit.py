@@ -35,7 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--log", help="a fit's candidate log (.fit.jsonl) to summarise")
+    ap.add_argument("--log-only", action="store_true", help="only summarise --log (no live timing)")
     args = ap.parse_args(argv)
+    if args.log:
+        _summarise_log(Path(args.log))
+        if args.log_only:
+            return 0
     if not args.data or not Path(args.data).is_dir():
         print("error: give --data or set REFACE_TEST_DATA to the real-photo folder", file=sys.stderr)
         return 2
@@ -83,12 +88,19 @@ def main(argv=None) -> int:
     print(f"| candidate: statistics + distance | {stats:.2f} |")
     print(f"| **candidate total** | **{per:.2f}** ({1000 * per / args.n_synthetic:.0f} ms per face) |")
     print(f"| {args.budget} candidates | {args.budget * per:.0f} |")
-    if args.log:
-        rows = [json.loads(line) for line in Path(args.log).read_text().splitlines()]
-        secs = [r["seconds"] for r in rows if "seconds" in r]
-        print(f"\nlog {Path(args.log).name}: {len(secs)} candidates, median {statistics.median(secs):.2f} s, "
-              f"total {sum(secs):.0f} s")
     return 0
+
+
+def _summarise_log(path: Path) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    settings = rows[0].get("settings", {})
+    secs = [r["seconds"] for r in rows if "seconds" in r]
+    dist = [r["distance"] for r in rows if "distance" in r]
+    best = min(range(len(dist)), key=dist.__getitem__)
+    print(f"log {path.name}: {len(secs)} candidates of {settings.get('n_synthetic')} synthetic faces at "
+          f"{settings.get('size')} px; seconds per candidate: median {statistics.median(secs):.2f}, "
+          f"min {min(secs):.2f}, max {max(secs):.2f}; total {sum(secs):.0f} s; distance "
+          f"{dist[0]:.3f} (template) -> {dist[best]:.3f} (candidate {best})")
 
 
 if __name__ == "__main__":
