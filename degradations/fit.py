@@ -152,6 +152,9 @@ class SearchSpace:
                 value, i = self._from_unit(p, x[i]), i + 1
             for f in p["fields"]:
                 d["stages"][p["stage"]][f] = value
+        for st in d["stages"]:
+            if st["kind"] == "jpeg":  # the sampler rounds JPEG bounds to integers: say so
+                st["quality"] = [float(round(q)) for q in st["quality"]]
         return Preset.from_dict(d)
 
     def describe(self, x) -> dict:
