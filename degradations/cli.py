@@ -108,8 +108,9 @@ def face_aligner():
 
     ``degradations`` itself imports only ``reface_core``; this command-line wiring is the
     one place that hands the ``faces`` package in (lazily, only when photos need it). A
-    square image whose landmarks sit on the FFHQ template (or where no face is found: an
-    aligned crop too degraded for the detector) is taken as an aligned crop.
+    square image whose landmarks sit on the FFHQ template is an aligned crop; so is a
+    square one in which no face is found at any scale (a crop too degraded for the
+    detector). Every other image is a photo: each face found in it is FFHQ-aligned.
     """
     from faces import detect_and_align
     from faces.cli import MAX_ALIGNMENT_ERROR, alignment_error
@@ -117,12 +118,13 @@ def face_aligner():
     from .realism import resize_face
 
     def align(image, size):
-        if image.shape[0] == image.shape[1]:
-            err = alignment_error(image)
-            if err is None or err <= MAX_ALIGNMENT_ERROR:
-                return [(resize_face(image, size), None)]
-        return [(f.image, tuple(float(v) for v in f.detection.box))
-                for f in detect_and_align(image, output_size=size)]
+        err = alignment_error(image) if image.shape[0] == image.shape[1] else None
+        if err is not None and err <= MAX_ALIGNMENT_ERROR:
+            return [(resize_face(image, size), None)]
+        found = detect_and_align(image, output_size=size)
+        if not found and image.shape[0] == image.shape[1] and err is None:
+            return [(resize_face(image, size), None)]  # no face at any scale: a degraded crop
+        return [(f.image, tuple(float(v) for v in f.detection.box)) for f in found]
     return align
 
 
