@@ -214,3 +214,15 @@ def test_the_shipped_real_world_preset_is_registered():
     from degradations.presets import FITTED_DIR
     report = json.loads((FITTED_DIR / "real-world.fit.json").read_text())
     assert report["after"]["distance"] < report["before"]["distance"]
+
+
+@pytest.mark.realdata
+def test_square_photo_of_small_faces_is_a_photo_and_aligned_crops_stay_crops(data_root):
+    from degradations.cli import face_aligner
+    from reface_core.imageio import load_image
+    align = face_aligner()
+    bfr = data_root / "real_lq" / "diffbir" / "inputs" / "demo" / "bfr"
+    queen = align(load_image(bfr / "whole_img" / "Queen.jpeg"), 128)  # 520x520, four faces
+    assert len(queen) >= 2 and all(box is not None for _, box in queen)
+    crop = align(load_image(bfr / "aligned" / "0427.png"), 128)
+    assert len(crop) == 1 and crop[0][1] is None and crop[0][0].shape == (128, 128, 3)
