@@ -147,6 +147,9 @@ def cmd_build(args) -> int:
     with lock_for(args, args.out), (contextlib.nullcontext() if out in (work, *work.parents)
                                     else lock_for(args, config.work)):
         stats = build(config, overwrite=args.overwrite, retry_failed=args.retry_failed)
+    from .exclusion import unmatched_warning
+    for entry in stats.pop("exclusion_unmatched", ()):
+        print(f"warning: {unmatched_warning(entry)}", file=sys.stderr)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
@@ -242,9 +245,11 @@ def cmd_stats(args) -> int:
 
 def cmd_verify(args) -> int:
     from .build import read_exclusion
-    from .dataset import verify
-    problems = verify(args.dataset, exclusion=frozenset(read_exclusion(args.exclude)),
-                      check_images=not args.skip_images)
+    from .dataset import exclusion_warnings, verify
+    exclusion = frozenset(read_exclusion(args.exclude))
+    problems = verify(args.dataset, exclusion=exclusion, check_images=not args.skip_images)
+    for w in exclusion_warnings(args.dataset, exclusion):
+        print(f"warning: {w}", file=sys.stderr)
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     print(f"{args.dataset}: {'OK' if not problems else f'{len(problems)} problems'}")
@@ -253,7 +258,9 @@ def cmd_verify(args) -> int:
 
 def cmd_export(args) -> int:
     from .build import read_exclusion
+    from .dataset import exclusion_warnings
     from .export import check_face_ids, export, manifest_path, push_to_hub
+    exclusion = frozenset(read_exclusion(args.exclude))
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
     # A manifest with unsafe face ids is refused before the lock creates the export folder
     # (a missing or unreadable manifest is left to export's own message).
@@ -267,7 +274,9 @@ def cmd_export(args) -> int:
         check_face_ids(ids)
     with lock_for(args, args.out):
         done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
-                      exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
+                      exclusion=exclusion, name=args.name)
+    for w in exclusion_warnings(args.dataset, exclusion):
+        print(f"warning: {w}", file=sys.stderr)
     for fmt, splits in done.items():
         for split, files in splits.items():
             print(f"{fmt} {split}: {len(files)} shards")
