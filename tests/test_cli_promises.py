@@ -1,0 +1,47 @@
+"""Commands keep the promises their docs make: one `error:` line and exit 2 where the
+input or the machine cannot serve, counts that describe what is shown, messages that
+name what failed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# the pipeline tests' dataset, written by the real writer
+from test_reface_hq_pipeline import synthetic_dataset  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """A command line as a user runs it, the repository importable."""
+    full = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=full, cwd=cwd or REPO, timeout=600)
+
+
+def assert_one_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, no traceback, exactly one `error:` line holding every needle."""
+    err = done.stderr
+    assert done.returncode == 2, (done.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def test_push_to_hub_without_network_is_one_line_after_the_export(synthetic_dataset, tmp_path):
+    root, _ = synthetic_dataset
+    out = tmp_path / "export"
+    done = run_cli("-m", "reface_hq", "export", str(root), "--out", str(out),
+                   "--format", "parquet", "--push-to-hub", "user/reface-hq",
+                   env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_offline_test"})
+    line = assert_one_error(done, "user/reface-hq", "local export", str(out))
+    assert "Connect" in line or "refused" in line.lower()
+    assert (out / "README.md").is_file() and list((out / "data").glob("*.parquet"))
