@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from reface_core.atomic import safe_child, write_bytes_atomic
+from reface_core.devices import check_device
 from reface_core.imageio import ImageLoadError, load_image, save_image
 
 from . import datasets as D
@@ -434,19 +435,6 @@ class Benchmark:
 
     def close(self):
         self.store.close()
-
-
-def check_device(device: str) -> None:
-    """Refuse a device torch cannot use here, before any model is loaded."""
-    import torch
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def run_benchmark(methods: str | list[str], dataset: str, data: str | None = None, *,

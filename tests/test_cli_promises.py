@@ -25,11 +25,12 @@ def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.Complet
 
 
 def assert_one_error(done: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit 2, no traceback, exactly one `error:` line holding every needle."""
+    """Exit 2, no traceback, exactly one `error:` line holding every needle (argparse's
+    own errors read `PROG: error: ...` after the usage lines)."""
     err = done.stderr
     assert done.returncode == 2, (done.returncode, err[-2000:])
     assert "Traceback" not in err, err[-2000:]
-    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:") or ": error: " in ln]
     assert len(errors) == 1, err[-2000:]
     for n in needles:
         assert n in errors[0], errors[0]
@@ -45,3 +46,25 @@ def test_push_to_hub_without_network_is_one_line_after_the_export(synthetic_data
     line = assert_one_error(done, "user/reface-hq", "local export", str(out))
     assert "Connect" in line or "refused" in line.lower()
     assert (out / "README.md").is_file() and list((out / "data").glob("*.parquet"))
+
+
+def _absent_cuda() -> str:
+    import torch
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("argv", [
+    ["restore", "-i", "PHOTO", "--out", "OUT"],
+    ["profile", "--preset", "sd21-base", "--repeats", "1"],
+])
+def test_mgfr_device_that_is_not_here_is_a_usage_error(argv, tmp_path):
+    from conftest import make_rgb
+
+    from reface_core.imageio import save_image
+    photo = save_image(tmp_path / "p.png", make_rgb(64, 64))
+    argv = [str(photo) if a == "PHOTO" else str(tmp_path / "o") if a == "OUT" else a
+            for a in argv]
+    device = _absent_cuda()
+    done = run_cli("-m", "mgfr", *argv, "--device", device)
+    assert_one_error(done, "--device", device)
+    assert not (tmp_path / "o").exists()
