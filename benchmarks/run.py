@@ -118,6 +118,9 @@ class RunSummary:
     seconds_restore: float = 0.0
     seconds_metrics: dict = field(default_factory=dict)
     seconds_total: float = 0.0
+    #: the images this invocation covered (a --limit run of a store holding more): the
+    #: summary's means are over these, like its counts
+    image_ids: tuple = ()
 
 
 class _DecodeCache:
@@ -214,7 +217,8 @@ class Benchmark:
                     "code_version": code_version(), "packages": package_versions(),
                     "device": self.device, "dataset_config": self.ds.config,
                     "n_images": len(self.ds.items)}
-        summary = RunSummary(run_id, spec.name, spec.label, "running")
+        summary = RunSummary(run_id, spec.name, spec.label, "running",
+                             image_ids=tuple(it.image_id for it in self.ds.items))
         previous = self.store.run(run_id)
         started = previous["started_at"] if previous and previous.get("started_at") else _now()
         if reason is not None:
@@ -459,6 +463,21 @@ def run_benchmark(methods: str | list[str], dataset: str, data: str | None = Non
         bench.close()
 
 
+def _scores_over(store, summary: RunSummary, board: list[dict]) -> list[dict]:
+    """``board`` with ``summary``'s per-image metric rows recomputed over its images."""
+    marks = ", ".join("?" * len(summary.image_ids))
+    rows = store.query(
+        "SELECT metric, avg(value) FILTER (WHERE status = 'ok') AS value, "
+        "count(*) FILTER (WHERE status = 'ok') AS n_scored, "
+        "count(*) FILTER (WHERE status <> 'ok') AS n_unavailable, "
+        "min(reason) FILTER (WHERE status <> 'ok') AS reason FROM image_scores "
+        f"WHERE run_id = ? AND image_id IN ({marks}) GROUP BY metric",
+        [summary.run_id, *summary.image_ids])
+    mine = {r["metric"]: r for r in rows}
+    return [dict(r, **mine[r["metric"]]) if r["run_id"] == summary.run_id and r["metric"] in mine
+            else r for r in board]
+
+
 def format_summary(out: str | Path, summaries: list[RunSummary],
                    metrics: list[str] | None = None) -> str:
     """A plain-text table: one row per run, metric means; then what was skipped and why.
@@ -466,6 +485,11 @@ def format_summary(out: str | Path, summaries: list[RunSummary],
     store = open_store(out, read_only=True)
     try:
         board = store.leaderboard([s.run_id for s in summaries])
+        # The store may hold more images of a run than this invocation covered (an
+        # earlier run without --limit): per-image means over this invocation's images.
+        for s in summaries:
+            if s.image_ids:
+                board = _scores_over(store, s, board)
     finally:
         store.close()
     if metrics is not None:

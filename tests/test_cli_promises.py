@@ -82,3 +82,28 @@ def test_mgfr_train_takes_the_stage_from_the_config(synthetic_dataset, tmp_path)
     # no config and no --stage: the flag is still required, in one line
     done = run_cli("-m", "mgfr", "train", "-i", str(root), "--out", str(tmp_path / "r2"))
     assert_one_error(done, "--stage")
+
+
+def test_benchmark_summary_means_cover_the_images_it_counts(synthetic_dataset, tmp_path, capsys):
+    from benchmarks import run as B
+    from benchmarks.store import open_store
+    root, _ = synthetic_dataset
+    out = tmp_path / "results"
+    base = ["--methods", "bicubic", "--dataset", "reface-test", "--data", str(root),
+            "--out", str(out), "--metrics", "psnr", "-q"]
+    assert B.main(base) == 0
+    capsys.readouterr()
+    assert B.main([*base, "--limit", "2"]) == 0
+    text = capsys.readouterr().out
+    row = next(ln.split() for ln in text.splitlines() if ln.startswith("bicubic"))
+    store = open_store(out, read_only=True)
+    try:
+        scores = store.query("SELECT image_id, value FROM image_scores WHERE metric = 'psnr' "
+                             "ORDER BY image_id")
+    finally:
+        store.close()
+    assert len(scores) > 2
+    limited = B.D.load_dataset("reface-test", str(root), results_dir=out, limit=2)
+    mine = [r["value"] for r in scores if r["image_id"] in {it.image_id for it in limited.items}]
+    assert row[2] == "2" and len(mine) == 2
+    assert float(row[3]) == pytest.approx(sum(mine) / 2, rel=1e-3)
