@@ -102,7 +102,21 @@ def parse_methods(text: str | list[str], sets: list[str] = ()) -> list[MethodSpe
             raise ValueError(f"--set {s!r}: method {method!r} is not in --methods")
         for sp in hits:
             sp.options[opt] = value
+    for sp in specs:
+        check_typed_paths(sp)
     return specs
+
+
+#: Method options that name a file or folder the user typed (a missing one is a usage
+#: error before any work; weights the resolver looks for stay a skip with a reason).
+PATH_OPTIONS = ("adapters", "path", "dir")
+
+
+def check_typed_paths(spec: MethodSpec) -> None:
+    for key, value in spec.options.items():
+        typed_path = key in PATH_OPTIONS or (key == "base" and "/" in str(value))
+        if typed_path and isinstance(value, str) and value and not Path(value).expanduser().exists():
+            raise ValueError(f"--methods {spec.name}:{key}={value}: no such file or folder")
 
 
 @dataclass

@@ -107,3 +107,25 @@ def test_benchmark_summary_means_cover_the_images_it_counts(synthetic_dataset, t
     mine = [r["value"] for r in scores if r["image_id"] in {it.image_id for it in limited.items}]
     assert row[2] == "2" and len(mine) == 2
     assert float(row[3]) == pytest.approx(sum(mine) / 2, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["mgfr:adapters=runs/a/adapters", "codeformer:path=nope.pth",
+                                    "folder:dir=no/such/outputs"])
+def test_benchmark_method_path_that_does_not_exist_is_a_usage_error(method, synthetic_dataset,
+                                                                   tmp_path):
+    root, _ = synthetic_dataset
+    out = tmp_path / "results"
+    done = run_cli("-m", "benchmarks.run", "--methods", f"bicubic,{method}", "--dataset",
+                   "reface-test", "--data", str(root), "--out", str(out), "--metrics", "psnr",
+                   "-q", cwd=tmp_path)
+    assert_one_error(done, method.split(":", 1)[1], "no such file or folder")
+    assert not (out / "results.duckdb").exists()
+
+
+def test_benchmark_missing_downloadable_weights_stay_a_skip(synthetic_dataset, tmp_path):
+    root, _ = synthetic_dataset
+    done = run_cli("-m", "benchmarks.run", "--methods", "codeformer", "--dataset", "reface-test",
+                   "--data", str(root), "--out", str(tmp_path / "r"), "--metrics", "psnr", "-q",
+                   env={"REFACE_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped codeformer" in done.stdout and "codeformer.pth" in done.stdout
