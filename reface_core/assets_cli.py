@@ -57,14 +57,26 @@ def cmd_where(args) -> int:
     return 0
 
 
+def _fetch_failure(name: str, error: BaseException) -> str:
+    """One line naming the asset, the URL it came from and the cause."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, A.AssetNotFoundError) or text.startswith(name):
+        return text  # names the asset and where to get it already
+    try:
+        url = A.get_asset(name).url
+    except (KeyError, ValueError):
+        url = None
+    return f"{name}: download " + (f"from {url} " if url else "") + f"failed: {text}"
+
+
 def cmd_fetch(args) -> int:
     status = 0
     for name in args.names:
         try:
             path = A.fetch(name, progress=not args.quiet)
             print(f"{name}: {path}")
-        except (A.AssetNotFoundError, A.AssetChecksumError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (A.AssetNotFoundError, A.AssetChecksumError, OSError, ValueError) as e:
+            print(f"error: {_fetch_failure(name, e)}", file=sys.stderr)
             status = 1
     return status
 

@@ -129,3 +129,19 @@ def test_benchmark_missing_downloadable_weights_stay_a_skip(synthetic_dataset, t
                    env={"REFACE_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped codeformer" in done.stdout and "codeformer.pth" in done.stdout
+
+
+def test_asset_fetch_failure_names_the_asset_and_its_url(monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    from reface_core import assets as A
+    from reface_core.assets_cli import main
+
+    def refused(*a, **k):
+        raise urllib.error.URLError("[Errno 111] Connection refused")
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    assert main(["fetch", "codeformer", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: codeformer: ")
+    assert A.get_asset("codeformer").url in err[0] and "Connection refused" in err[0]
