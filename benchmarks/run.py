@@ -572,7 +572,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one more method option (repeatable), e.g. --set codeformer.w=0.7")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (repeatable), e.g. preset=mgfr-severe, seed=1, n_references=2")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 

@@ -248,7 +248,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x-metric", default="niqe-skvideo", help="quality axis of the curves")
     p.add_argument("--y-metric", default="ids", help="identity axis of the curves")
     p.add_argument("--grid-images", type=at_least(1), default=4, help="rows of grid.png")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 

@@ -67,7 +67,7 @@ def add_subcommands(sub) -> None:
                                        "holds results of other settings)",
                      retry_help="on resume, redo the inputs whose row says failed (default: "
                                 "keep their row)")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_locked_restore)

@@ -112,7 +112,7 @@ def _add_build(sub) -> None:
                           "rerun reuses them and resumes)",
         retry_help="on resume, redo the downloads that failed for a reason a retry may fix "
                    "(timeout, connection or DNS error, HTTP 408/425/429/5xx)")
-    add_quiet(p, dest="no_progress", help="no progress bars", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bars")
     add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
 
@@ -192,7 +192,7 @@ def cmd_calibrate(args) -> int:
         aliases[a] = b
     with tempfile.TemporaryDirectory(prefix="reface_calibrate_") as tmp:
         rows = embed_labelled(sources, Path(args.work_dir or tmp), embedder=args.embedder,
-                              aligned=args.aligned)
+                              aligned=args.aligned, progress=not args.quiet)
     preset = calibrate(rows, target=args.target_false_merge, seed=args.seed, aliases=aliases,
                        embedder=args.embedder, data=args.data or ", ".join(
                            Path(s.root).name for s in sources))
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed(p, help="seed of the fit/held-out split")
     p.add_argument("--data", help="what the photos are, recorded in the preset")
     p.add_argument("--work-dir", help="keep the aligned crops here (default: a temporary folder)")
+    add_quiet(p, help="no progress lines")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("stats", help="counts per split and dropped per stage (DuckDB over "
                                      "the manifest)")

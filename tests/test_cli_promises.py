@@ -145,3 +145,56 @@ def test_asset_fetch_failure_names_the_asset_and_its_url(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: codeformer: ")
     assert A.get_asset("codeformer").url in err[0] and "Connection refused" in err[0]
+
+
+def test_casting_an_mgfr_model_prints_no_empty_float32_notice():
+    code = ("import sys, torch\n"
+            "if sys.argv[1] == 'mgfr': import mgfr\n"
+            "from diffusers import AutoencoderKL\n"
+            "m = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)\n"
+            "m.to(dtype=torch.float32)\n")
+    plain = run_cli("-c", code, "plain")
+    assert "should be kept in float32: []" in plain.stderr  # diffusers' notice, unfiltered
+    done = run_cli("-c", code, "mgfr")
+    assert done.returncode == 0 and "should be kept in float32" not in done.stderr
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("degradations.cli", ["synth", "-i", "x", "-o", "y", "--no-progress"]),
+    ("faces.cli", ["detect", "x.png", "-o", "y", "--no-progress"]),
+    ("captioning.cli", ["annotate", "-i", "m.parquet", "--no-progress"]),
+    ("reface_hq.cli", ["calibrate", "-i", "x", "-o", "p.json", "-q"]),
+    ("reface_hq.cli", ["calibrate", "-i", "x", "-o", "p.json", "--no-progress"]),
+])
+def test_quiet_and_its_old_spelling_are_accepted(module, argv, capsys):
+    import importlib
+    args = importlib.import_module(module).build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", None) or getattr(args, "no_progress", None)
+    assert quiet is True
+    err = capsys.readouterr().err
+    assert ("deprecated" in err) == ("--no-progress" in argv)
+
+
+def test_unknown_detector_gets_did_you_mean(tmp_path):
+    done = run_cli("-m", "faces", "detect", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"),
+                   "--detector", "dlib-hgo")
+    assert_one_error(done, "did you mean 'dlib-hog'")
+
+
+def test_retinaface_missing_weights_do_not_send_the_user_to_pip(tmp_path, monkeypatch):
+    pytest.importorskip("facexlib")
+    from reface_core import assets as A
+    with pytest.raises(A.AssetNotFoundError) as e:
+        A.resolve("retinaface-resnet50", allow_download=False)
+    text = str(e.value)
+    assert "pip install facexlib" not in text
+    assert "reface-assets fetch retinaface-resnet50" in text and "not shipped" in text
+
+
+@pytest.mark.realdata
+def test_detect_record_names_match_the_docs(data_root, tmp_path):
+    photo = data_root / "unaligned_named" / "examples" / "obama.jpg"
+    done = run_cli("-m", "faces", "detect", str(photo), "-o", str(tmp_path / "det"), "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "det" / "obama.jpg.json").is_file()
+    assert "out/det/<name>.<ext>.json per photo" in (REPO / "docs" / "faces.md").read_text()
