@@ -70,15 +70,16 @@ def _fetch_failure(name: str, error: BaseException) -> str:
 
 
 def cmd_fetch(args) -> int:
-    status = 0
+    """Exit 0: all fetched; 1: some failed (each named); 2: none could be fetched."""
+    failed = 0
     for name in args.names:
         try:
             path = A.fetch(name, progress=not args.quiet)
             print(f"{name}: {path}")
         except (A.AssetNotFoundError, A.AssetChecksumError, OSError, ValueError) as e:
             print(f"error: {_fetch_failure(name, e)}", file=sys.stderr)
-            status = 1
-    return status
+            failed += 1
+    return 0 if not failed else 2 if failed == len(args.names) else 1
 
 
 def cmd_verify(args) -> int:

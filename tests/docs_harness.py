@@ -9,12 +9,13 @@ Markers, an HTML comment on the line(s) before a ```bash fence (invisible on Git
     <!-- docs-test: run -->                        the default: every command exits 0
     <!-- docs-test: fails-cleanly "needs a GPU" --> this machine cannot serve it (GPU,
         downloadable weights, network, a Hub repo): every command must end with exactly one
-        `error:` line, exit 2 and no traceback
+        `error:` line, exit 2 and no traceback. It runs with no GPU visible and every
+        HTTP(S) request sent to a closed port, so it fails the same way on every machine
     <!-- docs-test: skip "why" -->                 not run; the reason is reported
 
 A marker without a reason is refused, so nothing is skipped silently. A block is split
 into commands (backslash continuations joined, comment lines dropped) and each command is
-run and reported on its own, in order, in one scratch folder per page.
+run and reported on its own, in order, in one scratch folder (pages in the order given).
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, FencedCod
 MODES = ("run", "fails-cleanly", "skip")
 SHELL_LANGUAGES = r"bash|sh|shell|console"
 MARKER = re.compile(r'^(?P<mode>[a-z-]+)(?:\s+"(?P<reason>[^"]+)")?\s*$')
+
+
+#: What a fails-cleanly command runs under, so that it fails the same way on every machine:
+#: no GPU, and every HTTP(S) request sent to a closed local port (no network).
+OFFLINE = {"CUDA_VISIBLE_DEVICES": "", "HTTP_PROXY": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": "",
+           "HF_HUB_OFFLINE": "0"}
 
 
 class DocsMarkupError(ValueError):
@@ -167,7 +176,8 @@ def run_blocks(blocks: list[Block], cwd: Path, env: dict, timeout: float = 900.0
                 continue
             t0 = time.perf_counter()
             try:
-                done = run_command(cmd, cwd, env, timeout)
+                done = run_command(cmd, cwd, env if b.mode == "run" else dict(env, **OFFLINE),
+                                   timeout)
             except subprocess.TimeoutExpired:
                 out.append(Outcome(b.page, b.line, cmd, "ran" if b.mode == "run"
                                    else "failed-cleanly", False, f"timed out after {timeout:.0f} s"))

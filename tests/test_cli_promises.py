@@ -141,7 +141,7 @@ def test_asset_fetch_failure_names_the_asset_and_its_url(monkeypatch, capsys):
     def refused(*a, **k):
         raise urllib.error.URLError("[Errno 111] Connection refused")
     monkeypatch.setattr(urllib.request, "urlopen", refused)
-    assert main(["fetch", "codeformer", "-q"]) == 1
+    assert main(["fetch", "codeformer", "-q"]) == 2  # nothing fetched
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: codeformer: ")
     assert A.get_asset("codeformer").url in err[0] and "Connection refused" in err[0]
