@@ -29,10 +29,17 @@ import time
 from pathlib import Path
 
 from sybil import Document, Region
-from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, FencedCodeBlockLexer
+from sybil.parsers.markdown.lexers import (
+    DirectiveInHTMLCommentLexer,
+    FencedCodeBlockLexer,
+    RawFencedCodeBlockLexer,
+)
 
 MODES = ("run", "fails-cleanly", "skip")
 SHELL_LANGUAGES = r"bash|sh|shell|console"
+#: what a command line of a fence with no language starts with
+COMMAND_START = re.compile(r"^(python3?|\.venv/bin/python|make|reface-[a-z]+|mgfr|accelerate|"
+                           r"pip|huggingface-cli)\s")
 MARKER = re.compile(r'^(?P<mode>[a-z-]+)(?:\s+"(?P<reason>[^"]+)")?\s*$')
 
 
@@ -117,6 +124,7 @@ def parse_page(path: Path, root: Path) -> list[Block]:
     """Every shell block of ``path`` with the mode its marker gives, in document order."""
     lexers = [
         FencedCodeBlockLexer(SHELL_LANGUAGES, mapping={"language": "language", "source": "source"}),
+        RawFencedCodeBlockLexer(re.compile(r"$\n", re.MULTILINE), mapping={"source": "bare"}),
         DirectiveInHTMLCommentLexer("docs-test", arguments=".+?"),
     ]
     document = Document.parse(str(path), _RegionCollector(lexers))
@@ -126,6 +134,15 @@ def parse_page(path: Path, root: Path) -> list[Block]:
         line = document.text.count("\n", 0, region.start) + 1
         if "directive" in region.lexemes:
             pending, pending_at = _marker(region), line
+            continue
+        if "bare" in region.lexemes:
+            # A fence with no language is a diagram or output, unless it holds commands:
+            # those are reported as skipped, never silently left out.
+            commands = split_commands(str(region.lexemes["bare"]))
+            if commands and COMMAND_START.match(commands[0]):
+                blocks.append(Block(str(path.relative_to(root)), line, "skip",
+                                    "a fence with no language: label it ```bash to have it run",
+                                    commands))
             continue
         mode, reason = pending or ("run", None)
         pending = None
@@ -199,8 +216,9 @@ def report(outcomes: list[Outcome]) -> str:
     """Counts (run / checked for a clean failure / skipped), then every skip with its
     reason and every command that broke its promise."""
     kinds = {k: [o for o in outcomes if o.kind == k] for k in ("ran", "failed-cleanly", "skipped")}
-    lines = [f"docs commands: {len(kinds['ran'])} run, {len(kinds['failed-cleanly'])} checked "
-             f"for a clean failure, {len(kinds['skipped'])} skipped"]
+    counts = (f"docs commands: {len(kinds['ran'])} run, {len(kinds['failed-cleanly'])} checked "
+              f"for a clean failure, {len(kinds['skipped'])} skipped")
+    lines = [counts]
     for o in kinds["skipped"]:
         lines.append(f"  skipped {o.page}:{o.line} `{o.command[:70]}`: {o.detail}")
     for o in outcomes:

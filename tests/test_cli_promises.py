@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 # the pipeline tests' dataset, written by the real writer
-from test_reface_hq_pipeline import synthetic_dataset  # noqa: F401
+import test_reface_hq_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
+
+synthetic_dataset = test_reface_hq_pipeline.synthetic_dataset  # a shared fixture
 
 
 def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

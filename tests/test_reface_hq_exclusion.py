@@ -7,6 +7,9 @@ import hashlib
 
 import pyarrow.parquet as pq
 import pytest
+
+# the pipeline tests' dataset, written by the real writer
+import test_reface_hq_pipeline
 from conftest import make_rgb
 
 from reface_core.imageio import save_image
@@ -14,9 +17,8 @@ from reface_hq.build import is_excluded
 from reface_hq.exclusion import matched_entries
 from reface_hq.sources import FolderSource
 from reface_hq.stages import Decode
-# the pipeline tests' dataset, written by the real writer
-from test_reface_hq_pipeline import synthetic_dataset  # noqa: F401
 
+synthetic_dataset = test_reface_hq_pipeline.synthetic_dataset  # a shared fixture
 
 @pytest.fixture
 def celebs(tmp_path, monkeypatch):
