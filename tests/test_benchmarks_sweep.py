@@ -6,12 +6,15 @@ from __future__ import annotations
 from benchmarks.sweep import column_titles, grid_points, parse_grid, sweep_key
 
 
-def test_sweeps_with_different_fixed_options_get_different_folders():
+def test_sweeps_with_different_fixed_options_get_different_folders(tmp_path):
+    run1, run2 = tmp_path / "RUN1" / "adapters", tmp_path / "RUN2" / "adapters"
+    run1.mkdir(parents=True)
+    run2.mkdir(parents=True)
     grid = parse_grid(["steps=5,10"])
-    one = grid_points("mgfr:adapters=RUN1/adapters", grid)
-    two = grid_points("mgfr:adapters=RUN2/adapters", grid)
+    one = grid_points(f"mgfr:adapters={run1}", grid)
+    two = grid_points(f"mgfr:adapters={run2}", grid)
     assert sweep_key(one, grid, "h") != sweep_key(two, grid, "h")
-    assert sweep_key(one, grid, "h") == sweep_key(grid_points("mgfr:adapters=RUN1/adapters", grid),
+    assert sweep_key(one, grid, "h") == sweep_key(grid_points(f"mgfr:adapters={run1}", grid),
                                                   grid, "h")
     assert sweep_key(one, grid, "h") != sweep_key(one, grid, "other-dataset")
 
