@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from reface_core.atomic import safe_child, write_bytes_atomic
+from reface_core.devices import check_device
 from reface_core.imageio import ImageLoadError, load_image, save_image
 
 from . import datasets as D
@@ -101,7 +102,21 @@ def parse_methods(text: str | list[str], sets: list[str] = ()) -> list[MethodSpe
             raise ValueError(f"--set {s!r}: method {method!r} is not in --methods")
         for sp in hits:
             sp.options[opt] = value
+    for sp in specs:
+        check_typed_paths(sp)
     return specs
+
+
+#: Method options that name a file or folder the user typed (a missing one is a usage
+#: error before any work; weights the resolver looks for stay a skip with a reason).
+PATH_OPTIONS = ("adapters", "path", "dir")
+
+
+def check_typed_paths(spec: MethodSpec) -> None:
+    for key, value in spec.options.items():
+        typed_path = key in PATH_OPTIONS or (key == "base" and "/" in str(value))
+        if typed_path and isinstance(value, str) and value and not Path(value).expanduser().exists():
+            raise ValueError(f"--methods {spec.name}:{key}={value}: no such file or folder")
 
 
 @dataclass
@@ -117,6 +132,9 @@ class RunSummary:
     seconds_restore: float = 0.0
     seconds_metrics: dict = field(default_factory=dict)
     seconds_total: float = 0.0
+    #: the images this invocation covered (a --limit run of a store holding more): the
+    #: summary's means are over these, like its counts
+    image_ids: tuple = ()
 
 
 class _DecodeCache:
@@ -213,7 +231,8 @@ class Benchmark:
                     "code_version": code_version(), "packages": package_versions(),
                     "device": self.device, "dataset_config": self.ds.config,
                     "n_images": len(self.ds.items)}
-        summary = RunSummary(run_id, spec.name, spec.label, "running")
+        summary = RunSummary(run_id, spec.name, spec.label, "running",
+                             image_ids=tuple(it.image_id for it in self.ds.items))
         previous = self.store.run(run_id)
         started = previous["started_at"] if previous and previous.get("started_at") else _now()
         if reason is not None:
@@ -436,19 +455,6 @@ class Benchmark:
         self.store.close()
 
 
-def check_device(device: str) -> None:
-    """Refuse a device torch cannot use here, before any model is loaded."""
-    import torch
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-
-
 def run_benchmark(methods: str | list[str], dataset: str, data: str | None = None, *,
                   out: str | Path = "results", metrics: list[str] | None = None,
                   device: str = "cpu", limit: int | None = None, dataset_options: dict | None = None,
@@ -471,6 +477,21 @@ def run_benchmark(methods: str | list[str], dataset: str, data: str | None = Non
         bench.close()
 
 
+def _scores_over(store, summary: RunSummary, board: list[dict]) -> list[dict]:
+    """``board`` with ``summary``'s per-image metric rows recomputed over its images."""
+    marks = ", ".join("?" * len(summary.image_ids))
+    rows = store.query(
+        "SELECT metric, avg(value) FILTER (WHERE status = 'ok') AS value, "
+        "count(*) FILTER (WHERE status = 'ok') AS n_scored, "
+        "count(*) FILTER (WHERE status <> 'ok') AS n_unavailable, "
+        "min(reason) FILTER (WHERE status <> 'ok') AS reason FROM image_scores "
+        f"WHERE run_id = ? AND image_id IN ({marks}) GROUP BY metric",
+        [summary.run_id, *summary.image_ids])
+    mine = {r["metric"]: r for r in rows}
+    return [dict(r, **mine[r["metric"]]) if r["run_id"] == summary.run_id and r["metric"] in mine
+            else r for r in board]
+
+
 def format_summary(out: str | Path, summaries: list[RunSummary],
                    metrics: list[str] | None = None) -> str:
     """A plain-text table: one row per run, metric means; then what was skipped and why.
@@ -478,6 +499,11 @@ def format_summary(out: str | Path, summaries: list[RunSummary],
     store = open_store(out, read_only=True)
     try:
         board = store.leaderboard([s.run_id for s in summaries])
+        # The store may hold more images of a run than this invocation covered (an
+        # earlier run without --limit): per-image means over this invocation's images.
+        for s in summaries:
+            if s.image_ids:
+                board = _scores_over(store, s, board)
     finally:
         store.close()
     if metrics is not None:
@@ -546,7 +572,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one more method option (repeatable), e.g. --set codeformer.w=0.7")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (repeatable), e.g. preset=mgfr-severe, seed=1, n_references=2")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 

@@ -15,6 +15,12 @@ Tables (the contract read by publishing and the user study; columns are only eve
                     ``ok``/``unavailable``, reason, embedder (identity metrics).
 ``dataset_scores``  ``(run_id, metric)`` -> value, status, reason, n_images (FID).
 ``metrics``         the metric registry's data: direction, kind, description.
+``video_scores``    ``(run_id, clip, track_id, metric)`` -> value, n_frames: the temporal
+                    metrics of ``benchmarks.temporal`` per face track of a clip
+                    (``python -m benchmarks.video``); per-frame PSNR/SSIM against GT clips
+                    go to ``image_scores`` with ``image_id`` = ``<clip>/<frame>``.
+``video_series``    ``(run_id, clip, track_id, frame, metric)`` -> value: the per-frame
+                    warping error and identity cosine behind those means.
 view ``leaderboard`` one row per (run, metric).
 
 Every write is an ``INSERT OR REPLACE`` on the table's primary key inside a transaction,
@@ -89,6 +95,24 @@ _SCHEMA = [
         direction VARCHAR,
         kind VARCHAR,
         description VARCHAR)""",
+    # Video (benchmarks.video): per clip and face track, the temporal metrics of a run, and
+    # their per-frame series (for the report's plots).
+    """CREATE TABLE IF NOT EXISTS video_scores (
+        run_id VARCHAR,
+        clip VARCHAR,
+        track_id INTEGER,
+        metric VARCHAR,
+        value DOUBLE,
+        n_frames INTEGER,
+        PRIMARY KEY (run_id, clip, track_id, metric))""",
+    """CREATE TABLE IF NOT EXISTS video_series (
+        run_id VARCHAR,
+        clip VARCHAR,
+        track_id INTEGER,
+        frame INTEGER,
+        metric VARCHAR,
+        value DOUBLE,
+        PRIMARY KEY (run_id, clip, track_id, frame, metric))""",
     # Image metrics: the mean over the images scored; unavailable rows are counted, and
     # the first reason is kept so a reader sees why without another query.
     """CREATE OR REPLACE VIEW leaderboard AS
@@ -121,12 +145,15 @@ COLUMNS = {
     "image_scores": ("run_id", "image_id", "metric", "value", "status", "reason", "embedder"),
     "dataset_scores": ("run_id", "metric", "value", "status", "reason", "n_images"),
     "metrics": ("metric", "direction", "kind", "description"),
+    "video_scores": ("run_id", "clip", "track_id", "metric", "value", "n_frames"),
+    "video_series": ("run_id", "clip", "track_id", "frame", "metric", "value"),
 }
 
 
 def _arrow_type(column: str):
     import pyarrow as pa
     return {"value": pa.float64(), "seconds": pa.float64(), "n_images": pa.int32(),
+            "n_frames": pa.int32(), "track_id": pa.int32(), "frame": pa.int32(),
             "degradation_seed": pa.int64(), "started_at": pa.timestamp("us"),
             "finished_at": pa.timestamp("us")}.get(column, pa.string())
 

@@ -18,6 +18,7 @@ import io
 import itertools
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,14 @@ def grid_points(method: str, grid: dict[str, list[str]]) -> list[MethodSpec]:
             for combo in itertools.product(*(grid[k] for k in keys))]
 
 
+def sweep_key(points: list[MethodSpec], grid: dict[str, list[str]], dataset_hash: str) -> str:
+    """The sweep folder's key: the method, every fixed option (adapters=RUN1 and RUN2 are
+    two sweeps), the grid and the dataset."""
+    fixed = {k: v for k, v in points[0].options.items() if k not in grid}
+    return hashlib.sha256(json.dumps([points[0].name, fixed, grid, dataset_hash],
+                                     sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def _means(store, run_id: str) -> dict[str, float | None]:
     return {r["metric"]: r["value"] for r in store.leaderboard([run_id])}
 
@@ -80,28 +89,51 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+#: The tile of a point that has no output (skipped, or failed on that image): mid gray
+#: with a label, never a black tile that reads as a black restoration.
+MISSING_TILE = 128
+
+
+def column_titles(points: list[MethodSpec], keys, skipped: dict[int, str], has_gt: bool) -> list[str]:
+    """The grid's column titles; a skipped point says so and why (first words)."""
+    titles = []
+    for i, p in enumerate(points):
+        title = _short(p, keys)
+        if i in skipped:
+            title += "\nskipped: " + textwrap.shorten(skipped[i] or "no reason given", 28)
+        titles.append(title)
+    return ["LQ", *titles, *(["GT"] if has_gt else [])]
+
+
 def image_grid(out: Path, ds: D.BenchmarkDataset, points: list[MethodSpec], run_ids: list[str],
-               n_images: int, tile: int = 128, keys=None) -> bytes:
+               n_images: int, tile: int = 128, keys=None,
+               skipped: dict[int, str] | None = None) -> bytes:
+    """Rows: images; columns: LQ, each point, GT. ``skipped``: point index -> reason."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .restorers import resize_to
 
+    skipped = skipped or {}
     items = ds.items[:n_images]
-    cols = ["LQ"] + [_short(p, keys) for p in points] + (["GT"] if ds.has_gt else [])
+    cols = column_titles(points, keys, skipped, ds.has_gt)
     fig, axes = plt.subplots(len(items), len(cols), squeeze=False,
                              figsize=(1.6 * len(cols), 1.6 * len(items) + 0.4))
     for r, it in enumerate(items):
         tiles = [load_image(_abs(out, it.lq_path))]
+        missing = np.full((tile, tile, 3), MISSING_TILE, np.uint8)
         for run_id in run_ids:
             p = safe_child(out, f"outputs/{run_id}/{it.image_id}.png")
-            tiles.append(load_image(p) if p.is_file() else np.zeros((tile, tile, 3), np.uint8))
+            tiles.append(load_image(p) if p.is_file() else None)
         if ds.has_gt:
-            tiles.append(load_image(it.gt_path) if it.gt_path else np.zeros((tile, tile, 3), np.uint8))
+            tiles.append(load_image(it.gt_path) if it.gt_path else None)
         for c, img in enumerate(tiles):
             ax = axes[r][c]
-            ax.imshow(resize_to(img, (tile, tile)))
+            ax.imshow(resize_to(img if img is not None else missing, (tile, tile)))
+            if img is None:
+                ax.text(0.5, 0.5, "skipped" if c - 1 in skipped else "no output",
+                        ha="center", va="center", fontsize=8, transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -180,12 +212,11 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
         means = [_means(store, s.run_id) for s in summaries]
     finally:
         store.close()
-    sweep_id = hashlib.sha256(json.dumps([points[0].name, grid, ds.dataset_hash],
-                                         sort_keys=True).encode()).hexdigest()[:10]
-    folder = safe_child(out, f"sweeps/{points[0].name}-{sweep_id}")
+    folder = safe_child(out, f"sweeps/{points[0].name}-{sweep_key(points, grid, ds.dataset_hash)}")
     done = [s.run_id for s in summaries]
+    skipped = {i: s.reason or "" for i, s in enumerate(summaries) if s.status != "done"}
     write_bytes_atomic(folder / "grid.png", image_grid(out, ds, points, done, n_images,
-                                                           keys=grid))
+                                                           keys=grid, skipped=skipped))
     write_bytes_atomic(folder / "curves.png", curves(points, grid, means, x_metric, y_metric))
     result = {"method": points[0].name, "grid": grid, "dataset": ds.name,
               "dataset_hash": ds.dataset_hash, "x_metric": x_metric, "y_metric": y_metric,
@@ -217,7 +248,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x-metric", default="niqe-skvideo", help="quality axis of the curves")
     p.add_argument("--y-metric", default="ids", help="identity axis of the curves")
     p.add_argument("--grid-images", type=at_least(1), default=4, help="rows of grid.png")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 

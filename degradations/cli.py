@@ -19,6 +19,7 @@ from reface_core.cli import (
     exit_with,
     run_main,
 )
+from reface_core.lock import add_wait_lock_argument
 
 
 def _cmd_synth(args) -> int:
@@ -102,6 +103,179 @@ def _cmd_replay(args) -> int:
     return 1
 
 
+def face_aligner():
+    """The aligner realism uses for whole photos: ``faces``' dlib detector and FFHQ alignment.
+
+    ``degradations`` itself imports only ``reface_core``; this command-line wiring is the
+    one place that hands the ``faces`` package in (lazily, only when photos need it). A
+    square image whose landmarks sit on the FFHQ template is an aligned crop; so is a
+    square one in which no face is found at any scale (a crop too degraded for the
+    detector). Every other image is a photo: each face found in it is FFHQ-aligned.
+    """
+    from faces import detect_and_align
+    from faces.cli import MAX_ALIGNMENT_ERROR, alignment_error
+
+    from .realism import resize_face
+
+    def align(image, size):
+        err = alignment_error(image) if image.shape[0] == image.shape[1] else None
+        if err is not None and err <= MAX_ALIGNMENT_ERROR:
+            return [(resize_face(image, size), None)]
+        found = detect_and_align(image, output_size=size)
+        if not found and image.shape[0] == image.shape[1] and err is None:
+            return [(resize_face(image, size), None)]  # no face at any scale: a degraded crop
+        return [(f.image, tuple(float(v) for v in f.detection.box)) for f in found]
+    return align
+
+
+def _real_faces(args, part: str):
+    from .realism import load_faces
+    aligner = None if args.aligned else face_aligner()
+    real = load_faces(args.input, args.size, aligner=aligner, exclude=args.exclude or (),
+                      part=part, holdout=args.holdout, what="real LQ folder", progress=not args.quiet)
+    print(f"real LQ: {len(real.faces)} faces from {args.input} (part {part}); "
+          f"{len(real.skipped)} inputs skipped", file=sys.stderr)
+    for rel, why in real.skipped:
+        print(f"  skipped {rel}: {why}", file=sys.stderr)
+    return real
+
+
+def _hq_faces(args, part: str):
+    from .realism import load_hq_faces
+    hq = load_hq_faces(args.hq, args.size, exclude=args.hq_exclude or (), part=part,
+                       holdout=args.holdout, progress=not args.quiet)
+    print(f"HQ: {len(hq)} faces from {', '.join(args.hq)} (part {part})", file=sys.stderr)
+    return hq
+
+
+def _cmd_realism(args) -> int:
+    from . import realism
+    from .presets import get_preset, list_presets
+    if not args.preset and not args.synthetic:
+        raise ValueError("give --preset NAME (or a preset file, or 'all') and/or --synthetic DIR")
+    names = [n for p in (args.preset or []) for n in (list_presets() if p == "all" else [p])]
+    presets = [get_preset(n) for n in names]  # bad names and bad preset files fail before any work
+    if presets and not args.hq:
+        raise ValueError("--preset needs --hq DIR: the HQ faces the preset degrades")
+    real = _real_faces(args, args.part)
+    args.real_skipped = real.skipped
+    real_table = realism.statistics_table(real, progress=not args.quiet, desc="real statistics")
+    sets = {}
+    if presets:
+        hq = _hq_faces(args, args.part)
+        for name, preset in zip(names, presets):
+            label = preset.name if name in list_presets() else Path(name).stem
+            sets[label] = realism.synthesize(preset, hq, args.n_synthetic, args.seed, args.size,
+                                             progress=not args.quiet)
+    for folder in args.synthetic or []:
+        sets[Path(folder).name] = realism.load_faces(folder, args.size, aligner=realism.square_crops,
+                                                     what="synthetic LQ folder", progress=not args.quiet)
+    out = Path(args.out) if args.out else None
+    if out:
+        from reface_core.lock import lock_for
+        with lock_for(args, out):
+            return _realism_report(args, real_table, sets, out)
+    return _realism_report(args, real_table, sets, None)
+
+
+def _realism_report(args, real_table, sets, out) -> int:
+    import pandas as pd
+
+    from reface_core.atomic import write_json_atomic, write_text_atomic
+
+    from . import realism
+    rows, per_stat = [], {}
+    for label, faces in sets.items():
+        table = realism.statistics_table(faces, progress=not args.quiet, desc=f"{label} statistics")
+        c = realism.compare(real_table, table, seed=args.seed, n_boot=args.boot)
+        rows.append({"set": label, "n_real": c.n_real, "n_synthetic": c.n_synthetic, "auc": c.auc,
+                     "auc_lo": c.auc_ci[0], "auc_hi": c.auc_ci[1], "distance": c.distance})
+        per_stat[label] = c.per_statistic
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out / f"statistics_{label}.csv", index=False)
+            realism.plot_distributions(real_table, table, out / f"{label}.png", label=label,
+                                       title=f"real LQ ({c.n_real}) vs {label} ({c.n_synthetic}): "
+                                             f"AUC {c.auc:.2f}")
+    summary = pd.DataFrame(rows)
+    lines = ["| set | real | synthetic | two-sample AUC [95% CI] | distance |", "|---|---|---|---|---|"]
+    lines += [f"| {r['set']} | {r['n_real']} | {r['n_synthetic']} | {r['auc']:.3f} "
+              f"[{r['auc_lo']:.3f}, {r['auc_hi']:.3f}] | {r['distance']:.3f} |" for r in rows]
+    labels = list(per_stat)
+    lines += ["", "KS statistic per statistic (real median; synthetic median):", "",
+              "| statistic | real median | " + " | ".join(labels) + " |",
+              "|---|---|" + "---|" * len(labels)]
+    for j, name in enumerate(realism.STATISTICS):
+        real_med = per_stat[labels[0]][j]["real_median"]
+        cells = [f"{per_stat[lb][j]['ks']:.2f} ({per_stat[lb][j]['synthetic_median']:.3g})" for lb in labels]
+        lines.append(f"| {name} | {real_med:.3g} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        real_table.to_csv(out / "statistics_real.csv", index=False)
+        summary.to_csv(out / "realism.csv", index=False)
+        write_text_atomic(out / "realism.md", text)
+        write_json_atomic(out / "realism.json", {"sets": rows, "per_statistic": per_stat,
+                                                 "real": args.input, "part": args.part,
+                                                 "skipped": args.real_skipped})
+        print(f"wrote {out}/realism.md, realism.csv, realism.json and one plot per set", file=sys.stderr)
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from .fit import SearchSpace, load_space, report_path
+    from .presets import get_preset
+    space = load_space(args.space)
+    if args.template:  # start from this preset's ranges; the parameters must fit its layout
+        template = get_preset(args.template).to_dict()
+        space = SearchSpace.from_dict({**space.to_dict(), "template": template},
+                                      where=f"search space with template {args.template}")
+    real = _real_faces(args, args.part)
+    hq = _hq_faces(args, args.part)
+    from reface_core.lock import lock_for
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with lock_for(args, Path(args.out).parent):  # one fit at a time writes beside OUT
+        report = _fit_locked(args, space, real, hq)
+    b, a = report["before"], report["after"]
+    print(f"wrote {args.out} and {report_path(args.out)}: {report['candidates']} candidates, "
+          f"{report['seconds_per_candidate']:.2f} s each (median); distance {b['distance']:.3f} -> "
+          f"{a['distance']:.3f}, two-sample AUC {b['auc']:.3f} -> {a['auc']:.3f} on the fit faces")
+    return 0
+
+
+def _fit_locked(args, space, real, hq) -> dict:
+    from .fit import fit
+    return fit(real, hq, args.out, space=space, name=args.name, budget=args.budget,
+                 popsize=args.popsize, n_synthetic=args.n_synthetic, seed=args.seed, size=args.size,
+                 overwrite=args.overwrite, progress=not args.quiet, n_boot=args.boot,
+               describe_real=f"{Path(args.input).name}, part {args.part}, {len(real.faces)} faces")
+
+
+def _add_face_options(p, *, n_synthetic: int) -> None:
+    from reface_core.argtypes import between
+    p.add_argument("--hq", action="append", metavar="DIR",
+                   help="folder of aligned HQ faces to degrade (repeatable)")
+    p.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="leave out real LQ files whose path (relative to -i) matches (repeatable)")
+    p.add_argument("--hq-exclude", action="append", metavar="GLOB",
+                   help="leave out HQ files whose relative path matches, e.g. '*degraded*' (repeatable)")
+    p.add_argument("--aligned", action="store_true",
+                   help="real inputs are aligned crops: no face detection (non-square files are skipped)")
+    p.add_argument("--size", type=between(64, 1024), default=512,
+                   help="the aligned size every face is compared at (default 512)")
+    p.add_argument("--n-synthetic", type=between(2, 100000), default=n_synthetic,
+                   help=f"synthetic faces per preset (default {n_synthetic})")
+    p.add_argument("--part", choices=("all", "fit", "heldout"), default="all",
+                   help="which side of the fixed split of source images (real and HQ) to use (default all)")
+    p.add_argument("--holdout", type=between(0.0, 1.0, float), default=0.3,
+                   help="held-out fraction of the split (by source-image pixel hash; default 0.3)")
+    p.add_argument("--boot", type=between(0, 100000), default=1000,
+                   help="bootstrap resamples for the AUC interval (default 1000)")
+    add_seed(p, help="seed of the synthetic faces and the tests")
+    add_quiet(p, help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m degradations",
@@ -126,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_resume_flags(p, what="LQ images and records (--overwrite also starts over when OUT "
                              "was made with another preset or seed)")
     add_quiet(p, help="no progress bar")
-    from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
     p.set_defaults(func=_cmd_synth)
 
@@ -144,6 +317,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hq", help="HQ image (default: the input path stored in the record)")
     add_out(p, "also write the replayed LQ image here", dest="output", deprecated=("--output",))
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser(
+        "realism", help="how close synthetic LQ faces come to real ones (statistics, KS, classifier AUC)",
+        description="Compare presets (degrading --hq faces) or folders of synthetic LQ faces with a "
+                    "folder of real LQ faces: per-face statistics (blur, noise, JPEG blockiness, ringing, "
+                    "colour, contrast, NIQE features), KS per statistic, and the cross-validated AUC of a "
+                    "classifier telling real from synthetic (0.5: indistinguishable) with a bootstrap "
+                    "interval. Whole photos are detected and FFHQ-aligned first.")
+    add_input(p, "folder of real LQ images (aligned crops and/or whole photos)", metavar="DIR")
+    p.add_argument("--preset", action="append", metavar="NAME",
+                   help="preset name or .yaml/.json file, or 'all' for every registered preset (repeatable)")
+    p.add_argument("--synthetic", action="append", metavar="DIR",
+                   help="a folder of synthetic LQ aligned faces instead of a preset (repeatable)")
+    add_out(p, "folder for the table (realism.md/.csv/.json), per-face statistics and plots")
+    _add_face_options(p, n_synthetic=64)
+    add_wait_lock_argument(p)
+    p.set_defaults(func=_cmd_realism)
+
+    p = sub.add_parser(
+        "fit", help="fit a preset's ranges to real LQ faces (CMA-ES; seeded, resumable)",
+        description="Search the ranges of a template preset (the search space is data: --space) so that "
+                    "its LQ faces, made from --hq faces, come closest to the real LQ faces (mean "
+                    "standardised Wasserstein distance over the realism statistics). Writes a preset YAML "
+                    "that every command accepts, OUT.fit.json (distances and KS per statistic, before "
+                    "and after, two-sample AUC) and OUT.fit.jsonl (every candidate; rerun the same "
+                    "command to resume).")
+    add_input(p, "folder of real LQ images (aligned crops and/or whole photos)", metavar="DIR")
+    add_out(p, "the fitted preset file (.yaml)", required=True, metavar="PRESET.yaml")
+    p.add_argument("--space", metavar="YAML", help="search space: template preset + parameters "
+                                                   "(default: degradations.fit.DEFAULT_SPACE)")
+    p.add_argument("--template", metavar="PRESET",
+                   help="start from this preset (name or file) instead of the space's template; the "
+                        "space's parameters must name its stages")
+    p.add_argument("--name", default="real-world", help="name of the fitted preset (default real-world)")
+    p.add_argument("--budget", type=at_least(1), default=120, help="candidates to evaluate (default 120)")
+    p.add_argument("--popsize", type=at_least(2), default=None, help="CMA-ES population (default 4+3 ln d)")
+    p.add_argument("--overwrite", action="store_true", help="discard a log made with other settings")
+    _add_face_options(p, n_synthetic=32)
+    add_wait_lock_argument(p)
+    p.set_defaults(func=_cmd_fit)
 
     add_asset_commands(sub, package="degradations")
     return parser

@@ -561,3 +561,10 @@ def get_preset(name_or_path: str | Path | Preset) -> Preset:
     if key.lower().endswith((".yaml", ".yml", ".json")):
         return load_preset_file(key)
     raise PRESETS.error(key)
+
+
+#: Presets fitted to real LQ faces by ``python -m degradations fit``, shipped as preset
+#: files (with their fit reports) and registered like the presets above.
+FITTED_DIR = Path(__file__).with_name("fitted")
+for _path in sorted(FITTED_DIR.glob("*.yaml")):
+    register(load_preset_file(_path))

@@ -20,7 +20,7 @@ from typing import Callable
 
 from reface_core.argtypes import at_least, between, finite_float
 from reface_core.assets_cli import add_subcommands as add_asset_commands
-from reface_core.cli import exit_with, run_main
+from reface_core.cli import add_quiet, exit_with, run_main
 
 IMAGE_HELP = "image files or folders (folders are searched recursively)"
 
@@ -361,7 +361,7 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
     if detection:
         from .detection import DETECTORS
 
-        p.add_argument("--detector", default="dlib-hog", choices=sorted(DETECTORS),
+        p.add_argument("--detector", default="dlib-hog", type=DETECTORS.argtype(),
                        help="face detector (default: dlib-hog; retinaface/scrfd need weights)")
         p.add_argument("--model-path", help="detector weights file (else the asset resolver)")
         p.add_argument("--min-score", type=finite_float, default=None,
@@ -376,7 +376,7 @@ def _common(p: argparse.ArgumentParser, *, detection: bool = True, align: bool =
     p.add_argument("--overwrite", action="store_true", help="redo inputs that already have a record")
     p.add_argument("--retry-failed", action="store_true",
                    help="redo inputs whose record says failed (e.g. a file fixed since)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
 
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "<out>/embeddings.npz (names, face, vectors, embedder).")
     _common(p, aligned_flag=True)
     from .embedding import EMBEDDERS
-    p.add_argument("--embedder", default="dlib", choices=EMBEDDERS.names(),
+    p.add_argument("--embedder", default="dlib", type=EMBEDDERS.argtype(),
                    help="embedder (default dlib; arcface-* need an insightface pack)")
     p.add_argument("--embedder-path", help="embedder weights file (else the asset resolver)")
     p.add_argument("--aligned-check", choices=("warn", "refuse", "off"), default="warn",

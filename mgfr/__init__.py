@@ -11,6 +11,21 @@ Names are imported lazily, so ``python -m mgfr --help`` starts without torch.
 from __future__ import annotations
 
 import importlib
+import logging
+
+
+class _NoEmptyFp32Notice(logging.Filter):
+    """diffusers' ``ModelMixin.to(dtype=...)`` warns "modules ... that should be kept in
+    float32: []" for every model, even one with no such module (it tests the list
+    against None); the notice with an empty list says nothing and is dropped. A model
+    that does name modules still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+# No import of diffusers here: a filter on a named logger needs only ``logging``.
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Notice())
 
 _LAZY = {
     "BasePreset": "presets", "get_preset": "presets", "available_presets": "presets",

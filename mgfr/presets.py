@@ -177,7 +177,7 @@ register_preset(BasePreset(
     scheduler=dict(_SD_SCHEDULER),
     adapter={"channel_mult": 1.0, "id_tokens": 4, "read_prompt": True},
     asset="mgfr-mini",
-    inference={"strength": 0.5, "guidance_scale": 1.0, "lambda_na": 0.0, "lambda_nq": 0.5,
+    inference={"strength": 0.3, "guidance_scale": 1.0, "lambda_na": 0.0, "lambda_nq": 0.5,
                "num_inference_steps": 20},
     vae_gate_psnr=30.0,
 ))

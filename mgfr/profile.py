@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from reface_core.argtypes import at_least
+from reface_core.argtypes import at_least, torch_device
 
 
 def add_subcommands(sub) -> None:
@@ -49,7 +49,8 @@ def add_subcommands(sub) -> None:
                    help="denoising steps of the per-image estimate")
     p.add_argument("--refs", type=at_least(0), default=1, help="references per image")
     p.add_argument("--repeats", type=at_least(1), default=3, help="timed calls per component")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=torch_device,
+                   help="torch device (checked before any model is loaded)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--channel-mult", type=float, default=None,
                    help="adapter width (default: the preset's)")

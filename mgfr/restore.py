@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from reface_core.argtypes import at_least, seed
+from reface_core.argtypes import at_least, seed, torch_device
 from reface_core.cli import add_input, add_out, add_quiet, add_resume_flags
 
 RESULTS = "results.jsonl"
@@ -71,16 +71,19 @@ def add_subcommands(sub) -> None:
     p.add_argument("--base", default=None,
                    help="mini, sd21-base, sd15, tiny or a base folder (default: the one the "
                         "adapters name, else the shipped mini model with its stage-2 adapters)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=torch_device,
+                   help="torch device (checked before any model is loaded)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--detector", default="dlib-hog", help="faces detector for photos")
     add_resume_flags(p, overwrite_help="start over, redoing every input (also when OUT "
                                        "holds results of other settings)",
                      retry_help="on resume, redo the inputs whose row says failed (default: "
                                 "keep their row)")
-    add_quiet(p, dest="no_progress", help="no progress bar", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bar")
     from reface_core.lock import add_wait_lock_argument
     add_wait_lock_argument(p)
+    from .video import add_video_arguments
+    add_video_arguments(p)
     p.set_defaults(func=_locked_restore)
 
 
@@ -97,6 +100,10 @@ def _strength(text: str) -> float:
 def _locked_restore(args: argparse.Namespace) -> int:
     from reface_core.lock import lock_for
     with lock_for(args, args.out):
+        from reface_core.video import is_video_path
+        if is_video_path(args.input):
+            from .video import run_video_restore
+            return run_video_restore(args)
         return run_restore(args)
 
 

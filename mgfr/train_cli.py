@@ -32,8 +32,27 @@ def _run(job, args) -> int:
         return 130
 
 
+def _config_names_stage(args) -> bool:
+    """Whether ``--set stage=N`` or the ``--config`` YAML gives the stage (a config that
+    does not read is left to the trainer's own error)."""
+    if any(item.split("=", 1)[0].strip() == "stage" for item in args.set):
+        return True
+    if not args.config:
+        return False
+    import yaml
+    try:
+        recipe = yaml.safe_load(open(args.config, encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return True
+    return not isinstance(recipe, dict) or recipe.get("stage") is not None
+
+
 def _train(args) -> int:
     from .train import train_from_args
+    if args.stage is None and not _config_names_stage(args):
+        raise ValueError("--stage 1 or 2 is required: "
+                         + (f"config {args.config} has no 'stage' field" if args.config
+                            else "no --config gives it"))
     return train_from_args(args)
 
 
@@ -50,7 +69,8 @@ def add_subcommands(subparsers) -> None:
                     "Checkpoints are written atomically every --checkpoint-every steps; "
                     "--resume continues a killed run exactly. Multi-GPU: "
                     "`accelerate launch -m mgfr train ...`.")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    p.add_argument("--stage", type=int, choices=(1, 2), default=None,
+                   help="1: LQ adapter; 2: + references (default: the config's `stage`)")
     add_input(p, "Reface-HQ dataset folder (reface_hq build)", dest="data", deprecated=("--data",))
     p.add_argument("--base", default=None,
                    help="tiny, sd21-base, sd15 or a folder written by `pretrain-prior` "

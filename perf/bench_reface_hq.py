@@ -31,12 +31,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def sample_sources(data: Path, n: int):
+    """``n`` photos: two thirds from identities_512, a sixth from each other source (at
+    least one each from n = 3 on, so a small sample still covers every source)."""
     from reface_hq.sources import FolderSource
+    other = max(1, n // 6) if n >= 3 else 0
     rows = FolderSource(str(data / "identities_512"), identity="folder").rows()
-    rows = [r for r in rows if not r["origin"].endswith("degraded.png")][: n * 2 // 3]
-    rows += FolderSource(str(data / "celeba_hq_1024")).rows()[: n // 6]
-    rows += FolderSource(str(data / "unaligned_named"), include=r"^examples/[^/]+$").rows()[: n // 6]
+    rows = [r for r in rows if not r["origin"].endswith("degraded.png")][: n - 2 * other]
+    rows += FolderSource(str(data / "celeba_hq_1024")).rows()[:other]
+    rows += FolderSource(str(data / "unaligned_named"), include=r"^examples/[^/]+$").rows()[:other]
     return rows
+
+
+def sample_build_sources(data: Path, rows: list[dict]) -> list:
+    """Folder sources that read exactly the sampled photos: a source with none is left
+    out (an empty include pattern would match every file of its folder)."""
+    from reface_hq.sources import FolderSource
+    out = []
+    for name, options in (("identities_512", {"identity": "folder"}), ("celeba_hq_1024", {}),
+                          ("unaligned_named", {})):
+        mine = [r["origin"].split("/", 1)[1] for r in rows if r["source"] == name]
+        if mine:
+            out.append(FolderSource(str(data / name), include="|".join(
+                "^" + re.escape(rel) + "$" for rel in mine), **options))
+    return out
 
 
 def bare_loop(rows, folder: Path) -> float:
@@ -117,16 +134,7 @@ def main(argv=None) -> int:
             times = []
             for i in range(args.repeats if workers == 1 else 1):
                 folder = tmp / f"e2e-{workers}-{i}"
-                srcs = [FolderSource(str(data / "identities_512"), identity="folder",
-                                     include="|".join(
-                                         "^" + re.escape(r["origin"].split("/", 1)[1]) + "$"
-                                         for r in rows if r["source"] == "identities_512")),
-                        FolderSource(str(data / "celeba_hq_1024"), include="|".join(
-                            "^" + re.escape(r["origin"].split("/", 1)[1]) + "$"
-                            for r in rows if r["source"] == "celeba_hq_1024")),
-                        FolderSource(str(data / "unaligned_named"), include="|".join(
-                            "^" + re.escape(r["origin"].split("/", 1)[1]) + "$"
-                            for r in rows if r["source"] == "unaligned_named"))]
+                srcs = sample_build_sources(data, rows)
                 cfg = BuildConfig(sources=srcs, out=str(folder / "out"),
                                   work_dir=str(folder / "work"), workers=workers,
                                   shard_size=max(1, n // (2 * workers)), progress=False)

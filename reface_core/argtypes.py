@@ -69,3 +69,12 @@ finite_float.__name__ = "float"
 #: ``--seed``: what NumPy, torch and the int64 tables all accept.
 seed = between(0, MAX_SEED)
 seed.__name__ = "seed"
+
+
+def torch_device(text: str) -> str:
+    """An argparse ``type`` for ``--device``: a device torch can use on this machine."""
+    from .devices import device_problem
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text

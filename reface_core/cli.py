@@ -110,8 +110,9 @@ def _required_target(p, required: bool, deprecated: Sequence[str]):
 
 def add_quiet(p: argparse.ArgumentParser, *, dest: str = "quiet",
               help: str = "no progress bar or per-item lines",
-              deprecated: Sequence[str] = ()) -> None:
-    """``-q/--quiet``; ``deprecated`` names old flags (``--no-progress``) meaning the same."""
+              deprecated: Sequence[str] = ("--no-progress",)) -> None:
+    """``-q/--quiet``; ``deprecated`` names old flags meaning the same (``--no-progress``,
+    the old spelling every command accepts until 0.2, unless told otherwise)."""
     p.add_argument("-q", "--quiet", dest=dest, action="store_true", help=help)
     for old in deprecated:
         deprecated_alias(p, old, "-q/--quiet", dest, action="store_true")

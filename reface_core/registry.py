@@ -141,6 +141,19 @@ class Registry(Mapping):
                f" (known: {known}{'; ' + self.hint if self.hint else ''})")
         return self.error_class(msg)
 
+    def argtype(self):
+        """An argparse ``type``: the canonical name, or the did-you-mean error as argparse's
+        own one-line usage error (``choices=`` would give a plain "invalid choice")."""
+        import argparse
+
+        def name(text: str) -> str:
+            try:
+                return self.canonical(text)
+            except UnknownNameError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        name.__name__ = self.kind  # argparse names the type in some messages
+        return name
+
     # -- listing ------------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(self._entries) if self.sort else list(self._entries)

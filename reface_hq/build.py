@@ -17,6 +17,7 @@ from pathlib import Path
 from . import schema
 from .dedupe import Dedupe
 from .download import Download
+from .exclusion import expand, matched_entries, matching_entry
 from .executor import get_executor
 from .identity import IdentityGroup, SplitByIdentity
 from .sources import FolderSource
@@ -46,8 +47,8 @@ def _is_hex_digest(text: str) -> bool:
 
 
 def is_excluded(row: dict, exclusion: set[str] | frozenset[str]) -> bool:
-    return bool(exclusion) and any(row.get(c) in exclusion
-                                   for c in ("origin", "sha256", "pixel_sha256"))
+    """Whether an entry of ``exclusion`` names ``row``, however the entry spells it."""
+    return bool(exclusion) and matching_entry(row, exclusion) is not None
 
 
 #: Thresholds for an embedder with no preset (the values tuned by hand for dlib before
@@ -172,8 +173,9 @@ class BuildConfig:
                      timeout=self.download_timeout, deadline=self.download_deadline,
                      retries=self.download_retries,
                      max_bytes=self.max_bytes, allow_private=self.allow_private,
-                     seed=self.seed, exclusion=self.exclusion),
-            Decode(min_source_side=self.min_source_side, exclusion=self.exclusion),
+                     seed=self.seed, exclusion=expand(self.exclusion)),
+            Decode(min_source_side=self.min_source_side,
+                   exclusion=expand(self.exclusion)),
             detect,
             Quality(min_face_size=self.min_face_size, min_sharpness=self.min_sharpness,
                     drop_grayscale=self.drop_grayscale, musiq=self.musiq,
@@ -264,8 +266,11 @@ def build(config: BuildConfig, *, overwrite: bool = False, retry_failed: bool = 
     exclusion = frozenset(config.exclusion)
     rows = [schema.drop(r, "output", "excluded", "on the exclusion list")
             if schema.is_ok(r) and is_excluded(r, exclusion) else r for r in rows]
+    applied = matched_entries(rows, exclusion)
     stats = write_dataset(rows, config, timings=timings,
-                          seconds=round(time.perf_counter() - t0, 3))
+                          seconds=round(time.perf_counter() - t0, 3), exclusion_applied=applied)
+    # Not written to stats.json (the entries name people); the CLI warns on each.
+    stats["exclusion_unmatched"] = sorted(exclusion - applied)
     if config.captions:
         stats["captions"] = annotate_captions(Path(config.out), config.caption_backends,
                                               config.progress)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,12 @@ def embed_labelled(sources, work: Path, embedder: str = "dlib", aligned: bool = 
     rows = []
     for src in sources:
         rows += [r for r in src.rows(work) if schema.is_ok(r) and r.get("identity_hint")]
+    def say(what: str) -> None:
+        if progress:  # the steps take minutes on thousands of photos: say which one runs
+            print(f"calibrate: {what}", file=sys.stderr, flush=True)
+    say(f"{len(rows)} labelled photos; reading them")
     rows = Decode(min_source_side=32)(rows)
+    say("detecting and aligning faces" if not aligned else "photos are aligned already")
     if aligned:
         rows = [dict(r, face_id=f"{r['row_id']}-0", face_index=0, aligned_path=r["local_path"])
                 if schema.is_ok(r) else r for r in rows]
@@ -106,6 +112,7 @@ def embed_labelled(sources, work: Path, embedder: str = "dlib", aligned: bool = 
                                     or r["face_size"] > best[r["row_id"]]["face_size"]):
                 best[r["row_id"]] = r
         rows = list(best.values())
+    say(f"embedding {sum(schema.is_ok(r) for r in rows)} faces with {embedder}")
     rows = Embed(embedder=embedder)(Fingerprint()(rows))
     return [r for r in rows if schema.is_ok(r) and r.get("embedding") is not None]
 

@@ -112,7 +112,7 @@ def _add_build(sub) -> None:
                           "rerun reuses them and resumes)",
         retry_help="on resume, redo the downloads that failed for a reason a retry may fix "
                    "(timeout, connection or DNS error, HTTP 408/425/429/5xx)")
-    add_quiet(p, dest="no_progress", help="no progress bars", deprecated=("--no-progress",))
+    add_quiet(p, dest="no_progress", help="no progress bars")
     add_wait_lock_argument(p)
     p.set_defaults(func=cmd_build)
 
@@ -147,6 +147,9 @@ def cmd_build(args) -> int:
     with lock_for(args, args.out), (contextlib.nullcontext() if out in (work, *work.parents)
                                     else lock_for(args, config.work)):
         stats = build(config, overwrite=args.overwrite, retry_failed=args.retry_failed)
+    from .exclusion import unmatched_warning
+    for entry in stats.pop("exclusion_unmatched", ()):
+        print(f"warning: {unmatched_warning(entry)}", file=sys.stderr)
     print(f"{args.out}: {stats['faces_kept']} faces of {stats['identities']} identities from "
           f"{stats['photos_in']} photos (train {stats['splits']['train']['faces']}, test "
           f"{stats['splits']['test']['faces']}); dropped: "
@@ -189,7 +192,7 @@ def cmd_calibrate(args) -> int:
         aliases[a] = b
     with tempfile.TemporaryDirectory(prefix="reface_calibrate_") as tmp:
         rows = embed_labelled(sources, Path(args.work_dir or tmp), embedder=args.embedder,
-                              aligned=args.aligned)
+                              aligned=args.aligned, progress=not args.quiet)
     preset = calibrate(rows, target=args.target_false_merge, seed=args.seed, aliases=aliases,
                        embedder=args.embedder, data=args.data or ", ".join(
                            Path(s.root).name for s in sources))
@@ -242,9 +245,11 @@ def cmd_stats(args) -> int:
 
 def cmd_verify(args) -> int:
     from .build import read_exclusion
-    from .dataset import verify
-    problems = verify(args.dataset, exclusion=frozenset(read_exclusion(args.exclude)),
-                      check_images=not args.skip_images)
+    from .dataset import exclusion_warnings, verify
+    exclusion = frozenset(read_exclusion(args.exclude))
+    problems = verify(args.dataset, exclusion=exclusion, check_images=not args.skip_images)
+    for w in exclusion_warnings(args.dataset, exclusion):
+        print(f"warning: {w}", file=sys.stderr)
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
     print(f"{args.dataset}: {'OK' if not problems else f'{len(problems)} problems'}")
@@ -253,7 +258,9 @@ def cmd_verify(args) -> int:
 
 def cmd_export(args) -> int:
     from .build import read_exclusion
+    from .dataset import exclusion_warnings
     from .export import check_face_ids, export, manifest_path, push_to_hub
+    exclusion = frozenset(read_exclusion(args.exclude))
     formats = tuple(args.format) if args.format else ("parquet", "webdataset")
     # A manifest with unsafe face ids is refused before the lock creates the export folder
     # (a missing or unreadable manifest is left to export's own message).
@@ -267,7 +274,9 @@ def cmd_export(args) -> int:
         check_face_ids(ids)
     with lock_for(args, args.out):
         done = export(args.dataset, args.out, shard_rows=args.shard_rows, formats=formats,
-                      exclusion=frozenset(read_exclusion(args.exclude)), name=args.name)
+                      exclusion=exclusion, name=args.name)
+    for w in exclusion_warnings(args.dataset, exclusion):
+        print(f"warning: {w}", file=sys.stderr)
     for fmt, splits in done.items():
         for split, files in splits.items():
             print(f"{fmt} {split}: {len(files)} shards")
@@ -303,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_seed(p, help="seed of the fit/held-out split")
     p.add_argument("--data", help="what the photos are, recorded in the preset")
     p.add_argument("--work-dir", help="keep the aligned crops here (default: a temporary folder)")
+    add_quiet(p, help="no progress lines")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("stats", help="counts per split and dropped per stage (DuckDB over "
                                      "the manifest)")

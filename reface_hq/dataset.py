@@ -33,6 +33,7 @@ from reface_core.atomic import (
 )
 
 from . import schema
+from .exclusion import ROW_COLUMNS, entry_digest, matched_entries, unmatched_warning
 
 #: Columns every manifest must have (the project's manifest contract).
 CONTRACT_COLUMNS = ("face_id", "image_path", "identity", "split", "source", "origin", "license",
@@ -56,7 +57,7 @@ def _sha256(data: bytes) -> str:
 
 
 def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
-                  seconds: float | None = None) -> dict:
+                  seconds: float | None = None, exclusion_applied=()) -> dict:
     """Write images, manifest, dropped rows, stats and build.json (last) into config.out."""
     from tqdm.auto import tqdm
 
@@ -105,6 +106,9 @@ def write_dataset(rows: list[dict], config, *, timings: dict | None = None,
     write_json_atomic(out / "build.json", {
         "config": config.to_json(), "complete": True, "reface_hq": reface_hq.__version__,
         "python": platform.python_version(),
+        # hashes of the exclusion entries that removed photos (not the names they hold),
+        # so verify and export can tell "already removed" from "matches nothing"
+        "exclusion_applied": sorted(entry_digest(e) for e in exclusion_applied),
         "map_stages": {s.name: _public_config(s) for s in config.map_stages()},
         "global_stages": {s.name: s.config() for s in config.global_stages()}})
     return stats
@@ -166,6 +170,22 @@ def load_manifest(path: str | os.PathLike):
     """The manifest as a pandas DataFrame (``path``: dataset folder or manifest file)."""
     import pandas as pd
     return pd.read_parquet(manifest_path(path))
+
+
+def exclusion_warnings(path: str | os.PathLike, exclusion) -> list[str]:
+    """One warning per exclusion entry that names no photo of the dataset at ``path`` and
+    did not remove one during its build either (most likely misspelled)."""
+    if not exclusion:
+        return []
+    root = manifest_path(path).parent
+    rows = pq.read_table(manifest_path(root), columns=list(ROW_COLUMNS)).to_pylist()
+    try:
+        applied = set(json.loads((root / "build.json").read_text()).get("exclusion_applied", ()))
+    except (OSError, ValueError):
+        applied = set()
+    found = matched_entries(rows, exclusion)
+    return [unmatched_warning(e) for e in sorted(exclusion)
+            if e not in found and entry_digest(e) not in applied]
 
 
 def verify(path: str | os.PathLike, exclusion: frozenset[str] | set[str] = frozenset(),

@@ -420,8 +420,9 @@ class Download(Stage):
         got = None
         try:
             got = downloader.fetch(url, rng=rng)
-            if hashlib.sha256(got.data).hexdigest() in excluded:
-                return schema.drop(row, self.name, "excluded", "content hash is on the "
+            sha = hashlib.sha256(got.data).hexdigest()
+            if sha in excluded:
+                return schema.drop(dict(row, sha256=sha), self.name, "excluded", "content hash is on the "
                                    "exclusion list")
             width, height = downloader.validate(got.data, url)
         except DownloadError as e:

@@ -234,7 +234,22 @@ def push_to_hub(export_dir: str | os.PathLike, repo_id: str, *, token: str | Non
     if not (folder / "README.md").is_file() or not (folder / "data").is_dir():
         raise DatasetError(f"{export_dir}: not an export folder (run `reface_hq export` first)")
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                      commit_message="Upload Reface-HQ export")
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                          commit_message="Upload Reface-HQ export")
+    except _hub_errors() as e:
+        # No network, no token, no access: one line naming the repo and the cause; the
+        # local export is complete and stays.
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"push to Hugging Face dataset repo {repo_id} failed "
+                           f"({type(e).__name__}: {cause}); the local export in "
+                           f"{export_dir} is complete") from None
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """The errors huggingface_hub raises for network, token and HTTP failures: OSError and
+    the HTTP client's base error (httpx or requests, whichever its version uses)."""
+    from huggingface_hub.errors import HfHubHTTPError
+    return (OSError, *(c for c in HfHubHTTPError.__mro__ if c.__name__ == "HTTPError"))

@@ -112,7 +112,10 @@ class FolderSource:
                 continue
             # A name that is not UTF-8 is kept exactly (path_text is reversible) and shown
             # with %XX escapes; the table and the ids stay valid UTF-8.
-            origin = name_id(f"{root.name}/{rel.as_posix()}")
+            # A named source prefixes its own name, so two sources whose folders share a
+            # name never share origins (nor exclusion entries); unnamed, the folder's name.
+            prefix = root.name if self.name == safe_name(root.name) else self.name
+            origin = name_id(f"{prefix}/{rel.as_posix()}")
             hint = self._hint(rel)
             row = schema.new_row(
                 row_id=schema.stable_id(self.name, origin), source=self.name, origin=origin,

@@ -27,6 +27,7 @@ from reface_core.imageio import (
 from reface_core.iqa import MusiqScorer  # shared with the benchmark's musiq metric
 
 from . import schema
+from .exclusion import row_keys
 from .stage_protocol import Stage, process_cache
 
 
@@ -88,8 +89,8 @@ class Decode(Stage):
 
     def process_row(self, row: dict) -> list[dict]:
         excluded = set(self.exclusion)
-        if row.get("origin") in excluded:
-            return [schema.drop(row, self.name, "excluded", "origin is on the exclusion list")]
+        if row_keys(row) & excluded:
+            return [schema.drop(row, self.name, "excluded", "origin or path is on the exclusion list")]
         path = row.get("local_path")
         path = path_from_text(path) if path else None
         if not path or not Path(path).is_file():
@@ -101,7 +102,7 @@ class Decode(Stage):
         data = Path(path).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         if sha in excluded:
-            return [schema.drop(row, self.name, "excluded", "content hash is on the exclusion list")]
+            return [schema.drop(dict(row, sha256=sha), self.name, "excluded", "content hash is on the exclusion list")]
         try:
             image = load_image(data, max_pixels=self.max_pixels, name=row.get("origin"))
         except ImageTooLargeError as e:

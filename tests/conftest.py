@@ -108,3 +108,14 @@ def identities_dataset(data_root, tmp_path_factory) -> Path:
         out=str(out), output_size=256, transform_size=512, align_padding=False,
         progress=False, musiq="off", captions=True, test_fraction=0.2, seed=0))
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The docs test's counts: commands run, checked for a clean failure, skipped (each
+    with its reason), and every command that broke its promise."""
+    import sys
+    docs = sys.modules.get("test_docs")
+    if docs is not None and docs.OUTCOMES:
+        from docs_harness import report
+        terminalreporter.write_sep("-", "docs as tests")
+        terminalreporter.write_line(report(docs.OUTCOMES))

@@ -214,3 +214,27 @@ def test_batch_indices_cover_epochs_and_shard_processes():
     assert p0 + p1 == whole
     with pytest.raises(ValueError, match="fewer than one global batch"):
         batch_indices(0, n=3, batch_size=4, seed=0)
+
+
+def test_any_preset_trains_fitted_files_and_the_real_world_preset_included(tmp_path):
+    import yaml
+
+    from degradations import Degrader, get_preset
+    from mgfr.data import normalize_mix
+    spec = get_preset("real-world").to_dict()
+    spec["name"] = "my-fit"
+    path = tmp_path / "my-fit.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert normalize_mix({"real-world": 1, str(path): 3}) == {"real-world": 0.25, str(path): 0.75}
+    builder = BatchBuilder({"real-world": 1, str(path): 1}, negative_rate=0.0, seed=5)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    hq = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    lq = builder.degrade_by_plan(hq, ["a/e0", "b/e0"], ["real-world", str(path)])
+    for k, (name, image_id) in enumerate([("real-world", "a/e0"), (str(path), "b/e0")]):
+        want, _ = Degrader(name)(faces[k], seed=5, image_id=image_id)
+        got = (lq[k].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(got - want).max() <= 1
+    spec["stages"][0]["sigma_x"] = [5.0, 1.0]  # inverted: refused with the file's name
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="my-fit.yaml.*low <= high"):
+        normalize_mix({str(path): 1})

@@ -217,7 +217,7 @@ def test_outputs_inside_a_source_folder_are_not_read_back_as_photos(tmp_path, ph
         origins = sorted(r["origin"] for r in source_rows(config))
         expected = ["photos/alice/a.png", "photos/bob/a.png"]
         if work is None:  # the "w" folder is then only a source, not the work folder
-            expected.append("work/aligned-0123/y-0.png")
+            expected.append("w/aligned-0123/y-0.png")  # a named source's origins use its name
         assert origins == sorted(expected)
 
 
