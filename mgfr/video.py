@@ -132,6 +132,7 @@ def build_restorer(args: argparse.Namespace):
                              dtype=args.dtype, scheduler=args.scheduler)
         options = dict(guidance_scale=args.guidance, lambda_na=args.lambda_na,
                        lambda_nq=args.lambda_nq, num_inference_steps=args.steps,
+                       strength=args.strength, one_step=True if args.one_step else None,
                        prompt=args.prompt,
                        negative_attribute_prompt=args.negative_attribute_prompt,
                        negative_quality_prompt=args.negative_quality_prompt)
