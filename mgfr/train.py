@@ -669,25 +669,31 @@ def _peak_memory_mb(device) -> float:
 
 # ---- validation -----------------------------------------------------------------------
 
+def bicubic_degrader(preset: str):
+    """A ``degradations.Degrader`` of ``preset`` whose final resize is always bicubic, so
+    the LQ face *is* the bicubic upsampling of the small degraded face: the baseline every
+    restoration is compared with (validation, scripts/eval_mini.py, the held-out test)."""
+    from degradations import Degrader, get_preset
+    from degradations.presets import Preset
+    spec = get_preset(preset).to_dict()
+    for st in spec["stages"]:
+        if st.get("kind") == "resize_to":
+            st["modes"] = ["bicubic"]
+    return Degrader(Preset.from_dict({**spec, "name": f"{spec['name']}-bicubic"}))
+
+
 def validation_set(data: Path, cfg: TrainConfig, resolution: int,
                    cache_dir: str | os.PathLike | None = None):
     """Fixed test-split faces (sorted by face id, first ``validation_faces``), their LQ
     (fixed seed; the preset's final resize made bicubic, so the LQ input *is* the bicubic
     upsampling of the small degraded image), references and identity embeddings."""
-    from degradations import Degrader, get_preset
-    from degradations.presets import Preset
     from reface_hq.dataset import FaceTrainingDataset
 
     from .data import normalize_mix
     ds = FaceTrainingDataset(data, "test", n_references=cfg.n_references, size=resolution,
                              seed=cfg.validation_seed, embedder=cfg.embedder, cache_dir=cache_dir)
     name = cfg.validation_preset or next(iter(normalize_mix(cfg.degradation)))
-    spec = get_preset(name).to_dict()
-    for st in spec["stages"]:
-        if st.get("kind") == "resize_to":
-            st["modes"] = ["bicubic"]
-    preset = Preset.from_dict({**spec, "name": f"{spec['name']}-bicubic"})
-    deg = Degrader(preset)
+    deg = bicubic_degrader(name)
     order = sorted(range(len(ds)), key=lambda i: ds.items[i]["face_id"])[:cfg.validation_faces]
     hq, lq, refs, ids, prompts, faces = [], [], [], [], [], []
     for i in order:

@@ -36,13 +36,8 @@ sys.path.insert(0, str(REPO))
 
 
 def lq_faces(hq: np.ndarray, ids: list[str], preset: str, seed: int) -> np.ndarray:
-    from degradations import Degrader, get_preset
-    from degradations.presets import Preset
-    spec = get_preset(preset).to_dict()
-    for st in spec["stages"]:
-        if st.get("kind") == "resize_to":
-            st["modes"] = ["bicubic"]
-    deg = Degrader(Preset.from_dict({**spec, "name": f"{spec['name']}-bicubic"}))
+    from mgfr.train import bicubic_degrader
+    deg = bicubic_degrader(preset)
     return np.stack([deg(h, seed=seed, image_id=i)[0] for h, i in zip(hq, ids)])
 
 
