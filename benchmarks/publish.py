@@ -646,8 +646,8 @@ def _provenance(results: Results) -> list[dict]:
                 "time_per_image": _duration(secs.mean()) if secs.notna().any() else ""}
         row = {}
         for k, v in r._asdict().items():
-            if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
-                v = ""
+            if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
+                v = ""  # NULL (None, NaN, NaT or pd.NA: a paired dataset has no seed)
             elif isinstance(v, pd.Timestamp):
                 v = v.strftime("%Y-%m-%d %H:%M:%S")
             row[k] = v
