@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+import reface_core  # noqa: F401  (keeps imports offline: reface_core.offline)
+
 _LAZY = {
     "BasePreset": "presets", "get_preset": "presets", "available_presets": "presets",
     "BaseModels": "base", "load_base": "base", "build_base_from_config": "base",
