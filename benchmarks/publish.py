@@ -279,7 +279,8 @@ def write_leaderboard_csv(frame: pd.DataFrame, path: Path) -> None:
     for col in values:
         rounded[col] = [format_value(v) for v in frame[col]]
     for col in rounded.columns:  # names from the store; numbers stay numbers
-        if col not in values and rounded[col].dtype == object:
+        if col not in values and (rounded[col].dtype == object
+                                  or pd.api.types.is_string_dtype(rounded[col])):
             rounded[col] = [neutralize(v) for v in rounded[col]]
     with _atomic(path) as tmp:
         rounded.to_csv(tmp, index=False, lineterminator="\n")

@@ -337,7 +337,8 @@ class Study:
     def new_session(self, client: str = "") -> str:
         """A session for a page load without one. Memory stays bounded without letting a
         flood of page loads evict honest sessions: a client's own idle sessions (no vote
-        yet) go first, then the oldest idle session anywhere; a voter's session goes last."""
+        yet) go first, then the oldest idle session of the client holding the most; a
+        voter's session goes last."""
         sid = secrets.token_urlsafe(18)
         with self.lock:
             idle_here = [k for k, v in self.sessions.items()
@@ -345,8 +346,13 @@ class Study:
             if len(idle_here) >= MAX_IDLE_SESSIONS_PER_CLIENT:
                 del self.sessions[idle_here[0]]
             if len(self.sessions) >= MAX_PENDING:
-                idle = next((k for k, v in self.sessions.items() if not v["votes"]), None)
-                del self.sessions[idle if idle is not None else next(iter(self.sessions))]
+                # the oldest idle session of the client holding the most idle sessions
+                idle: dict[str, list[str]] = {}
+                for k, v in self.sessions.items():
+                    if not v["votes"]:
+                        idle.setdefault(v["client"], []).append(k)
+                victim = max(idle.values(), key=len)[0] if idle else next(iter(self.sessions))
+                del self.sessions[victim]
             self.sessions[sid] = {"started_at": time.time(), "seen": set(), "votes": 0,
                                   "client": client}
         return sid
