@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 from reface_core.atomic import safe_child, write_json_atomic
+from reface_core.fsnames import name_id, path_text, shown
 from reface_core.imageio import iter_image_files, load_image, save_image
 from reface_core.registry import Registry, UnknownNameError
 
@@ -55,8 +56,12 @@ class Item:
     photo: dict | None = None  # whole photos: {"path", "face_index", "matrix"}
 
     def row(self, dataset_hash: str) -> dict:
-        return {"dataset_hash": dataset_hash, "image_id": self.image_id, "identity": self.identity,
-                    "lq_path": self.lq_path, "gt_path": self.gt_path, "ref_paths": list(self.ref_paths)}
+        """The store's row; a path that is not UTF-8 is stored as a ``file://`` URI
+        (``reface_core.fsnames.path_from_text`` reads it back)."""
+        return {"dataset_hash": dataset_hash, "image_id": self.image_id,
+                "identity": self.identity, "lq_path": path_text(self.lq_path),
+                "gt_path": None if self.gt_path is None else path_text(self.gt_path),
+                "ref_paths": [path_text(p) for p in self.ref_paths]}
 
 
 @dataclasses.dataclass
@@ -91,15 +96,20 @@ def _digest(config: dict, files: list[tuple[str, Path | None]]) -> str:
 
 
 def _image_id(root: Path, path: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
+    """The relative path without suffix; bytes that are not UTF-8 as ``%XX``."""
+    return name_id(path.relative_to(root).with_suffix("").as_posix())
 
 
-def _images_by_id(folder: Path) -> dict[str, Path]:
+def _images_by_id(folder: Path, skip: Path | None = None) -> dict[str, Path]:
+    """Images under ``folder`` by id; those under ``skip`` (a results folder) left out."""
     out: dict[str, Path] = {}
     for p in iter_image_files(folder):
+        if skip is not None and p.resolve().is_relative_to(skip):
+            continue
         key = _image_id(folder, p)
         if key in out:
-            raise DatasetError(f"{folder}: {out[key].name} and {p.name} have the same image id "
+            raise DatasetError(f"{folder}: {shown(out[key].name)} and {shown(p.name)} have the "
+                               f"same image id "
                                f"{key!r} (they differ only in suffix); keep one")
         out[key] = p
     return out
@@ -208,7 +218,7 @@ def load_reface_test(data, results_dir: Path, *, preset: str = "mgfr-medium", se
         items.append(Item(image_id=r["face_id"], lq_path=lq_rel, gt_path=str(gt_used),
                           ref_paths=[str(safe_child(root, x["image_path"])) for x in refs],
                           identity=r["identity"]))
-    return BenchmarkDataset("reface-test", root, items, dataset_hash, dict(config, data=str(root)),
+    return BenchmarkDataset("reface-test", root, items, dataset_hash, dict(config, data=path_text(root)),
                             degradation_preset=preset_obj.name, degradation_seed=int(seed))
 
 
@@ -219,7 +229,8 @@ def load_paired(data, results_dir: Path, *, limit: int | None = None, **unknown)
     lq_dir, gt_dir = root / "lq", root / "gt"
     if not (lq_dir.is_dir() and gt_dir.is_dir()):
         raise DatasetError(f"--data {data}: a paired dataset needs lq/ and gt/ folders")
-    lq, gt = _images_by_id(lq_dir), _images_by_id(gt_dir)
+    skip = Path(results_dir).resolve()
+    lq, gt = _images_by_id(lq_dir, skip), _images_by_id(gt_dir, skip)
     missing = sorted(set(lq) - set(gt))
     if missing:
         raise DatasetError(f"{gt_dir}: no GT for {len(missing)} LQ image(s), e.g. {missing[0]!r}")
@@ -232,10 +243,10 @@ def load_paired(data, results_dir: Path, *, limit: int | None = None, **unknown)
         refs = _refs_for(ref_root, ident)
         items.append(Item(key, str(lq[key]), str(gt[key]), [str(p) for p in refs], ident))
         files += [(f"lq:{key}", lq[key]), (f"gt:{key}", gt[key])]
-        files += [(f"ref:{key}:{p.name}", p) for p in refs]
+        files += [(f"ref:{key}:{name_id(p.name)}", p) for p in refs]
     config = {"kind": "paired", "reference_rule": "ref/<identity>/*" if ref_root else None}
     items = _limit(items, limit)
-    return BenchmarkDataset("paired", root, items, _digest(config, files), dict(config, data=str(root)))
+    return BenchmarkDataset("paired", root, items, _digest(config, files), dict(config, data=path_text(root)))
 
 
 def load_lq_only(data, results_dir: Path, *, limit: int | None = None, **unknown) -> BenchmarkDataset:
@@ -243,7 +254,7 @@ def load_lq_only(data, results_dir: Path, *, limit: int | None = None, **unknown
     root = _need_dir(data, "lq-only")
     lq_dir = root / "lq" if (root / "lq").is_dir() else root
     ref_root = root / "ref" if (root / "ref").is_dir() and lq_dir != root else None
-    lq = _images_by_id(lq_dir)
+    lq = _images_by_id(lq_dir, skip=Path(results_dir).resolve())
     if not lq:
         raise DatasetError(f"{lq_dir}: no images")
     items, files = [], []
@@ -251,10 +262,10 @@ def load_lq_only(data, results_dir: Path, *, limit: int | None = None, **unknown
         ident = _identity_of(key)
         refs = _refs_for(ref_root, ident)
         items.append(Item(key, str(lq[key]), None, [str(p) for p in refs], ident))
-        files += [(f"lq:{key}", lq[key])] + [(f"ref:{key}:{p.name}", p) for p in refs]
+        files += [(f"lq:{key}", lq[key])] + [(f"ref:{key}:{name_id(p.name)}", p) for p in refs]
     config = {"kind": "lq-only", "reference_rule": "ref/<identity>/*" if ref_root else None}
     items = _limit(items, limit)
-    return BenchmarkDataset("lq-only", root, items, _digest(config, files), dict(config, data=str(root)))
+    return BenchmarkDataset("lq-only", root, items, _digest(config, files), dict(config, data=path_text(root)))
 
 
 # --- whole photos --------------------------------------------------------------------
@@ -267,7 +278,7 @@ def load_photos(data, results_dir: Path, *, size: int = 512, detector: str = "dl
     import faces
 
     root = _need_dir(data, "photos")
-    photos = _images_by_id(root)
+    photos = _images_by_id(root, skip=Path(results_dir).resolve())
     if not photos:
         raise DatasetError(f"--data {data}: no images")
     keys = sorted(photos)
@@ -294,7 +305,7 @@ def load_photos(data, results_dir: Path, *, size: int = 512, detector: str = "dl
             items.append(Item(f"{key}_{n:02d}", f["crop"], None, [], None,
                               photo={"path": str(photos[key]), "photo_id": key, "face_index": n,
                                      "matrix": f["matrix"]}))
-    return BenchmarkDataset("photos", root, items, dataset_hash, dict(config, data=str(root)))
+    return BenchmarkDataset("photos", root, items, dataset_hash, dict(config, data=path_text(root)))
 
 
 def _no_options(name: str, unknown: dict) -> None:

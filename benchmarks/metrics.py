@@ -89,6 +89,10 @@ class Metric:
     needs: str | None = None
     description = ""
     embedder: str | None = None
+    #: The smallest side (px) of an output the metric gives a meaningful value for; the
+    #: harness stores a smaller output as ``unavailable`` with this number, rather than a
+    #: value (landmarks on a 1x1 image are all at one point: distance 0.0, the best).
+    min_size = 1
 
     def __init__(self, device: str = "cpu"):
         self.device = device
@@ -169,6 +173,8 @@ class PSNR(Metric):
 
 
 class SSIM(PSNR):
+    min_size = 11  # its Gaussian window
+
     def __call__(self, s):
         return ssim(s.output, self._same_size(s), self.crop_border, self.y_channel)
 
@@ -206,6 +212,7 @@ class Identity(Metric):
     """Cosine (``ids``) or angle in degrees (``deg``) to the GT, else to the references."""
 
     needs = "gt_or_refs"
+    min_size = 32  # the embedders' face crop refuses less
 
     def __init__(self, device="cpu", embedder="auto", degrees=False, target="auto"):
         super().__init__(device)
@@ -252,6 +259,7 @@ class Identity(Metric):
 
 class LandmarkDistance(Metric):
     direction, needs = "lower", "gt"
+    min_size = 32  # below, dlib's 68 points collapse onto a few pixels
 
     def prepare(self):
         from faces.detection import load_shape_predictor
@@ -301,6 +309,7 @@ def _pil_half_bicubic(img: np.ndarray) -> np.ndarray:
 class NIQESkvideo(Metric):
     direction = "lower"
     patch_size = 96
+    min_size = 2 * patch_size + 2  # two whole patches at half scale
 
     def prepare(self):
         import importlib.util
@@ -375,6 +384,7 @@ class _PlainUnpickler:
 
 class BRISQUEPypi(Metric):
     direction = "lower"
+    min_size = 16  # its features are NaN below, and cv2 raises on a 1-px side
 
     def prepare(self):
         import importlib.util
@@ -475,6 +485,7 @@ def _to_tensor(img: np.ndarray, device: str):
 
 class LPIPS(Metric):
     direction, needs = "lower", "gt"
+    min_size = 32  # AlexNet's strides and pools leave nothing of 30 px
 
     def __init__(self, device="cpu", lpips_path=None, alexnet_path=None, random_weights_seed=None):
         super().__init__(device)
@@ -520,6 +531,7 @@ class LPIPS(Metric):
 
 class MUSIQ(Metric):
     direction = "higher"
+    min_size = 32  # its patch size
 
     def __init__(self, device="cpu", path=None):
         super().__init__(device)
@@ -617,6 +629,7 @@ class CLIPIQA(Metric):
     positional embedding so any image size works)."""
 
     direction = "higher"
+    min_size = 32  # ResNet-50 divides the side by 32
 
     def __init__(self, device="cpu", path=None, random_weights_seed=None):
         super().__init__(device)
@@ -650,6 +663,7 @@ class MANIQA(Metric):
     ``test_sample`` uniform 224 px crops (pyiqa's default 20)."""
 
     direction = "higher"
+    min_size = 224  # its crops
 
     def __init__(self, device="cpu", path=None, random_weights_seed=None, test_sample=20):
         super().__init__(device)

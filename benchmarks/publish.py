@@ -264,10 +264,24 @@ def value_columns(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading ``'`` before a formula start."""
+    return "'" + text if isinstance(text, str) and text.startswith(FORMULA_STARTS) else text
+
+
 def write_leaderboard_csv(frame: pd.DataFrame, path: Path) -> None:
     rounded = frame.copy()
-    for col, _, _ in value_columns(frame):
+    values = {col for col, _, _ in value_columns(frame)}
+    for col in values:
         rounded[col] = [format_value(v) for v in frame[col]]
+    for col in rounded.columns:  # names from the store; numbers stay numbers
+        if col not in values and (rounded[col].dtype == object
+                                  or pd.api.types.is_string_dtype(rounded[col])):
+            rounded[col] = [neutralize(v) for v in rounded[col]]
     with _atomic(path) as tmp:
         rounded.to_csv(tmp, index=False, lineterminator="\n")
 
@@ -291,13 +305,14 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, floa
     """Mean and the Student-t confidence interval of the mean over images."""
     from scipy import stats
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+    v = v[~np.isnan(v)]
     n = int(v.size)
     if n == 0:
         return float("nan"), float("nan"), float("nan"), 0
     mean = float(v.mean())
-    if n == 1:
-        return mean, mean, mean, 1
+    if n == 1 or not np.isfinite(mean):
+        # PSNR of an exact copy is inf: the mean is inf, and has no interval
+        return mean, mean, mean, n
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
     return mean, mean - half, mean + half, n
 
@@ -336,15 +351,25 @@ def plot_metric_bars(labels: list[str], stats_rows: list[dict], metric: str, dir
     fig, ax = plt.subplots(figsize=(max(3.2, 0.9 * len(labels) + 1.6), 2.8))
     means = np.array([r["mean"] for r in stats_rows], dtype=np.float64)
     x = np.arange(len(labels))
-    heights = np.nan_to_num(means, nan=0.0)
+    finite = means[np.isfinite(means)]
+    # An infinite mean (PSNR of an exact copy) is drawn to the top of the axis and
+    # labelled, not left out: it is the best run's bar.
+    ceiling = float(finite.max()) * 1.15 if finite.size and finite.max() > 0 else 1.0
+    heights = np.nan_to_num(means, nan=0.0, posinf=ceiling, neginf=0.0)
     bars = ax.bar(x, heights, color="#4c78a8", width=0.6)
     if kind == "image":
         lo = np.array([r["lo"] for r in stats_rows])
         hi = np.array([r["hi"] for r in stats_rows])
-        err = np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)])
+        with np.errstate(invalid="ignore"):  # inf - inf: no interval
+            err = np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)])
         ax.errorbar(x, heights, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1)
     for bar, r in zip(bars, stats_rows):
-        if not np.isfinite(r["mean"]):
+        if np.isinf(r["mean"]):
+            bar.set_hatch("//")
+            ax.annotate("+∞" if r["mean"] > 0 else "-∞",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=9, fontweight="bold")
+        elif not np.isfinite(r["mean"]):
             bar.set_alpha(0.0)
             ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center",
                         va="bottom", fontsize=8, color="#a00")
@@ -354,10 +379,10 @@ def plot_metric_bars(labels: list[str], stats_rows: list[dict], metric: str, dir
     ci = "mean over images, 95% CI" if kind == "image" else "dataset value"
     ax.set_title(f"{metric} ({arrow}; {ci})", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    finite = means[np.isfinite(means)]
     if finite.size and kind == "image":
         lo_all = np.nanmin([r["lo"] for r in stats_rows if np.isfinite(r["lo"])])
-        hi_all = np.nanmax([r["hi"] for r in stats_rows if np.isfinite(r["hi"])])
+        hi_all = np.nanmax([r["hi"] for r in stats_rows if np.isfinite(r["hi"])]
+                           + ([ceiling] if np.isposinf(means).any() else []))
         span = max(hi_all - lo_all, 1e-9)
         # Bars from zero hide differences of PSNR-like metrics; start the axis just below
         # the lowest interval when every value is positive and far from zero.
@@ -573,7 +598,7 @@ def _pretty_json(value) -> str:
 def _md_escape(value) -> str:
     # Markdown renderers pass raw HTML through, so markup in a name is escaped; a pipe or a
     # line break inside a cell would end the table cell or row.
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = neutralize(str(value)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
@@ -646,8 +671,8 @@ def _provenance(results: Results) -> list[dict]:
                 "time_per_image": _duration(secs.mean()) if secs.notna().any() else ""}
         row = {}
         for k, v in r._asdict().items():
-            if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
-                v = ""
+            if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
+                v = ""  # NULL (None, NaN, NaT or pd.NA: a paired dataset has no seed)
             elif isinstance(v, pd.Timestamp):
                 v = v.strftime("%Y-%m-%d %H:%M:%S")
             row[k] = v
@@ -739,6 +764,7 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                               "best": i in best.get(col, ()),
                               "title": f"{n_s} scored, {n_u} unavailable"})
             table_rows.append({"label": labels[row["run_id"]], "row": row, "cells": cells})
+        page.update(vcols=vcols, board_rows=table_rows)  # the overview shows it too
         html_text = env.get_template("dataset.html.j2").render(
             page=page, css=css, js=js, nav_pages=nav, vcols=vcols, rows=table_rows,
             notes=notes, plots=plots, scatter=scatter, grid=grid, n_cols=n_cols, decimals=DECIMALS,
@@ -783,6 +809,10 @@ def publish(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     _check_out_folder(out, root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    from reface_core.atomic import current_umask
+    # mkdtemp makes 0700; the site is for a web server (another user): follow the umask
+    # as mkdir would.
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         summary = build_site(results, tmp, grid_images=grid_images, n_refs=n_refs, note=note)
         (tmp / SITE_MARKER).write_text("written by python -m benchmarks.publish\n")
@@ -833,6 +863,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", default="", metavar="TEXT",
                    help="a sentence shown at the top of every page, e.g. what was trained "
                         "how long on what")
+    from reface_core.cli import add_quiet
+    add_quiet(p, help="print nothing but errors (the files written are the same)")
     p.set_defaults(func=run_cli)
 
 
@@ -843,6 +875,8 @@ def run_cli(args) -> int:
     except PublishError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "quiet", False):
+        return 0
     for d in summary["datasets"]:
         print(f"{d['dataset']} ({d['runs']} finished runs): {Path(summary['site']) / d['csv']}")
     print(f"report: {summary['index']}")

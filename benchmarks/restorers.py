@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -64,6 +65,54 @@ def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(img, (w, h), interpolation=interp))
 
 
+#: Bounds of method options, checked when a method is built (before any work): a typo
+#: such as ``size=60000`` or ``steps=-1`` is one line, not a 10 GB allocation or a row per
+#: image. ``MAX_SIZE`` is the largest output side a restorer is asked for.
+MAX_SIZE = 4096
+MAX_STEPS = 1000
+MAX_WEIGHT = 100.0
+
+
+def whole_option(method: str, key: str, value, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]; 1.5, inf, nan and text are refused by name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        number = int(number) if math.isfinite(number) and number == int(number) else None
+    if number is None or not lo <= number <= hi:
+        raise ValueError(f"{method}: {key} must be a whole number in [{lo}, {hi}], "
+                         f"got {value!r}")
+    return number
+
+
+def number_option(method: str, key: str, value, lo: float, hi: float) -> float:
+    """``value`` as a finite float in [lo, hi]."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and lo <= number <= hi):
+        raise ValueError(f"{method}: {key} must be a finite number in [{lo:g}, {hi:g}], "
+                         f"got {value!r}")
+    return number
+
+
+def flag_option(method: str, key: str, value) -> bool:
+    """true/false, yes/no, 1/0 (any case); anything else is refused, not read as false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{method}: {key} must be true or false, got {value!r}")
+
+
 class Restorer:
     name = ""
     uses_references = False
@@ -93,9 +142,7 @@ class Bicubic(Restorer):
     name = "bicubic"
 
     def __init__(self, size: int | None = None):
-        self.size = None if size is None else int(size)
-        if self.size is not None and self.size < 1:
-            raise ValueError(f"bicubic: size must be >= 1, got {size}")
+        self.size = None if size is None else whole_option("bicubic", "size", size, 1, MAX_SIZE)
 
     def config(self):
         return {"size": self.size, "interpolation": "cv2.INTER_CUBIC"}
@@ -121,22 +168,32 @@ class Folder(Restorer):
         if not self.dir.is_dir():
             raise ValueError(f"folder: dir={dir} is not a folder")
         self.method = method or self.dir.name
+        self.files = self._list_files()
+
+    def _list_files(self) -> dict[str, Path]:
+        """image id -> file; two files of one id (``a.png`` and ``a.jpg``) are refused
+        rather than one picked at random."""
+        from reface_core.fsnames import name_id, shown
+        from reface_core.imageio import iter_image_files
+        files: dict[str, Path] = {}
+        for p in iter_image_files(self.dir):
+            key = name_id(p.relative_to(self.dir).with_suffix("").as_posix())
+            if key in files:
+                raise ValueError(f"folder: {shown(files[key])} and {shown(p.name)} are both "
+                                 f"outputs of image id {key!r}; keep one")
+            files[key] = p
+        return files
 
     def config(self):
-        from reface_core.imageio import iter_image_files
         h = hashlib.sha256()
-        self.files: dict[str, Path] = {}
-        for p in iter_image_files(self.dir):
-            key = p.relative_to(self.dir).with_suffix("").as_posix()
-            self.files.setdefault(key, p)
+        self.files = self._list_files()
+        for key, p in self.files.items():
             h.update(key.encode() + b"\0" + file_digest(p).encode())
         # The content digest, not the path, names the outputs: a refilled folder is a new run.
         return {"method": self.method, "content_sha256": h.hexdigest()}
 
     def restore(self, lq, references, *, image_id, out_size):
         from reface_core.imageio import load_image
-        if not hasattr(self, "files"):
-            self.config()
         p = self.files.get(image_id)
         if p is None:
             raise FileNotFoundError(f"{self.dir}: no output for image id {image_id!r}")
@@ -213,9 +270,7 @@ class CodeFormer(_SpandrelFace):
 
     def __init__(self, w: float = 0.5, path: str | None = None):
         super().__init__(path)
-        self.w = float(w)
-        if not 0.0 <= self.w <= 1.0:
-            raise ValueError(f"codeformer: w must be in [0, 1], got {w}")
+        self.w = number_option("codeformer", "w", w, 0.0, 1.0)
 
     def config(self):
         return {"w": self.w, "adain": True, "input": "resize to 512 (area/bicubic)"}
@@ -251,18 +306,24 @@ class MGFR(Restorer):
         self.adapters, self.base = adapters, base
         if isinstance(one_step, str):
             one_step = one_step.lower() in ("1", "true", "yes")
+        if strength is not None:
+            strength = number_option("mgfr", "strength", strength, 0.0, 1.0)
+            if strength <= 0:
+                raise ValueError(f"mgfr: strength must be in (0, 1], got {strength}")
+        # Checked here, before any model loads (the pipeline would refuse them only per image).
+        weights = {k: None if v is None else number_option("mgfr", k, v, 0.0, MAX_WEIGHT)
+                   for k, v in (("guidance_scale", guidance_scale), ("lambda_na", lambda_na),
+                                ("lambda_nq", lambda_nq))}
         self.call_options = {k: v for k, v in {
-            "strength": None if strength is None else float(strength),
+            "strength": strength,
             "one_step": None if one_step is None else bool(one_step),
-            "num_inference_steps": None if steps is None else int(steps),
-            "guidance_scale": None if guidance_scale is None else float(guidance_scale),
-            "lambda_na": None if lambda_na is None else float(lambda_na),
-            "lambda_nq": None if lambda_nq is None else float(lambda_nq),
+            "num_inference_steps": None if steps is None
+            else whole_option("mgfr", "steps", steps, 1, MAX_STEPS),
+            **weights,
             "prompt": prompt, "negative_attribute_prompt": negative_attribute_prompt,
             "negative_quality_prompt": negative_quality_prompt}.items() if v is not None}
-        self.seed = int(seed)
-        self.use_references = bool(use_references) if not isinstance(use_references, str) \
-            else use_references.lower() in ("1", "true", "yes")
+        self.seed = whole_option("mgfr", "seed", seed, 0, 2 ** 63 - 1)
+        self.use_references = flag_option("mgfr", "use_references", use_references)
 
     def config(self):
         return {"adapters": self.adapters, "base": self.base, "seed": self.seed,

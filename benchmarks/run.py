@@ -129,6 +129,7 @@ class RunSummary:
     n_ok: int = 0
     n_failed: int = 0
     n_reused: int = 0
+    n_scores_failed: int = 0
     seconds_restore: float = 0.0
     seconds_metrics: dict = field(default_factory=dict)
     seconds_total: float = 0.0
@@ -174,6 +175,32 @@ def save_output(path: Path, image: np.ndarray) -> None:
         raise ValueError(f"{path}: could not encode the output as PNG")
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+def score_one(metric: M.Metric, sample: M.Sample) -> tuple[float | None, str, str | None]:
+    """(value, status, reason) of one metric on one image. Any exception of the metric
+    on this image (``cv2.error`` on a 1-px side, say) becomes that image's ``failed`` row
+    with the reason: one image never ends the run, nor every rerun after it."""
+    name = metric.name
+    small = min(sample.output.shape[:2])
+    need = metric.min_size
+    if small < need:
+        return None, "unavailable", (f"{name} needs images of at least {need} px on each "
+                                     f"side, got {sample.output.shape[1]}x{sample.output.shape[0]}")
+    try:
+        value = float(metric(sample))
+    except M.MetricUnavailable as e:
+        return None, "unavailable", str(e)
+    except Exception as e:  # noqa: BLE001 - failures are data (Ctrl-C is not an Exception)
+        return None, "failed", f"{name} failed: {_one_line(e)}"
+    if np.isnan(value):
+        return None, "unavailable", f"{name} is NaN here"
+    return value, "ok", None
 
 
 def _now():
@@ -332,16 +359,8 @@ class Benchmark:
                 if name in self.unavailable:
                     value, status, why = None, "unavailable", self.unavailable[name]
                 else:
-                    try:
-                        value, status, why = float(m(sample)), "ok", None
-                        if np.isnan(value):
-                            value, status, why = None, "unavailable", f"{name} is NaN here"
-                    except M.MetricUnavailable as e:
-                        value, status, why = None, "unavailable", str(e)
-                    except (ValueError, RuntimeError, np.linalg.LinAlgError) as e:
-                        # a metric that breaks on one image (a degenerate output, say) is a
-                        # row with the error, not the end of the run
-                        value, status, why = None, "unavailable", f"{name} failed: {e}"
+                    value, status, why = score_one(m, sample)
+                    summary.n_scores_failed += status == "failed"
                 summary.seconds_metrics[name] = summary.seconds_metrics.get(name, 0.0) + \
                     time.perf_counter() - t0
                 rows.append({"run_id": run_id, "image_id": item.image_id, "metric": name,
@@ -349,7 +368,11 @@ class Benchmark:
                              "embedder": m.embedder})
             for name, feats in fid_feats.items():
                 t0 = time.perf_counter()
-                feats[item.image_id] = self.metrics[name].features([output])[0]
+                try:
+                    feats[item.image_id] = self.metrics[name].features([output])[0]
+                except Exception as e:  # noqa: BLE001 - one image, not the whole run
+                    # left out of the dataset metric; its row counts the images it used
+                    print(f"warning: {name}: {item.image_id}: {_one_line(e)}", file=sys.stderr)
                 summary.seconds_metrics[name] = summary.seconds_metrics.get(name, 0.0) + \
                     time.perf_counter() - t0
             if out_row is not None:
@@ -535,6 +558,9 @@ def format_summary(out: str | Path, summaries: list[RunSummary],
             extra.append(f"skipped {s.label}: {s.reason}")
         elif s.status == "failed":
             extra.append(f"{s.label}: {s.reason}")
+        if s.n_scores_failed:
+            extra.append(f"{s.label}: {s.n_scores_failed} scores failed "
+                         "(see image_scores.reason)")
     for m, why in notes.items():
         extra.append(f"unavailable {m}: {why}")
     if any(r["n_unavailable"] and r["n_scored"] for r in board):
@@ -597,7 +623,9 @@ def command(args) -> int:
         return 2
     print(format_summary(args.out, summaries, metrics or list(M.DEFAULT_METRICS)))
     print(f"\nresults: {Path(args.out) / 'results.duckdb'}")
-    return 0
+    # 1: finished, but some rows failed (images a method could not restore, scores a
+    # metric could not compute); their rows say why. A skipped method is not a failure.
+    return 1 if any(s.status == "failed" or s.n_scores_failed for s in summaries) else 0
 
 
 def add_subcommands(subparsers) -> None:

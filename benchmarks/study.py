@@ -75,6 +75,12 @@ PAIR_TTL = 6 * 3600
 #: Pending pairs kept at most (the oldest go first), so a flood of page loads cannot grow
 #: the server's memory without bound.
 MAX_PENDING = 20000
+#: Sessions without a vote one client address may hold; its oldest goes first, so a flood
+#: of page loads from one place evicts only its own sessions, never a voter's.
+MAX_IDLE_SESSIONS_PER_CLIENT = 50
+#: Seconds a client may take to send a whole request body (a vote form is one packet); a
+#: slow body is answered 408 rather than holding a connection open.
+BODY_TIMEOUT = 10.0
 COOKIE = "reface_study_session"
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 Z95 = 1.959963984540054
@@ -286,19 +292,26 @@ class Study:
                 "SELECT least(left_run, right_run) AS a, greatest(left_run, right_run) AS b, "
                 "count(*) AS n FROM study_votes WHERE study = ? GROUP BY ALL", [config.study])
         self.media: dict[str, Path] = {}
+        self.allowed_roots = _allowed_roots(self.root, self.runs)
+
+        def servable(p: Path | None) -> bool:
+            # An edited store may name any file (/etc/passwd): only images inside the
+            # results folder or a run's dataset folder are ever served.
+            return p is not None and p.is_file() and any(
+                p.resolve().is_relative_to(r) for r in self.allowed_roots)
         by_image: dict[str, dict[str, Path]] = {}
         for o in outputs:
             p = resolve_store_path(self.root, o["output_path"])
-            if p is not None and p.is_file():
+            if servable(p):
                 by_image.setdefault(o["image_id"], {})[o["run_id"]] = p
         self.items: list[Item] = []
         for image_id in sorted(by_image):
             outs, rec = by_image[image_id], images.get(image_id)
             lq = resolve_store_path(self.root, rec["lq_path"]) if rec else None
-            if len(outs) < len(run_ids) or lq is None or not lq.is_file():
+            if len(outs) < len(run_ids) or not servable(lq):
                 continue  # every pair must be possible on every item shown
             refs = [resolve_store_path(self.root, r) for r in _json_list(rec.get("ref_paths"))]
-            refs = [r for r in refs if r is not None and r.is_file()][:config.refs]
+            refs = [r for r in refs if servable(r)][:config.refs]
             self.items.append(Item(image_id, self._media(lq),
                                    {rid: self._media(p) for rid, p in outs.items()},
                                    [self._media(r) for r in refs]))
@@ -321,12 +334,27 @@ class Study:
         return key
 
     # --- pairs -------------------------------------------------------------------------
-    def new_session(self) -> str:
+    def new_session(self, client: str = "") -> str:
+        """A session for a page load without one. Memory stays bounded without letting a
+        flood of page loads evict honest sessions: a client's own idle sessions (no vote
+        yet) go first, then the oldest idle session of the client holding the most; a
+        voter's session goes last."""
         sid = secrets.token_urlsafe(18)
         with self.lock:
-            self.sessions[sid] = {"started_at": time.time(), "seen": set(), "votes": 0}
-            if len(self.sessions) > MAX_PENDING:
-                self.sessions.pop(next(iter(self.sessions)))
+            idle_here = [k for k, v in self.sessions.items()
+                         if v["client"] == client and not v["votes"]]
+            if len(idle_here) >= MAX_IDLE_SESSIONS_PER_CLIENT:
+                del self.sessions[idle_here[0]]
+            if len(self.sessions) >= MAX_PENDING:
+                # the oldest idle session of the client holding the most idle sessions
+                idle: dict[str, list[str]] = {}
+                for k, v in self.sessions.items():
+                    if not v["votes"]:
+                        idle.setdefault(v["client"], []).append(k)
+                victim = max(idle.values(), key=len)[0] if idle else next(iter(self.sessions))
+                del self.sessions[victim]
+            self.sessions[sid] = {"started_at": time.time(), "seen": set(), "votes": 0,
+                                  "client": client}
         return sid
 
     def issue_pair(self, session_id: str) -> Pair:
@@ -401,6 +429,23 @@ class Study:
             return {"winner": winner, "loser": loser}
 
 
+def _allowed_roots(results: Path, runs: list[dict]) -> list[Path]:
+    """The folders the study may serve images from: the results folder and each chosen
+    run's dataset folder (``dataset_config.data``)."""
+    from reface_core.fsnames import path_from_text
+    roots = [results.resolve()]
+    for r in runs:
+        try:
+            cfg = r.get("dataset_config")
+            cfg = json.loads(cfg) if isinstance(cfg, str) else (cfg or {})
+            data = cfg.get("data") if isinstance(cfg, dict) else None
+        except (ValueError, TypeError):
+            data = None
+        if data:
+            roots.append(path_from_text(data).resolve())
+    return roots
+
+
 class VoteRefused(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -415,11 +460,12 @@ class BodyLimit:
     """ASGI middleware: refuse a request body over ``limit`` bytes before the app sees it.
 
     The declared Content-Length is checked first; a body sent without one (chunked) is
-    read up to the limit and refused as soon as it passes it.
+    read up to the limit and refused as soon as it passes it. The whole body must arrive
+    within ``timeout`` seconds (408 otherwise).
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout: float = BODY_TIMEOUT):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -434,9 +480,17 @@ class BodyLimit:
                     return await PlainTextResponse("bad content-length", 400)(scope, receive, send)
                 if declared > self.limit:
                     return await too_big(scope, receive, send)
+        import asyncio
         chunks, size, more = [], 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                slow = PlainTextResponse("request body too slow", status_code=408,
+                                         headers={"Connection": "close"})
+                return await slow(scope, receive, send)
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
@@ -501,7 +555,7 @@ def create_app(study: Study):
         sid = session_of(request)
         new = sid is None
         if new:
-            sid = study.new_session()
+            sid = study.new_session(request.client.host if request.client else "")
         pair = study.issue_pair(sid)
         html = page.render(css=css, base=base, pair=pair, votes=study.sessions[sid]["votes"],
                            message=request.query_params.get("m", "") == "busy")

@@ -27,6 +27,8 @@ class _NoEmptyFp32Notice(logging.Filter):
 # No import of diffusers here: a filter on a named logger needs only ``logging``.
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Notice())
 
+import reface_core  # noqa: F401  (keeps imports offline: reface_core.offline)
+
 _LAZY = {
     "BasePreset": "presets", "get_preset": "presets", "available_presets": "presets",
     "BaseModels": "base", "load_base": "base", "build_base_from_config": "base",

@@ -165,6 +165,61 @@ def guess_preset(unet_config: dict) -> str:
                      f"MGFR preset; add {BASE_FILE} naming one")
 
 
+#: Face sides a base may work at: the latent side is resolution / 8 (the VAE's factor).
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 2048
+
+
+def check_resolution(value, label: str) -> int:
+    """A resolution from a file: a whole multiple of 8 in [8, 2048], else ``ValueError``."""
+    ok = (isinstance(value, int) and not isinstance(value, bool)
+          and MIN_RESOLUTION <= value <= MAX_RESOLUTION and value % 8 == 0)
+    if not ok:
+        raise ValueError(f"{label} must be a whole multiple of 8 in [{MIN_RESOLUTION}, "
+                         f"{MAX_RESOLUTION}], got {value!r}")
+    return value
+
+
+#: Weights files of a base folder's parts, as diffusers and transformers save them.
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors",
+           "vae": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+
+
+def _check_part(folder: Path, sub: str, allow_pickle: bool) -> None:
+    """Bound the part's config.json and check it against its safetensors header; without
+    safetensors weights the part is refused unless pickled weights were allowed."""
+    from diffusers import UNet2DConditionModel
+
+    from .checked import check_fits_weights, read_config, safetensors_shapes
+
+    config = read_config(folder / sub / "config.json")
+    shapes = safetensors_shapes(folder / sub, WEIGHTS[sub])
+    if shapes is None:
+        if allow_pickle:
+            return
+        raise ValueError(f"{folder / sub}: no {WEIGHTS[sub]} (base folders are read from "
+                         f"safetensors; pickled .bin weights only with --allow-pickle)")
+    if sub == "text_encoder":
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        def build():
+            return CLIPTextModel(CLIPTextConfig.from_dict(config))
+    else:
+        cls = UNet2DConditionModel if sub == "unet" else vae_class(_saved_class(folder / sub))
+
+        def build():
+            return cls.from_config(config)
+    check_fits_weights(build, shapes, str(folder / sub))
+
+
+def allow_pickled_bases(allow: bool | None = None) -> bool:
+    """Whether pickled ``.bin`` base weights may be read (restricted unpickler, no code):
+    ``allow`` when given, else ``$MGFR_ALLOW_PICKLE=1``. The default is safetensors only."""
+    import os
+    if allow is not None:
+        return bool(allow)
+    return os.environ.get("MGFR_ALLOW_PICKLE", "").strip() in ("1", "true", "yes")
+
+
 def _as_list(v):
     return v if isinstance(v, (list, tuple)) else [v]
 
@@ -180,6 +235,8 @@ def read_base_file(folder: str | Path) -> dict:
         if not isinstance(info, dict) or "preset" not in info:
             raise ValueError(f"{f}: must be a JSON object with a 'preset' key")
         get_preset(info["preset"])
+        if "resolution" in info:
+            info["resolution"] = check_resolution(info["resolution"], f"{f}: resolution")
         return info
     unet_cfg = folder / "unet" / "config.json"
     if not unet_cfg.is_file():
@@ -188,8 +245,14 @@ def read_base_file(folder: str | Path) -> dict:
 
 
 def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
-                     base: str | None = None) -> BaseModels:
-    """Load a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``, ...)."""
+                     base: str | None = None, allow_pickle: bool | None = None) -> BaseModels:
+    """Load a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``, ...).
+
+    Weights are read from safetensors only, after each part's ``config.json`` was bounded
+    and checked against the file's tensor shapes; pickled ``.bin`` weights (read with
+    torch's restricted unpickler) only with ``allow_pickle`` (see
+    :func:`allow_pickled_bases`)."""
+    import pickle
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -202,11 +265,21 @@ def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
         if not (folder / sub / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: missing {sub}/config.json (not a complete "
                                     f"diffusers-layout base folder)")
+    allow_pickle = allow_pickled_bases(allow_pickle)
+    for sub in ("unet", "vae", "text_encoder"):
+        _check_part(folder, sub, allow_pickle)
+    safe = None if allow_pickle else True
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
-        vae = vae_class(_saved_class(folder / "vae")).from_pretrained(folder / "vae",
-                                                                      torch_dtype=dtype)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype,
+                                                    use_safetensors=safe)
+        vae = vae_class(_saved_class(folder / "vae")).from_pretrained(
+            folder / "vae", torch_dtype=dtype, use_safetensors=safe)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype,
+                                                     use_safetensors=safe)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run the file's code
+        raise ValueError(f"{folder}: pickled weights that hold more than tensors (code or "
+                         f"objects) are refused") from None
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{folder}: cannot load the base weights ({first})") from None

@@ -265,6 +265,13 @@ def read_adapter(directory: str | os.PathLike) -> DualControlAdapter:
     if not (d / "diffusion_pytorch_model.safetensors").is_file():
         raise FileNotFoundError(f"{d}: no diffusion_pytorch_model.safetensors (adapters are "
                                 f"read from safetensors only)")
+    from .checked import check_fits_weights, read_config, safetensors_shapes
+
+    # Numbers bounded and the config checked against the weights' shapes before any
+    # allocation (an edited config.json must not allocate gigabytes).
+    config = read_config(d / "config.json")
+    shapes = safetensors_shapes(d, "diffusion_pytorch_model.safetensors")
+    check_fits_weights(lambda: DualControlAdapter.from_config(config), shapes, str(d))
     try:
         return DualControlAdapter.from_pretrained(d, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:

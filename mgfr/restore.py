@@ -71,6 +71,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--base", default=None,
                    help="mini, sd21-base, sd15, tiny or a base folder (default: the one the "
                         "adapters name, else the shipped mini model with its stage-2 adapters)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read a base folder's pickled .bin weights (torch's restricted "
+                        "unpickler; the default reads safetensors only)")
     p.add_argument("--device", default="cpu", type=torch_device,
                    help="torch device (checked before any model is loaded)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
@@ -162,11 +165,13 @@ def _one_line(e: BaseException) -> str:
 
 
 def _output_name(path: Path, root: Path | None, used: set[str]) -> str:
+    from reface_core.fsnames import name_id
+
     rel = path.relative_to(root) if root is not None else Path(path.name)
-    stem = "__".join(rel.with_suffix("").parts)
+    stem = name_id("__".join(rel.with_suffix("").parts))  # bytes not UTF-8 as %XX
     name = f"{stem}.png"
     if name in used:  # a.jpg and a.png in one folder get their own outputs
-        name = f"{stem}.{path.suffix.lstrip('.').lower()}.png"
+        name = f"{stem}.{name_id(path.suffix.lstrip('.').lower())}.png"
     used.add(name)
     return name
 
@@ -181,13 +186,19 @@ def run_restore(args: argparse.Namespace) -> int:
 
     from .pipeline import load_pipeline
 
-    inputs = _files(args.input, "input")
+    out = Path(args.out)
+    # An output folder inside the input folder: its own outputs are not new inputs.
+    inputs = [p for p in _files(args.input, "input")
+              if not p.resolve().is_relative_to(out.resolve())]
+    if not inputs:
+        raise ValueError(f"input {args.input}: no images outside the output folder {out}")
     in_root = Path(args.input) if Path(args.input).is_dir() else None
     ref_files = _files(args.refs, "reference") if args.refs else []
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
 
+    if args.allow_pickle:  # read by mgfr.base.allow_pickled_bases
+        os.environ["MGFR_ALLOW_PICKLE"] = "1"
     pipe = load_pipeline(base=args.base, adapters=args.adapters, device=args.device,
                          dtype=args.dtype, scheduler=args.scheduler)
     options = dict(guidance_scale=args.guidance, lambda_na=args.lambda_na,

@@ -6,3 +6,8 @@ reface_hq / mgfr -> benchmarks) keeps holding.
 """
 
 __version__ = "0.1.0"
+
+# No import may reach the network (bitsandbytes asks the Hugging Face Hub for a kernel).
+from .offline import install as _install_offline_imports  # noqa: E402
+
+_install_offline_imports()

@@ -10,6 +10,10 @@ def device_problem(device: str) -> str | None:
         dev = torch.device(device)
     except RuntimeError as e:
         return str(e)
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        return "there is one CPU device (cpu or cpu:0)"
+    if dev.type not in ("cpu", "cuda", "mps"):
+        return "use cpu, cuda, cuda:N or mps"
     if dev.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available here"
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

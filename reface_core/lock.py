@@ -140,10 +140,25 @@ def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | 
         os.close(fd)
 
 
+def _wait_seconds(text: str) -> float:
+    """Seconds >= 0, or ``inf`` (wait for ever); a negative or ``nan`` wait is refused."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+_wait_seconds.__name__ = "seconds"
+
+
 def add_wait_lock_argument(parser) -> None:
     """``--wait-lock [SECONDS]`` on a command that writes an output folder."""
     parser.add_argument(
-        "--wait-lock", nargs="?", type=float, const=float("inf"), default=0.0,
+        "--wait-lock", nargs="?", type=_wait_seconds, const=float("inf"), default=0.0,
         metavar="SECONDS",
         help="when another run writes the same output folder, wait for it (for ever, or "
              "SECONDS) instead of refusing at once")

@@ -47,12 +47,13 @@ def handmade_results(root: Path, data_root: Path, identities=IDENTITIES) -> Path
         con.execute(
             "INSERT INTO runs (run_id, restorer, restorer_config, config_hash, dataset, "
             "dataset_hash, degradation_preset, degradation_seed, code_version, packages, "
-            "device, started_at, finished_at, status, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "device, started_at, finished_at, status, reason, dataset_config) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, restorer, json.dumps({"name": restorer, "sigma": 2.0}),
              f"cfg{restorer}{i}" * 3, dataset, dhash, "mgfr-medium", 0, "abc1234",
              json.dumps({"torch": "2.x"}), "cpu", t0 + timedelta(minutes=i),
-             t0 + timedelta(minutes=i + 1), status, reason])
+             t0 + timedelta(minutes=i + 1), status, reason,
+             json.dumps({"kind": "reface-test", "data": str(src)})])
     for ident in identities:
         gt = src / ident / "gt.png"
         lq = src / ident / "degraded.png"

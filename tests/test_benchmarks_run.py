@@ -226,7 +226,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, identities_dataset):
         (["--methods", "bicubic", "--dataset", "reface-test", "--data", str(identities_dataset),
           "--dataset-option", "preset=gfpgann"], "unknown degradation preset"),
         (["--methods", "codeformer:w=2", "--dataset", "reface-test", "--data",
-          str(identities_dataset)], "w must be in"),
+          str(identities_dataset)], "w must be a finite number in"),
         (["--methods", "bicubic", "--dataset", "reface-test", "--data", str(identities_dataset),
           "--device", "gpu0"], "--device 'gpu0'"),
     ]

@@ -19,12 +19,21 @@ from reface_hq.executor import LocalExecutor
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _is_worker(proc: psutil.Process) -> bool:
+    """A pool worker; a child that exited (a zombie, or gone) between listing and asking
+    is not one: under load, a child's state changes between two psutil calls."""
+    try:
+        return "spawn_main" in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return False
+
+
 def _workers(pid: int) -> list[psutil.Process]:
     try:
         children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
-    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    return [c for c in children if _is_worker(c)]
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -33,7 +42,7 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
         try:
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return out
 
@@ -46,7 +55,7 @@ def _kill_parent_mid_work(cmd: list[str], busy, what: str) -> None:
                             stderr=subprocess.DEVNULL)
     workers: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a loaded machine starts workers slowly
         while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
             workers = _workers(proc.pid)
             time.sleep(0.1)
@@ -56,7 +65,9 @@ def _kill_parent_mid_work(cmd: list[str], busy, what: str) -> None:
         assert proc.poll() is None, f"{what} ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        gone = time.monotonic() + 1.0
+        # Workers notice the dead parent at their next poll; on a loaded machine that
+        # takes longer than on an idle one.
+        gone = time.monotonic() + 15.0
         while _alive(workers) and time.monotonic() < gone:
             time.sleep(0.05)
         assert _alive(workers) == [], f"workers outlived the killed {what}"
