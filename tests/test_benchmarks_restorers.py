@@ -84,8 +84,9 @@ def test_options_and_names():
     assert create_restorer("lq").restore(lq, [], image_id="a", out_size=None) is lq
 
 
-def test_mgfr_without_adapters_is_skipped_with_how_to(tmp_path):
-    with pytest.raises(RestorerUnavailable, match="needs adapters="):
-        create_restorer("mgfr").load("cpu")
+def test_mgfr_without_adapters_is_the_shipped_mini_model(tmp_path):
+    m = create_restorer("mgfr")
+    m.load("cpu")  # no adapters, no base: the shipped mini model (stage 2)
+    assert m.pipe.config.preset == "mini" and m.pipe.adapter.config.enable_rca
     with pytest.raises(RestorerUnavailable, match="no such folder"):
         create_restorer("mgfr", adapters=str(tmp_path / "nope")).load("cpu")

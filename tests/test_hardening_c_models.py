@@ -26,7 +26,7 @@ def adapters(tmp_path_factory) -> Path:
     from mgfr.base import load_base
     from mgfr.model import MGFRModel
     out = tmp_path_factory.mktemp("adapters") / "adapters"
-    MGFRModel.from_base(load_base("tiny", seed=0)).save_adapters(out, base="tiny", stage=1, step=0)
+    MGFRModel.from_base(load_base("tiny", seed=0)).save_adapters(out, base="tiny", stage=2, step=0)
     return out
 
 
@@ -172,7 +172,7 @@ def test_commands_make_no_network_connection(data_root, tmp_path, adapters):
          "--data", str(data), "--out", str(tmp_path / "r"), "--metrics", "psnr,brisque-pypi",
          "-q"],
         [sys.executable, "-m", "reface_hq", "build", "-i", str(data), "-o", str(tmp_path / "d"),
-         "--size", "128", "--musiq", "off", "-q"],
+         "--size", "512", "--musiq", "off", "-q"],
     ]
     for cmd in commands:
         out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -350,7 +350,7 @@ def test_calibrate_writes_a_preset_the_build_reads(data_root, tmp_path, capsys):
     assert config.cluster_threshold == 0.07          # an explicit value wins
     # Bad input: one line naming it, exit 2.
     (tmp_path / "bad.json").write_text('{"thresholds": {"max_identity_distanse": 0.1}}')
-    for argv in (["calibrate", "-i", str(src / "00027"), "--out", str(tmp_path / "x.json")],
+    for argv in (["calibrate", "-i", str(src / "00027"), "--out", str(tmp_path / "x.json"), "-q"],
                  ["build", "-i", str(src), "--out", str(tmp_path / "o2"),
                   "--thresholds", str(tmp_path / "bad.json")],
                  ["build", "-i", str(src), "--out", str(tmp_path / "o2"),
