@@ -471,18 +471,10 @@ def load_prior_config(path: str | os.PathLike | None) -> dict:
     """PriorConfig fields from a YAML recipe (unknown fields get a did-you-mean error)."""
     from dataclasses import fields
 
-    import yaml
+    from .train import read_recipe
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"config {path} does not exist")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TrainingError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise TrainingError(f"config {path}: expected a mapping of fields")
+    d = read_recipe(path)
     names = {f.name for f in fields(PriorConfig)}
     unknown = sorted(set(d) - names)
     if unknown:

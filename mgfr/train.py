@@ -131,21 +131,27 @@ class TrainConfig:
         return cls(**d)
 
 
-def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> TrainConfig:
-    """A recipe from YAML (or the defaults), with ``overrides`` applied."""
+def read_recipe(path: str | os.PathLike) -> dict:
+    """The mapping of fields in a YAML recipe file (one-line errors)."""
     import yaml
 
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"config {path} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TrainingError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise TrainingError(f"config {path}: expected a mapping of fields")
+    return d
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> TrainConfig:
+    """A recipe from YAML (or the defaults), with ``overrides`` applied."""
     d: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise TrainingError(f"config {path} does not exist")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise TrainingError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise TrainingError(f"config {path}: expected a mapping of fields")
+        d = read_recipe(path)
         d.pop("gpu_hours_estimate", None)  # documentation inside the recipe files
     d.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return TrainConfig.from_dict(d, where=str(path or "config"))
