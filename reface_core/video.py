@@ -228,8 +228,9 @@ class VideoWriter:
     """Encode upright RGB frames to ``path`` (temporary name, renamed on ``close``), at
     ``info``'s rate and rotation, copying the audio streams of ``audio_from``.
 
-    ``crf``: H.264 quality (lower is better; 18 is visually lossless). x264 output is
-    deterministic for one build and settings, so two runs write the same bytes.
+    ``crf``: H.264 quality (lower is better; 18 is visually lossless). Two encodes of the
+    same frames decode alike but need not be the same bytes: the x264 in PyAV's wheels is
+    not bit-reproducible run to run, even with one thread.
     """
 
     def __init__(self, path: str | os.PathLike, info: VideoInfo, *,
