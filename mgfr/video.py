@@ -12,9 +12,11 @@ The steps, each resumable (files written under temporary names, then renamed):
    smoothed landmarks (FFHQ alignment, one affine warp), restored with its track's
    references, and pasted back with a feathered mask; pixels outside the pasted faces are
    the decoded input's. A finished chunk is a folder of lossless PNG frames, renamed into
-   place, so a killed run redoes at most one chunk and loses or duplicates no frame. Every
-   face gets its own seed (``--seed``, track and frame), so a resumed run writes what an
-   uninterrupted one would.
+   place, so a killed run redoes at most one chunk and loses or duplicates no frame. The
+   sampling noise is seeded from ``--seed`` and the track (``--noise track``, the default:
+   every frame of a track starts from the same noise, which keeps a sampled restorer from
+   flickering) or the track and frame (``--noise frame``), never from global state, so a
+   resumed run writes what an uninterrupted one would.
 4. **Encoding** (``OUT/<stem>.mp4``): H.264 (MPEG-4 Part 2 where the FFmpeg build has no
    H.264), the input's frame rate, frame count and rotation, its audio copied.
 
@@ -67,6 +69,9 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
                    help="H.264 quality of the output video, lower is better (default 18)")
     g.add_argument("--max-hours", type=at_least(0.001, float), default=3.0,
                    help="refuse videos whose header says they are longer (default 3)")
+    g.add_argument("--noise", choices=("track", "frame"), default="track",
+                   help="MGFR's sampling noise: the same for every frame of a track (track, "
+                        "default: less flicker) or drawn anew per frame (frame)")
     g.add_argument("--keep-frames", action="store_true",
                    help="keep the restored PNG frames (OUT/<stem>.work/chunks) after encoding")
 
@@ -81,12 +86,23 @@ class PipelineFaceRestorer:
     name = "mgfr"
     uses_references = True
 
-    def __init__(self, pipe, seed: int, options: dict):
-        self.pipe, self.seed, self.options = pipe, int(seed), dict(options)
+    def __init__(self, pipe, seed: int, options: dict, noise: str = "track"):
+        if noise not in ("track", "frame"):
+            raise ValueError(f"noise must be 'track' or 'frame', got {noise!r}")
+        self.pipe, self.seed, self.options, self.noise = pipe, int(seed), dict(options), noise
         self._per_refs: dict[int, dict] = {}
 
     def config_for_record(self) -> dict:
-        return {"restorer": "mgfr", **self.pipe.config_for_record(seed=self.seed, **self.options)}
+        return {"restorer": "mgfr", "noise": self.noise,
+                **self.pipe.config_for_record(seed=self.seed, **self.options)}
+
+    def noise_key(self, image_id: str) -> str:
+        """What the sampling noise is seeded from: ``track3/frame000012`` -> ``track3`` with
+        per-track noise (an aligned clip, ``frame000012``, is one track), else the whole id."""
+        if self.noise == "frame":
+            return image_id
+        head, sep, _ = image_id.rpartition("/")
+        return head if sep else "clip"
 
     def _track_inputs(self, references) -> dict:
         key = id(references)
@@ -107,7 +123,7 @@ class PipelineFaceRestorer:
 
         from .pipeline import resize_square
 
-        digest = hashlib.sha256(f"{self.seed}\0{image_id}".encode()).digest()
+        digest = hashlib.sha256(f"{self.seed}\0{self.noise_key(image_id)}".encode()).digest()
         gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         options = {**self.options, **self._track_inputs(references)}
         for k in ("prompt", "negative_attribute_prompt", "negative_quality_prompt"):
@@ -136,7 +152,8 @@ def build_restorer(args: argparse.Namespace):
                        prompt=args.prompt,
                        negative_attribute_prompt=args.negative_attribute_prompt,
                        negative_quality_prompt=args.negative_quality_prompt)
-        return PipelineFaceRestorer(pipe, args.seed, options)
+        return PipelineFaceRestorer(pipe, args.seed, options,
+                                    noise=getattr(args, "noise", "track"))
     # The other restorers live in the benchmark's registry (imported only here, on demand,
     # so that one registry serves both the benchmark and video restoration).
     from benchmarks.restorers import RestorerUnavailable, create_restorer, parse_method

@@ -77,3 +77,40 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
 def test_real_clips_probe(data_root):
     info = probe_video(data_root / "video" / "real_1.mp4")
     assert (info.width, info.height, info.frames, info.fps) == (388, 512, 248, "20")
+
+
+def test_mgfr_video_noise_is_seeded_per_track_or_per_frame():
+    """``--noise track`` (default): every frame of a track starts from the same noise, so a
+    sampled restorer does not flicker from frame to frame; ``--noise frame`` draws anew."""
+    import torch
+
+    from mgfr.video import PipelineFaceRestorer
+
+    class DrawPipe:
+        """Returns the generator's first draws as the 'restored' face."""
+        def config_for_record(self, **kw):
+            return dict(kw)
+
+        def __call__(self, lq, *, references, generator, output_type, **options):
+            draw = torch.rand(4, generator=generator).numpy()
+            return type("Out", (), {"images": [np.tile(draw, (2, 2, 1))[:, :, :3]]})()
+
+    lq = np.zeros((2, 2, 3), np.float32)
+
+    def faces(noise, ids):
+        r = PipelineFaceRestorer(DrawPipe(), 7, {}, noise=noise)
+        return [r.restore(lq, [], image_id=i, out_size=None) for i in ids]
+
+    a, b, other = faces("track", ["track0/frame000001", "track0/frame000002",
+                                  "track1/frame000001"])
+    assert np.array_equal(a, b) and not np.array_equal(a, other)
+    c, d = faces("frame", ["track0/frame000001", "track0/frame000002"])
+    assert not np.array_equal(c, d)
+    # The same id gives the same noise in a new process-free rerun (resume), either way.
+    assert np.array_equal(faces("frame", ["track0/frame000001"])[0], c)
+    # An aligned clip's ids ("frame000003") are one track.
+    e, f = faces("track", ["frame000001", "frame000009"])
+    assert np.array_equal(e, f)
+    assert PipelineFaceRestorer(DrawPipe(), 7, {}).config_for_record()["noise"] == "track"
+    with pytest.raises(ValueError, match="noise"):
+        PipelineFaceRestorer(DrawPipe(), 7, {}, noise="global")
