@@ -257,7 +257,8 @@ def test_epsilon_and_v_bases_give_the_same_restoration(small_folders):
     assert {k: p.scheduler.config.prediction_type for k, p in pipes.items()} == \
         {"epsilon": "epsilon", "v": "v_prediction"}
     lq = face(64, 2)
-    kw = {"prompt": "a face", "guidance_scale": 1.0, "lambda_na": 0.0, "lambda_nq": 0.0}
+    kw = {"prompt": "a face", "negative_attribute_prompt": "", "negative_quality_prompt": "",
+          "guidance_scale": 1.0, "lambda_na": 0.0, "lambda_nq": 0.0}
 
     def run(pipe, **more):
         gen = torch.Generator().manual_seed(0)
