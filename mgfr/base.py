@@ -3,12 +3,20 @@
 ``load_base(base)`` takes a preset name or a folder:
 
 * ``tiny``: random weights built from the preset's configs, seeded (no download);
-* ``sd21-base`` / ``sd15``: the user's Stable Diffusion folder (diffusers layout) through
-  the asset resolver; a missing folder raises ``AssetNotFoundError`` saying where to put it;
+* ``sd21-base`` / ``sd21`` / ``sd15``: the user's Stable Diffusion folder (diffusers
+  layout) through the asset resolver; a missing folder raises ``AssetNotFoundError``
+  saying where to put it;
 * a PATH to a diffusers-layout folder (``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``, ``scheduler/``) with ``mgfr_base.json`` naming its preset: what
   ``mgfr pretrain-prior --out DIR`` writes. A plain Stable Diffusion folder without
-  ``mgfr_base.json`` also loads; its preset is then guessed from the UNet config.
+  ``mgfr_base.json`` also loads (or a Hugging Face cache folder ``models--org--name``,
+  whose ``refs/main`` snapshot is read): its resolution (UNet ``sample_size`` x VAE
+  factor) and ``prediction_type`` (``scheduler/scheduler_config.json``) are read from the
+  folder, and the preset that gives the adapter defaults is guessed (:func:`guess_preset`).
+
+The UNet may predict ``epsilon`` or ``v_prediction``: :func:`training_target`,
+:func:`clean_estimate` and :func:`noise_estimate` turn either into what training and the
+one-step estimate need; diffusers' samplers read it from the scheduler config.
 
 Every module comes back frozen (``requires_grad_(False)`` and ``eval()``): MGFR never
 trains the prior.
@@ -58,6 +66,11 @@ class BaseModels:
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def prediction_type(self) -> str:
+        """``epsilon`` or ``v_prediction``: what the UNet predicts (its scheduler config)."""
+        return prediction_type(self.noise_scheduler)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -152,17 +165,90 @@ def _saved_class(folder: Path) -> str:
         return "AutoencoderKL"
 
 
-def guess_preset(unet_config: dict) -> str:
-    """The preset whose UNet matches a folder's UNet config (for plain SD folders)."""
-    keys = ("block_out_channels", "cross_attention_dim", "layers_per_block")
-    for name in ("sd21-base", "sd15", "tiny"):
-        p = get_preset(name)
-        if all(list(_as_list(unet_config.get(k))) == list(_as_list(p.unet.get(k)))
-               for k in keys):
-            return name
-    raise ValueError(f"the UNet config (block_out_channels={unet_config.get('block_out_channels')}, "
-                     f"cross_attention_dim={unet_config.get('cross_attention_dim')}) matches no "
-                     f"MGFR preset; add {BASE_FILE} naming one")
+#: UNet config keys that make a preset's architecture (widths, depth, attention)
+ARCH_KEYS = ("block_out_channels", "cross_attention_dim", "layers_per_block",
+             "attention_head_dim", "use_linear_projection")
+#: UNet config keys that make a Stable Diffusion family (block layout, text attention)
+FAMILY_KEYS = ("in_channels", "down_block_types", "up_block_types", "use_linear_projection")
+#: what the UNet may be trained to predict (the base's ``scheduler_config.json``)
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _cfg_value(config: dict, key: str):
+    defaults = {"use_linear_projection": False, "attention_head_dim": 8, "in_channels": 4}
+    v = config.get(key, defaults.get(key))
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _same(config: dict, preset: BasePreset, keys) -> bool:
+    return all(_cfg_value(config, k) == _cfg_value(preset.unet, k) for k in keys)
+
+
+def folder_resolution(unet_config: dict, vae_config: dict | None = None) -> int:
+    """The face side a Stable Diffusion folder was trained at: the UNet's ``sample_size``
+    (latent side) times the VAE's factor (2 ** (levels - 1) for an AutoencoderKL)."""
+    from .presets import vae_scale_factor
+
+    side = unet_config.get("sample_size")
+    if isinstance(side, (list, tuple)) and len(side) == 2 and side[0] == side[1]:
+        side = side[0]
+    if not isinstance(side, int) or isinstance(side, bool) or side <= 0:
+        raise ValueError(f"the UNet config's sample_size must be a positive whole number "
+                         f"(the latent side), got {side!r}")
+    factor = vae_scale_factor(vae_config) if vae_config and (
+        vae_config.get("patch_size") or vae_config.get("block_out_channels")) else 8
+    return check_resolution(side * factor, "the folder's resolution (UNet sample_size x VAE "
+                                           "factor)")
+
+
+def check_prediction_type(value, where: str = "the scheduler config") -> str:
+    """``epsilon`` or ``v_prediction``; anything else is a ``ValueError`` naming it."""
+    if value not in PREDICTION_TYPES:
+        raise ValueError(f"{where}: prediction_type {value!r} is not supported; MGFR trains "
+                         f"and samples {' and '.join(PREDICTION_TYPES)} bases")
+    return str(value)
+
+
+def preset_prediction_type(preset: BasePreset) -> str:
+    return str(preset.scheduler.get("prediction_type", "epsilon"))
+
+
+def guess_preset(unet_config: dict, scheduler_config: dict | None = None,
+                 vae_config: dict | None = None) -> str:
+    """The preset of a plain Stable Diffusion folder (no ``mgfr_base.json``).
+
+    The folder's resolution (UNet ``sample_size`` x VAE factor) and ``prediction_type``
+    (scheduler config; diffusers' own default ``epsilon`` when the key is absent) are read
+    from the folder and always used as they are; the preset only gives the adapter and
+    sampling defaults. It is, in order: the preset with the same UNet architecture,
+    resolution and prediction type (SD 2.1-base: ``sd21-base``, SD 2.1 768-v: ``sd21``,
+    SD 1.5: ``sd15``); else one of the same Stable Diffusion family (block layout and
+    text attention) with the same resolution and prediction type, then the same prediction
+    type, then any. A UNet of no known family is a ``ValueError``."""
+    from .presets import available_presets
+
+    res = folder_resolution(unet_config, vae_config)
+    pred = check_prediction_type((scheduler_config or {}).get("prediction_type", "epsilon"))
+    presets = [get_preset(n) for n in ("sd21-base", "sd21", "sd15", "tiny", "mini")
+               if n in available_presets()]
+    presets += [get_preset(n) for n in available_presets()
+                if n not in {p.name for p in presets}]
+
+    def fits(p: BasePreset) -> tuple[bool, bool]:
+        return p.resolution == res, preset_prediction_type(p) == pred
+
+    for p in presets:
+        if _same(unet_config, p, ARCH_KEYS + FAMILY_KEYS) and all(fits(p)):
+            return p.name
+    family = [p for p in presets if _same(unet_config, p, FAMILY_KEYS)]
+    for want in (lambda p: all(fits(p)), lambda p: fits(p)[1], lambda p: True):
+        for p in family:
+            if want(p):
+                return p.name
+    raise ValueError(f"the UNet config (down_block_types={unet_config.get('down_block_types')}, "
+                     f"block_out_channels={unet_config.get('block_out_channels')}, "
+                     f"cross_attention_dim={unet_config.get('cross_attention_dim')}) is of no "
+                     f"Stable Diffusion family MGFR knows; add {BASE_FILE} naming a preset")
 
 
 #: Face sides a base may work at: the latent side is resolution / 8 (the VAE's factor).
@@ -224,7 +310,16 @@ def _as_list(v):
     return v if isinstance(v, (list, tuple)) else [v]
 
 
+def _read_json(path: Path) -> dict:
+    from .checked import read_config
+
+    return read_config(path)
+
+
 def read_base_file(folder: str | Path) -> dict:
+    """What a base folder is: ``preset``, ``resolution`` and, for a plain Stable Diffusion
+    folder, ``prediction_type`` (from ``mgfr_base.json``, else read from the folder's own
+    configs: see :func:`guess_preset`)."""
     folder = Path(folder)
     f = folder / BASE_FILE
     if f.is_file():
@@ -241,7 +336,45 @@ def read_base_file(folder: str | Path) -> dict:
     unet_cfg = folder / "unet" / "config.json"
     if not unet_cfg.is_file():
         raise ValueError(f"{folder}: not an MGFR base folder (no {BASE_FILE} and no unet/config.json)")
-    return {"preset": guess_preset(json.loads(unet_cfg.read_text()))}
+    sched_cfg = folder / "scheduler" / "scheduler_config.json"
+    if not sched_cfg.is_file():
+        raise ValueError(f"{folder}: no scheduler/scheduler_config.json, so whether the UNet "
+                         f"predicts epsilon or v cannot be read; add the base's scheduler/ "
+                         f"folder or {BASE_FILE} naming a preset")
+    unet = _read_json(unet_cfg)
+    sched = _read_json(sched_cfg)
+    vae = _read_json(folder / "vae" / "config.json") if (folder / "vae" / "config.json").is_file() \
+        else None
+    try:
+        return {"preset": guess_preset(unet, sched, vae),
+                "resolution": folder_resolution(unet, vae),
+                "prediction_type": check_prediction_type(sched.get("prediction_type", "epsilon"),
+                                                         str(sched_cfg))}
+    except ValueError as e:
+        raise ValueError(f"{folder}: {e}") from None
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """A base folder as given, or, for a Hugging Face cache folder
+    (``models--org--name`` with ``refs/`` and ``snapshots/``), the snapshot that
+    ``refs/main`` names (or the only snapshot)."""
+    path = Path(path).expanduser()
+    snaps = path / "snapshots"
+    if not (snaps.is_dir() and not (path / "unet").exists()):
+        return path
+    ref = path / "refs" / "main"
+    if ref.is_file():
+        rev = ref.read_text().strip()
+        if not (snaps / rev).is_dir():
+            raise ValueError(f"{path}: refs/main names snapshot {rev!r}, which is not in "
+                             f"snapshots/")
+        return snaps / rev
+    revs = sorted(p.name for p in snaps.iterdir() if p.is_dir())
+    if len(revs) == 1:
+        return snaps / revs[0]
+    raise ValueError(f"{path}: a Hugging Face cache folder with "
+                     f"{len(revs)} snapshots and no refs/main; pass one of "
+                     f"{', '.join(str(snaps / r) for r in revs) or '(none)'}")
 
 
 def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
@@ -253,12 +386,14 @@ def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
     torch's restricted unpickler) only with ``allow_pickle`` (see
     :func:`allow_pickled_bases`)."""
     import pickle
+
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"MGFR base folder {folder} does not exist")
+    folder = resolve_folder(folder)
     info = read_base_file(folder)
     preset = get_preset(info["preset"])
     for sub in ("unet", "vae", "text_encoder"):
@@ -291,6 +426,8 @@ def load_base_folder(folder: str | Path, *, device="cpu", dtype=torch.float32,
         noise_scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     else:
         noise_scheduler = build_noise_scheduler(preset)
+    check_prediction_type(noise_scheduler.config.get("prediction_type", "epsilon"),
+                          f"{folder}: scheduler")
     unet.to(device)
     vae.to(device)
     text_encoder.to(device)
@@ -354,3 +491,49 @@ def noise_schedule(scheduler):
 
     cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     return DDPMScheduler.from_config(cfg)
+
+
+def prediction_type(scheduler) -> str:
+    """What the base's UNet predicts, from its scheduler's config (``epsilon`` or
+    ``v_prediction``; diffusers' default ``epsilon`` when the config has no such key)."""
+    return check_prediction_type(dict(scheduler.config).get("prediction_type", "epsilon"),
+                                 f"{type(scheduler).__name__} config")
+
+
+def _signal_noise(alphas_cumprod: torch.Tensor, t, like: torch.Tensor):
+    """sqrt(a_t) and sqrt(1 - a_t), float32, shaped to broadcast over ``like`` (B, ...)."""
+    t = torch.as_tensor(t, device=alphas_cumprod.device, dtype=torch.long)
+    a = alphas_cumprod[t].to(like.device, torch.float32)
+    if a.ndim:
+        a = a.reshape(-1, *([1] * (like.ndim - 1)))
+    return a.sqrt(), (1 - a).sqrt()
+
+
+def training_target(kind: str, x0: torch.Tensor, noise: torch.Tensor, t,
+                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output for z_t = sqrt(a) x0 + sqrt(1 - a) noise:
+    ``noise`` (epsilon) or v = sqrt(a) noise - sqrt(1 - a) x0 (v_prediction)."""
+    if check_prediction_type(kind, "training") == "epsilon":
+        return noise
+    sa, sb = _signal_noise(alphas_cumprod, t, x0)
+    return (sa * noise.float() - sb * x0.float()).to(noise.dtype)
+
+
+def clean_estimate(kind: str, pred: torch.Tensor, zt: torch.Tensor, t,
+                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x0 from the UNet's output at z_t: (z_t - sqrt(1 - a) eps) / sqrt(a) for epsilon,
+    sqrt(a) z_t - sqrt(1 - a) v for v_prediction (float32)."""
+    sa, sb = _signal_noise(alphas_cumprod, t, zt)
+    if check_prediction_type(kind, "x0 estimate") == "epsilon":
+        return (zt.float() - sb * pred.float()) / sa
+    return sa * zt.float() - sb * pred.float()
+
+
+def noise_estimate(kind: str, pred: torch.Tensor, zt: torch.Tensor, t,
+                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise in z_t implied by the UNet's output: the output itself for epsilon,
+    sqrt(1 - a) z_t + sqrt(a) v for v_prediction (float32)."""
+    if check_prediction_type(kind, "noise estimate") == "epsilon":
+        return pred.float()
+    sa, sb = _signal_noise(alphas_cumprod, t, zt)
+    return sb * zt.float() + sa * pred.float()

@@ -434,16 +434,18 @@ class MGFRPipeline(DiffusionPipeline):
                            lca_scale, rca_scale) -> torch.Tensor:
         """The clean latent the model predicts in one call from the LQ latent noised to
         ``t`` (the DDPM forward process of the base's training schedule, whatever
-        sampler is set): x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
-        from .base import noise_schedule
+        sampler is set): x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t) for an epsilon base,
+        sqrt(a_t) z_t - sqrt(1 - a_t) v for a v-prediction base."""
+        from .base import clean_estimate, noise_schedule, prediction_type
 
-        a = noise_schedule(self.scheduler).alphas_cumprod[t].to(lq.device, torch.float32)
+        alphas = noise_schedule(self.scheduler).alphas_cumprod
+        a = alphas[t].to(lq.device, torch.float32)
         zt = (a.sqrt() * lq.float() + (1 - a).sqrt() * noise).to(lq.dtype)
         tt = torch.full((lq.shape[0],), t, device=lq.device, dtype=torch.long)
-        eps_all = model.step(zt, tt, ehs, cond, num_branches=len(branches),
-                             lca_scale=lca_scale, rca_scale=rca_scale)
-        eps = self._combine(eps_all.chunk(len(branches)), branches, g, lna, lnq)
-        return ((zt.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).to(lq.dtype)
+        pred_all = model.step(zt, tt, ehs, cond, num_branches=len(branches),
+                              lca_scale=lca_scale, rca_scale=rca_scale)
+        pred = self._combine(pred_all.chunk(len(branches)), branches, g, lna, lnq)
+        return clean_estimate(prediction_type(self.scheduler), pred, zt, t, alphas).to(lq.dtype)
 
     @staticmethod
     def _branches(g, lna, lnq, used) -> list[tuple[str, list[str]]]:
@@ -545,12 +547,25 @@ def shipped_adapters(stage: int = 2) -> Path:
     return resolve(MINI_ASSET) / f"adapters-stage{stage}"
 
 
+def is_pipeline_folder(path) -> bool:
+    """Whether ``path`` holds a saved :class:`MGFRPipeline`: its ``model_index.json`` names
+    the class. A Stable Diffusion folder has a ``model_index.json`` too (naming
+    ``StableDiffusionPipeline``), and is a base, not a saved MGFR pipeline."""
+    index = Path(str(path)).expanduser() / "model_index.json"
+    try:
+        info = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("_class_name") == MGFRPipeline.__name__
+
+
 def load_pipeline(base: str | None = None, adapters: str | None = None, device: str = "cpu",
                   dtype: torch.dtype | str = torch.float32, scheduler: str = "ddim",
                   embedder: str | None = None) -> MGFRPipeline:
     """An :class:`MGFRPipeline` from an adapter folder (its ``mgfr_adapters.json`` names the
-    base) and/or a base (preset name, prior folder, or a saved pipeline folder with
-    ``model_index.json``). With neither, or with ``base="mini"`` alone, the shipped mini
+    base) and/or a base (preset name, prior folder, any diffusers Stable Diffusion folder
+    or Hugging Face cache folder of one, or a saved pipeline folder: ``model_index.json``
+    naming ``MGFRPipeline``). With neither, or with ``base="mini"`` alone, the shipped mini
     model (stage-2 adapters). Other bases without ``adapters`` get an untrained adapter
     (zero residuals: the frozen prior alone)."""
     from .base import load_base
@@ -558,7 +573,7 @@ def load_pipeline(base: str | None = None, adapters: str | None = None, device: 
     dtype = parse_dtype(dtype)
     if adapters is None and base in (None, "mini"):
         base, adapters = "mini", str(shipped_adapters(2))
-    if base is not None and adapters is None and (Path(base) / "model_index.json").is_file():
+    if base is not None and adapters is None and is_pipeline_folder(base):
         pipe = MGFRPipeline.from_pretrained(base, torch_dtype=dtype)
         pipe.to(device)
     else:

@@ -12,6 +12,8 @@ asset folder holds the real weights.
   the model that restores faces on a CPU, and the default of ``mgfr restore``.
 * ``sd21-base``: Stable Diffusion 2.1-base at 512 px (the paper's prior). The UNet config
   is the published one (865.9 M parameters).
+* ``sd21``: Stable Diffusion 2.1 at 768 px: the same UNet as ``sd21-base``, trained to
+  predict v (``prediction_type: v_prediction``).
 * ``sd15``: Stable Diffusion 1.5 at 512 px.
 
 ``adapter`` holds the defaults of :class:`mgfr.adapters.DualControlAdapter` for that scale;
@@ -199,6 +201,19 @@ register_preset(BasePreset(
     # call on top of it; at half width each costs ~1/4 of a full copy (docs/mgfr.md).
     adapter={"channel_mult": 0.5, "id_tokens": 4, "read_prompt": True},
     asset="sd21-base",
+    tokenizer_pad="!",
+))
+
+register_preset(BasePreset(
+    name="sd21",
+    description="Stable Diffusion 2.1 (768 px, v-prediction, OpenCLIP ViT-H text encoder)",
+    resolution=768,
+    unet={**_sd_unet(1024, [5, 10, 20, 20], True), "sample_size": 96},
+    vae={**_SD_VAE, "sample_size": 768},
+    text_encoder=dict(PRESETS.get("sd21-base").text_encoder),
+    scheduler={**_SD_SCHEDULER, "prediction_type": "v_prediction"},
+    adapter={"channel_mult": 0.5, "id_tokens": 4, "read_prompt": True},
+    asset="sd21",
     tokenizer_pad="!",
 ))
 

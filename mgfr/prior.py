@@ -231,7 +231,7 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
     """
     from tqdm.auto import tqdm
 
-    from .base import BASE_FILE, build_base_from_config
+    from .base import BASE_FILE, build_base_from_config, training_target
     from .presets import get_preset
 
     cfg = config or PriorConfig()
@@ -373,7 +373,8 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
             t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
             noisy = sched.add_noise(lat, noise, t)
             pred = unet(noisy, t, hidden).sample
-            loss = F.mse_loss(pred, noise)
+            loss = F.mse_loss(pred, training_target(base.prediction_type, lat, noise, t,
+                                                    sched.alphas_cumprod))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -69,8 +69,11 @@ def add_subcommands(sub) -> None:
     p.add_argument("--adapters", default=None,
                    help="adapter folder (RUN_DIR/adapters written by `mgfr train`)")
     p.add_argument("--base", default=None,
-                   help="mini, sd21-base, sd15, tiny or a base folder (default: the one the "
-                        "adapters name, else the shipped mini model with its stage-2 adapters)")
+                   help="mini, sd21-base, sd21, sd15, tiny, a base folder, any diffusers "
+                        "Stable Diffusion folder (or its Hugging Face cache folder "
+                        "models--org--name), or a saved MGFRPipeline folder (default: the one "
+                        "the adapters name, else the shipped mini model with its stage-2 "
+                        "adapters)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read a base folder's pickled .bin weights (torch's restricted "
                         "unpickler; the default reads safetensors only)")

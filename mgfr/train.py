@@ -4,7 +4,9 @@ Stage 1 trains the LQ adapter (LCA) with attribute prompts and no reference; sta
 from a stage-1 run (``init``) and trains what the reference branch adds (RCA, RLF,
 identity projection, exchange links; ``MGFRModel.trainable_parameters``) with reference
 photos and their identity embeddings. The base (UNet, VAE, text encoder) stays frozen; the
-loss is the noise-prediction MSE of the base's DDPM schedule.
+loss is the MSE of the UNet's prediction in the base's DDPM schedule: of the noise for an
+epsilon base, of v = sqrt(a) noise - sqrt(1 - a) x0 for a v-prediction base
+(``prediction_type`` in the base's scheduler config).
 
 One code path for every scale: ``accelerate launch -m mgfr train ...`` runs it on several
 GPUs or nodes (each process takes its slice of a global batch, see
@@ -44,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import clean_estimate, noise_estimate, training_target
 from .errors import TrainingError
 
 CHECKPOINT_DIR = "checkpoint"
@@ -482,13 +485,15 @@ class Trainer:
         t = sample_timesteps(target.shape[0], sched.config.num_train_timesteps,
                              self.cfg.focus_timesteps, self.cfg.focus_rate, gen).to(target.device)
         noisy = sched.add_noise(target, noise, t)
+        # epsilon bases learn the noise, v-prediction bases v (the base's scheduler config)
+        goal = training_target(self.base.prediction_type, target, noise, t, sched.alphas_cumprod)
         with acc.autocast():
             down, mid = self.step_module(noisy, t, lq, refs, ids, mask, hidden)
             pred = self.base.unet(noisy, t, hidden,
                                   down_block_additional_residuals=[d.to(noisy.dtype) for d in down],
                                   mid_block_additional_residual=mid.to(noisy.dtype),
                                   return_dict=False)[0]
-        return F.mse_loss(pred.float(), noise.float())
+        return F.mse_loss(pred.float(), goal.float())
 
     def train_step(self) -> float:
         """One optimisation step (``gradient_accumulation_steps`` micro-steps)."""
@@ -769,7 +774,9 @@ def validate(model, base, data: Path, cfg: TrainConfig, *, resolution: int,
 def denoising_metrics(model, base, val: dict, use_refs: bool, *, seed: int = 0,
                       timesteps: tuple[int, ...] = (50, 200, 500, 800)) -> dict:
     """The training objective on the validation faces: noise-prediction MSE of the noised
-    HQ latents at fixed timesteps and noise (``denoise_loss``, their mean), and the PSNR of
+    HQ latents at fixed timesteps and noise (``denoise_loss``, their mean; a v-prediction
+    base's output is turned into its noise estimate first, so the figure means the same for
+    both kinds of base), and the PSNR of
     the one-step clean estimate from t=500 (``psnr_onestep_t500``). Unlike sampled
     restorations these do not compound a weak prior's errors over many steps."""
     from .model import encode_prompts
@@ -790,17 +797,18 @@ def denoising_metrics(model, base, val: dict, use_refs: bool, *, seed: int = 0,
     cond = model.prepare(zlq, refs, ids)
     hidden = encode_prompts(base, val["prompts"])
     sched = base.noise_scheduler
+    kind = base.prediction_type
     gen = torch.Generator().manual_seed(seed)
     losses, onestep = [], float("nan")
     for t in timesteps:
         noise = torch.randn(z0.shape, generator=gen).to(dev, dt)
         tt = torch.full((len(z0),), t, device=dev, dtype=torch.long)
         zt = sched.add_noise(z0, noise, tt)
-        eps = model.step(zt, tt, hidden, cond)
+        pred = model.step(zt, tt, hidden, cond)
+        eps = noise_estimate(kind, pred, zt, t, sched.alphas_cumprod)
         losses.append(float(F.mse_loss(eps.float(), noise.float())))
         if t == 500:
-            a = sched.alphas_cumprod[t].to(dev, dt)
-            x0 = (zt - (1 - a).sqrt() * eps) / a.sqrt()
+            x0 = clean_estimate(kind, pred, zt, t, sched.alphas_cumprod).to(dt)
             img = to_uint8((base.vae.decode(x0 / sf).sample.float() + 1) / 2)
             onestep = float(np.mean([psnr(x, y) for x, y in zip(img, val["hq"])]))
     return {"denoise_loss": float(np.mean(losses)), "psnr_onestep_t500": onestep}

@@ -73,8 +73,9 @@ def add_subcommands(subparsers) -> None:
                    help="1: LQ adapter; 2: + references (default: the config's `stage`)")
     add_input(p, "Reface-HQ dataset folder (reface_hq build)", dest="data", deprecated=("--data",))
     p.add_argument("--base", default=None,
-                   help="tiny, sd21-base, sd15 or a folder written by `pretrain-prior` "
-                        "(default: the config's base)")
+                   help="tiny, sd21-base, sd21, sd15, a folder written by `pretrain-prior`, "
+                        "or any diffusers Stable Diffusion folder (or its Hugging Face cache "
+                        "folder models--org--name) (default: the config's base)")
     add_out(p, "run folder (checkpoints, adapters/, logs)", required=True)
     p.add_argument("--config", default=None,
                    help="YAML recipe (mgfr/configs/*.yaml or your own); flags override it")

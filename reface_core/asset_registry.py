@@ -128,6 +128,13 @@ register(Asset(
     hf_repo="stabilityai/stable-diffusion-2-1-base",
     source="https://huggingface.co/stabilityai/stable-diffusion-2-1-base"))
 register(Asset(
+    name="sd21", filename="stable-diffusion-2-1", kind="dir", subdir="hf",
+    required=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+    description="Stable Diffusion 2.1 768-v (diffusers layout): a v-prediction MGFR prior",
+    used_by=("mgfr",), license="CreativeML Open RAIL++-M",
+    hf_repo="stabilityai/stable-diffusion-2-1",
+    source="https://huggingface.co/stabilityai/stable-diffusion-2-1"))
+register(Asset(
     name="sd15", filename="stable-diffusion-v1-5", kind="dir", subdir="hf",
     required=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
     description="Stable Diffusion 1.5 (diffusers layout): an alternative MGFR prior",
