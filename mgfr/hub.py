@@ -159,21 +159,23 @@ def model_card(info: dict[str, Any], name: str = "mgfr-adapters") -> str:
             2: "stage 2: the LQ adapter and the reference branch (RCA, RLF, identity "
                "projection, exchange links)"}.get(int(stage) if stage is not None else 0,
                                                    "an MGFR dual-control adapter")
+    from .presets import PRESETS
+    base_arg = meta["mgfr_base"] if meta["mgfr_base"] in PRESETS else "BASE"
     lines = [
         f"# {name}", "",
-        f"MGFR adapters ({what}), trained for {info.get('step', '?')} steps on the frozen "
-        f"base `{meta['mgfr_base']}` with the `{meta['identity_embedder']}` identity "
-        f"embedder. The base weights are not in this folder.", "",
+        (f"MGFR adapters ({what}), trained for {info.get('step', '?')} steps on the frozen "
+         f"base `{meta['mgfr_base']}` with the `{meta['identity_embedder']}` identity "
+         f"embedder. The base weights are not in this folder."), "",
         "```python",
         "import mgfr",
-        "pipe = mgfr.load_pipeline(adapters=\"PATH/TO/THIS/FOLDER\", base=\"BASE\")",
+        f'pipe = mgfr.load_pipeline(adapters="PATH/TO/THIS/FOLDER", base="{base_arg}")',
         "out = pipe(face, references=[reference_face])",
         "```", "",
     ]
     if info.get("training_data_sha256"):
-        lines += [f"Training data: sha256 `{info['training_data_sha256']}` over "
-                  f"{info.get('train_faces', '?')} (face id, image sha256) pairs of the "
-                  "training split.", ""]
+        lines += [(f"Training data: sha256 `{info['training_data_sha256']}` over "
+                   f"{info.get('train_faces', '?')} (face id, image sha256) pairs of the "
+                   "training split."), ""]
     metrics = meta.get("metrics")
     if metrics:
         lines += ["Validation at the last step (fixed test-split faces, DDIM, no guidance):",
