@@ -252,13 +252,17 @@ def _micro_generator(seed: int, micro: int, process: int, device) -> torch.Gener
 
 def _launched_world_size() -> int:
     """The number of processes the launcher started (torchrun / ``accelerate launch
-    --multi_gpu`` set ``WORLD_SIZE``; 1 without a launcher).
+    --multi_gpu`` set ``WORLD_SIZE``, mpirun its own variables; 1 without a launcher).
 
     ``accelerate launch --cpu --num_processes N`` starts N processes only through mpirun
     (``--mpirun_hostfile``); without it, it starts one, which trains alone (a warning says
     so here). ``accelerate launch --multi_gpu --num_processes N`` on a machine without a
     GPU starts N processes, which then train together on the CPU (gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = 1
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name):  # torchrun, then the MPI launchers accelerate reads
+            world = int(os.environ[name])
+            break
     if world == 1 and os.environ.get("MASTER_ADDR") and \
             os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         import sys

@@ -147,3 +147,24 @@ def test_two_processes_train_together_and_resume(identities_dataset, tmp_path):
         assert json.loads((run / "ranks" / f"rank{r}.json").read_text()) == states[r]
     a, b = _adapter_tensors(run), _adapter_tensors(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_launched_world_size(monkeypatch, capsys):
+    """The trainer counts the processes its launcher started (torchrun or mpirun), and says
+    so when `accelerate launch --cpu --num_processes N` started only one."""
+    from mgfr.train import _launched_world_size
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
+                 "MASTER_ADDR", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    assert _launched_world_size() == 1 and capsys.readouterr().err == ""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _launched_world_size() == 2
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert _launched_world_size() == 4
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    assert _launched_world_size() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("warning: one training process") and err.count("\n") == 1
