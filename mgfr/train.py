@@ -8,13 +8,16 @@ loss is the noise-prediction MSE of the base's DDPM schedule.
 
 One code path for every scale: ``accelerate launch -m mgfr train ...`` runs it on several
 GPUs or nodes (each process takes its slice of a global batch, see
-``mgfr.data.batch_indices``). The run folder::
+``mgfr.data.batch_indices``); ``accelerate launch --multi_gpu`` on a machine without a GPU
+runs the processes together on the CPU (gloo). The run folder::
 
     RUN_DIR/config.yaml        the resolved config (a resumed run must match it)
     RUN_DIR/checkpoint/        accelerate save_state + state.json, written to a temporary
                                folder and renamed (a kill never leaves a torn checkpoint)
     RUN_DIR/adapters/          the trainable weights only (EMA when enabled), safetensors,
-                               + mgfr_adapters.json: what MGFRPipeline loads
+                               + mgfr_adapters.json: what MGFRPipeline loads, + README.md:
+                               a Hub model card (mgfr.hub)
+    RUN_DIR/ranks/             with record_ranks: each process's face ids and weight hashes
     RUN_DIR/train_log.csv      step, loss, lr, samples/s, peak memory
     RUN_DIR/validation.csv     step, PSNR, SSIM, identity cosine (and of the LQ input)
     RUN_DIR/validation/        image grids (LQ | restored | HQ per face)
