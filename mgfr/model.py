@@ -12,7 +12,8 @@ The UNet, VAE, text encoder and face recogniser are never trained.
 Adapter folders (``save_adapters``) hold ``config.json`` + ``diffusion_pytorch_model.safetensors``
 (diffusers' own layout, so ``DualControlAdapter.from_pretrained`` reads them too) and
 ``mgfr_adapters.json``: the base (preset name or prior folder), stage, identity embedder
-name and dimension, training step.
+name and dimension, training step; and a ``README.md`` model card whose YAML front matter
+the Hugging Face Hub reads (``mgfr.hub``), so the folder uploads as it is.
 """
 
 from __future__ import annotations
@@ -128,10 +129,12 @@ class MGFRModel(nn.Module):
 
     # ---- files ---------------------------------------------------------------------------
     def save_adapters(self, directory: str | os.PathLike, **info) -> Path:
-        """Write the adapter (safetensors) and ``mgfr_adapters.json`` atomically.
+        """Write the adapter (safetensors), ``mgfr_adapters.json`` and a ``README.md`` model
+        card (``mgfr.hub``: Hub front matter) atomically.
 
-        ``info`` adds fields to the JSON (``base``, ``stage``, ``step``, ...); the identity
-        embedder name and dimension come from the adapter config."""
+        ``info`` adds fields to the JSON (``base``, ``stage``, ``step``, ``metrics``,
+        ``training_data_sha256``, ...); the identity embedder name and dimension come from
+        the adapter config."""
         out = Path(directory)
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.info)
@@ -149,6 +152,10 @@ class MGFRModel(nn.Module):
         try:
             adapter.save_pretrained(tmp, safe_serialization=True)
             (tmp / ADAPTERS_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            from .hub import CARD_FILE, model_card
+            stage = meta.get("stage")
+            name = "mgfr-adapters" + (f"-stage{int(stage)}" if stage is not None else "")
+            (tmp / CARD_FILE).write_text(model_card(meta, name), encoding="utf-8")
             old = None
             if out.exists():
                 old = out.with_name(f".{out.name}.old")

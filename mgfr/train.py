@@ -10,13 +10,16 @@ epsilon base, of v = sqrt(a) noise - sqrt(1 - a) x0 for a v-prediction base
 
 One code path for every scale: ``accelerate launch -m mgfr train ...`` runs it on several
 GPUs or nodes (each process takes its slice of a global batch, see
-``mgfr.data.batch_indices``). The run folder::
+``mgfr.data.batch_indices``); ``accelerate launch --multi_gpu`` on a machine without a GPU
+runs the processes together on the CPU (gloo). The run folder::
 
     RUN_DIR/config.yaml        the resolved config (a resumed run must match it)
     RUN_DIR/checkpoint/        accelerate save_state + state.json, written to a temporary
                                folder and renamed (a kill never leaves a torn checkpoint)
     RUN_DIR/adapters/          the trainable weights only (EMA when enabled), safetensors,
-                               + mgfr_adapters.json: what MGFRPipeline loads
+                               + mgfr_adapters.json: what MGFRPipeline loads, + README.md:
+                               a Hub model card (mgfr.hub)
+    RUN_DIR/ranks/             with record_ranks: each process's face ids and weight hashes
     RUN_DIR/train_log.csv      step, loss, lr, samples/s, peak memory
     RUN_DIR/validation.csv     step, PSNR, SSIM, identity cosine (and of the LQ input)
     RUN_DIR/validation/        image grids (LQ | restored | HQ per face)
@@ -98,6 +101,10 @@ class TrainConfig:
     validation_preset: str | None = None  # None: the first preset of ``degradation``
     validation_seed: int = 1234
     validation_strength: float | None = None  # None: the preset's inference default
+    # Each process writes RUN_DIR/ranks/rank<i>.csv (the face ids of every micro-step it
+    # trained on) and rank<i>.json (sha256 of its adapter weights at the end): the evidence
+    # that processes read disjoint shards and hold the same weights.
+    record_ranks: bool = False
 
     def __post_init__(self):
         if int(self.stage) not in (1, 2):
@@ -122,7 +129,7 @@ class TrainConfig:
 
     # Fields that may differ when resuming (extend a run, change bookkeeping).
     RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "validate_every",
-                         "validation_faces", "validation_steps")
+                         "validation_faces", "validation_steps", "record_ranks")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
@@ -249,6 +256,35 @@ def _micro_generator(seed: int, micro: int, process: int, device) -> torch.Gener
     return g
 
 
+def _launched_world_size() -> int:
+    """The number of processes the launcher started (torchrun / ``accelerate launch
+    --multi_gpu`` set ``WORLD_SIZE``, mpirun its own variables; 1 without a launcher).
+
+    ``accelerate launch --cpu --num_processes N`` starts N processes only through mpirun
+    (``--mpirun_hostfile``); without it, it starts one, which trains alone (a warning says
+    so here). ``accelerate launch --multi_gpu --num_processes N`` on a machine without a
+    GPU starts N processes, which then train together on the CPU (gloo)."""
+    world = 1
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name):  # torchrun, then the MPI launchers accelerate reads
+            world = int(os.environ[name])
+            break
+    if world == 1 and os.environ.get("MASTER_ADDR") and \
+            os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        import sys
+        print("warning: one training process: `accelerate launch --cpu --num_processes N` "
+              "starts N only through mpirun; use `accelerate launch --multi_gpu "
+              "--num_processes N` (gloo on the CPU when there is no GPU)", file=sys.stderr)
+    return world
+
+
+def _has_accelerator_device() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "is_available"):
+        return bool(acc.is_available())
+    return torch.cuda.is_available()
+
+
 def _same_base(a: str, b: str) -> bool:
     pa, pb = Path(str(a)).expanduser(), Path(str(b)).expanduser()
     if pa.is_dir() and pb.is_dir():
@@ -275,9 +311,14 @@ class Trainer:
         self.cache_dir = cache_dir
         if config.stage == 2 and init is None and not (resume and (self.out / CHECKPOINT_DIR).exists()):
             raise TrainingError("stage 2 starts from a stage-1 run: pass --init RUN_DIR")
+        world = _launched_world_size()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                       cpu=world > 1 and not _has_accelerator_device())
         acc = self.accelerator
+        if acc.num_processes != world:
+            raise TrainingError(f"launched as {world} processes but accelerate set up "
+                                f"{acc.num_processes}; check the launcher's settings")
         set_seed(config.seed)
         self._check_run_folder(resume)
 
@@ -305,6 +346,8 @@ class Trainer:
                 cache_dir=cache_dir, progress=progress and acc.is_main_process)
         except DatasetError as e:
             raise TrainingError(str(e)) from None
+        from .hub import training_data_sha256
+        self.data_sha256 = training_data_sha256(self.dataset)
         self.builder = BatchBuilder(
             config.degradation, negative_preset=config.negative_preset,
             negative_rate=config.negative_rate, prompt_dropout=config.prompt_dropout,
@@ -366,6 +409,7 @@ class Trainer:
         self.step_module, self.optimizer, self.lr_scheduler = acc.prepare(
             self.step_module, self.optimizer, self.lr_scheduler)
         self.text_cache: dict[str, torch.Tensor] = {}
+        self._rank_log = None
         self.step = 0
         if resume and (self.out / CHECKPOINT_DIR).exists():
             self._load_checkpoint()
@@ -470,6 +514,10 @@ class Trainer:
                                    seed=self.cfg.seed, num_processes=acc.num_processes,
                                    process_index=acc.process_index)
         self.dataset.set_epoch(epoch)
+        if self._rank_log is not None:
+            self._rank_log.write({"step": self.step + 1, "micro": micro, "epoch": epoch,
+                                  "face_ids": " ".join(self.dataset.items[i]["face_id"]
+                                                       for i in idx)})
         return epoch, self.builder(collate([self.dataset[i] for i in idx]), epoch,
                                    device=acc.device)
 
@@ -521,9 +569,17 @@ class Trainer:
         """Train to ``max_steps`` (or ``stop_after`` more steps); returns the run folder."""
         from tqdm.auto import tqdm
         acc = self.accelerator
+        # The logs belong to the main process: another rank rewriting the same file (the
+        # resume truncation replaces it) would leave the main one appending to a deleted file.
+        main = acc.is_main_process
         log = _CsvLog(self.out / "train_log.csv",
-                      ("step", "loss", "lr", "samples_per_s", "peak_memory_mb"), self.step)
-        vlog = _CsvLog(self.out / "validation.csv", VALIDATION_FIELDS, self.step)
+                      ("step", "loss", "lr", "samples_per_s", "peak_memory_mb"), self.step) \
+            if main else _NullLog()
+        vlog = _CsvLog(self.out / "validation.csv", VALIDATION_FIELDS, self.step) \
+            if main else _NullLog()
+        if self.cfg.record_ranks:
+            self._rank_log = _CsvLog(self.out / "ranks" / f"rank{acc.process_index}.csv",
+                                     ("step", "micro", "epoch", "face_ids"), self.step)
         tb = _tensorboard(self.out / "tensorboard") if acc.is_main_process else None
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc=f"stage {self.cfg.stage}",
                    disable=not (self.progress and acc.is_main_process))
@@ -556,19 +612,38 @@ class Trainer:
                 if ve and self.step % ve == 0 and self.step < self.cfg.max_steps:
                     self._validate_and_log(vlog, tb)
             self._save_checkpoint()
-            self.save_adapters()
-            self._validate_and_log(vlog, tb)
+            if self.cfg.record_ranks:
+                self._write_rank_state()
+            metrics = self._validate_and_log(vlog, tb)
+            self.save_adapters(metrics=metrics)
         finally:
             bar.close()
             log.close()
             vlog.close()
+            if self._rank_log is not None:
+                self._rank_log.close()
+                self._rank_log = None
             if tb is not None:
                 tb.close()
         return self.out
 
-    def _validate_and_log(self, vlog, tb) -> None:
+    def _write_rank_state(self) -> None:
+        """``ranks/rank<i>.json``: this process's step and sha256 of its adapter weights
+        (and of the EMA shadow weights), as it holds them in memory."""
+        from reface_core.atomic import write_text_atomic
+        acc = self.accelerator
+        state = {"process_index": acc.process_index, "num_processes": acc.num_processes,
+                 "step": self.step,
+                 "adapter_sha256": _tensors_sha256(self.model.adapter.state_dict())}
+        if self.ema is not None:
+            state["ema_sha256"] = _tensors_sha256(
+                {str(i): t for i, t in enumerate(self.ema.shadow_params)})
+        write_text_atomic(self.out / "ranks" / f"rank{acc.process_index}.json",
+                          json.dumps(state, indent=2))
+
+    def _validate_and_log(self, vlog, tb) -> dict | None:
         if not self.accelerator.is_main_process:
-            return
+            return None
         with self._ema_weights():
             metrics, grid = validate(self.model, self.base, self.data, self.cfg,
                                      resolution=self.resolution, cache_dir=self.cache_dir)
@@ -584,6 +659,7 @@ class Trainer:
             for k, v in metrics.items():
                 tb.add_scalar(f"validation/{k}", v, self.step)
             tb.add_image("validation/grid", grid, self.step, dataformats="HWC")
+        return metrics
 
     def _ema_weights(self):
         import contextlib
@@ -600,8 +676,10 @@ class Trainer:
                 self.ema.restore(self.params)
         return swap()
 
-    def save_adapters(self) -> Path:
-        """Write ``RUN_DIR/adapters/`` (EMA weights when enabled) on the main process."""
+    def save_adapters(self, metrics: dict | None = None) -> Path:
+        """Write ``RUN_DIR/adapters/`` (EMA weights when enabled) on the main process, with
+        a model card naming the base, the training data's hash, the steps and ``metrics``
+        (the last validation)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         out = self.out / ADAPTERS_DIR
@@ -609,7 +687,10 @@ class Trainer:
             with self._ema_weights():
                 self.model.save_adapters(out, base=self.cfg.base, stage=self.cfg.stage,
                                          step=self.step, ema=self.cfg.ema_decay > 0,
-                                         init=self.init, resolution=self.resolution)
+                                         init=self.init, resolution=self.resolution,
+                                         training_data_sha256=self.data_sha256,
+                                         train_faces=len(self.dataset),
+                                         metrics=metrics or {})
         acc.wait_for_everyone()
         return out
 
@@ -633,6 +714,26 @@ def _load_ema(ema, path: Path) -> None:
 VALIDATION_FIELDS = ("step", "psnr", "ssim", "identity_cosine", "psnr_lq", "ssim_lq",
                      "identity_cosine_lq", "denoise_loss", "psnr_onestep_t500", "psnr_onestep",
                      "vae_psnr", "faces")
+
+
+def _tensors_sha256(tensors: dict) -> str:
+    """sha256 of named tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\x1f{t.dtype}\x1f{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class _NullLog:
+    """The logs of a process other than the main one: writes nothing."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class _CsvLog:

@@ -72,6 +72,26 @@ def test_stage1_run_folder(stage1_run):
 
 
 @pytest.mark.realdata
+def test_adapter_folder_card(identities_dataset, stage1_run):
+    """The run's adapter folder carries a model card with the training data's hash, the
+    steps and the last validation's metrics (the numbers of validation.csv)."""
+    from huggingface_hub import metadata_load
+
+    from mgfr.hub import training_data_sha256
+    from reface_hq.dataset import FaceTrainingDataset
+    meta = metadata_load(stage1_run / "adapters" / "README.md")
+    ds = FaceTrainingDataset(identities_dataset, "train")
+    assert meta["training_data_sha256"] == training_data_sha256(ds)
+    assert meta["training_faces"] == len(ds) and meta["training_steps"] == 2
+    assert meta["mgfr_base"] == "tiny" and "base_model" not in meta
+    with (stage1_run / "validation.csv").open() as f:
+        row = list(csv.DictReader(f))[-1]
+    assert meta["metrics"]["psnr"] == pytest.approx(float(row["psnr"]), rel=1e-5)
+    assert meta["metrics"]["psnr_lq"] == pytest.approx(float(row["psnr_lq"]), rel=1e-5)
+    assert str(identities_dataset) not in (stage1_run / "adapters" / "README.md").read_text()
+
+
+@pytest.mark.realdata
 def test_pipeline_loads_trained_adapters(identities_dataset, stage1_run):
     """What `mgfr train` writes is what MGFRPipeline loads (no base argument needed)."""
     import numpy as np
