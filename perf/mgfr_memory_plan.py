@@ -26,7 +26,7 @@ saves exactly those (``--math-attention`` keeps the math kernel). The frozen VAE
 of the LQ batch (no gradients) is measured the same way; its transient peak comes before
 the forward, so a step's peak is the larger of the two. ``--check-real`` runs the same
 micro-step on real CPU tensors (the CPU runs flash attention too) and prints both peaks,
-the check that the meta count is what real tensors use.
+and the peak resident memory of the same step on the CPU sampled without the tracker.
 
 Not counted: the CUDA context and cuDNN/cuBLAS workspaces (``--overhead-gb``, default
 1.5 GB) and allocator fragmentation (``--fragmentation``, default 10 % of the rest).
@@ -116,11 +116,15 @@ class LivePeak:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
+                # views, detach and in-place ops return a storage an input already has
+                # (a weight's transpose is no new memory)
+                seen = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                        if isinstance(t, torch.Tensor)}
                 for t in tree_flatten(out)[0]:
                     if isinstance(t, torch.Tensor):
                         st = t.untyped_storage()
                         key = st._cdata
-                        if key not in tracker.live:
+                        if key not in tracker.live and key not in seen:
                             tracker.live[key] = st.nbytes()
                             tracker.cur += st.nbytes()
                             tracker.peak = max(tracker.peak, tracker.cur)
@@ -197,7 +201,14 @@ def measure_step(preset: str, device: str, dtype, stage: int, checkpointing: boo
     def peak(fn):
         with flash_like_attention(flash), LivePeak() as lp:
             fn()
-        return {"act": lp.peak}
+        out = {"act": lp.peak}
+        if device == "cpu":  # an independent reading: resident memory, sampled (no tracker)
+            from mgfr.profile import _PeakRSS
+            fn()  # warm-up: the allocator's first-touch pages
+            with flash_like_attention(flash), _PeakRSS() as rss:
+                fn()
+            out["rss"] = rss.used
+        return out
 
     def step():
         model(z, t, hidden, lq, r, ids).float().square().mean().backward()
@@ -297,6 +308,8 @@ def check_real(args) -> dict:
                          args.resolution, flash=True)
         out[device] = {"step_act_mb": m["step"]["act"] / 2 ** 20,
                        "vae_act_mb": m["vae_encode"]["act"] / 2 ** 20}
+        if "rss" in m["step"]:
+            out[device]["step_peak_rss_mb"] = m["step"]["rss"] / 2 ** 20
     return out
 
 
