@@ -7,10 +7,11 @@ On CUDA: ``sd21-base`` built from config with random weights (no download), fp16
    seconds and GFLOPs, interleaved calls);
 2. 20 stage-1 training steps as ``mgfr train`` runs them (frozen fp16 base, fp32 adapter
    under fp16 autocast with a gradient scaler, AdamW, gradient checkpointing, the LQ batch
-   encoded by the VAE every step, HQ targets from the latent cache so not encoded),
-   interleaved with 20 steps of plain UNet fine-tuning on the same batch (the bare-UNet
-   step); the medians of the steps after the first two, their ratio, and the peak memory
-   of the MGFR steps (``torch.cuda.max_memory_allocated``).
+   encoded by the VAE every step, HQ targets from the latent cache so not encoded), then
+   20 steps of plain UNet fine-tuning on the same batch (the bare-UNet step, its UNet
+   copy built after the MGFR steps); the medians of the steps after the first two, their
+   ratio, and the peak memory of the MGFR steps (``torch.cuda.max_memory_allocated``,
+   everything the process holds: the frozen base, the adapter, its optimizer state).
 
 Without CUDA (or with ``--cpu``) it says so in one line and runs the reduced CPU variant
 (``tiny``, 64 px, fp32, 3 steps of each), so the script itself is tested on any machine.
@@ -42,14 +43,12 @@ def train_steps(preset: str, device, dtype, resolution: int, batch: int, steps: 
     model = MGFRModel.from_base(base, copy_unet_weights=True)
     model.adapter.to(device=device, dtype=torch.float32)
     params = model.trainable_parameters(1)
-    plain_unet = copy.deepcopy(base.unet).requires_grad_(True).train()
     if checkpointing:
         base.unet.enable_gradient_checkpointing()
-        plain_unet.enable_gradient_checkpointing()
         _enable_checkpointing(model.adapter)
     step_module = AdapterStep(model.adapter).train()
     opt = torch.optim.AdamW(params, lr=1e-5)
-    opt_plain = torch.optim.AdamW(plain_unet.parameters(), lr=1e-5, eps=1e-4)
+    plain = {}
     half = dtype == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=half)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -87,6 +86,12 @@ def train_steps(preset: str, device, dtype, resolution: int, batch: int, steps: 
         opt.zero_grad(set_to_none=True)
 
     def plain_step():
+        if not plain:  # built after the MGFR steps, so their peak memory is theirs alone
+            plain["unet"] = copy.deepcopy(base.unet).requires_grad_(True).train()
+            if checkpointing:
+                plain["unet"].enable_gradient_checkpointing()
+            plain["opt"] = torch.optim.AdamW(plain["unet"].parameters(), lr=1e-5, eps=1e-4)
+        plain_unet, opt_plain = plain["unet"], plain["opt"]
         noisy, noise, t = noised()
         pred = plain_unet(noisy, t, hidden, return_dict=False)[0]
         F.mse_loss(pred.float(), noise.float()).backward()
@@ -99,18 +104,17 @@ def train_steps(preset: str, device, dtype, resolution: int, batch: int, steps: 
 
     times = {"mgfr": [], "plain": []}
     peak = None
-    for i in range(steps):
-        for name, fn in (("mgfr", mgfr_step), ("plain", plain_step)):
-            if name == "mgfr" and device.type == "cuda" and i == 0:
-                torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for name, fn in (("mgfr", mgfr_step), ("plain", plain_step)):
+        for _ in range(steps):
             sync()
             t0 = time.perf_counter()
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-            if name == "mgfr" and device.type == "cuda":
-                peak = max(peak or 0, torch.cuda.max_memory_allocated(device))
-                torch.cuda.reset_peak_memory_stats(device)  # the plain step's is not ours
+        if name == "mgfr" and device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
     skip = 2 if steps > 4 else 1
     med = {k: statistics.median(v[skip:]) for k, v in times.items()}
     if peak is None:

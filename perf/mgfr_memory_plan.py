@@ -319,13 +319,15 @@ def to_markdown(r: dict) -> str:
              f"{r['overhead_gb']} GB CUDA context + {100 * r['fragmentation']:.0f} % "
              f"fragmentation reserved.", "",
              "| stage | precision | checkpointing | optimizer | frozen weights GB | trainable "
-             "state GB | activations GB/sample | batch 1 GB (before overhead) | batch on 24 GB | 40 GB | 80 GB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "state GB | step activations GB/sample | VAE encode GB/sample | batch 1 GB "
+             "(before overhead) | batch on 24 GB | 40 GB | 80 GB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["rows"]:
         lines.append(
             f"| {x['stage']} | {x['precision']} | {'on' if x['checkpointing'] else 'off'} | "
             f"{x['optimizer']} | {x['frozen_weights_gb']:.2f} | {x['trainable_state_gb']:.2f} | "
-            f"{x['activation_per_sample_gb']:.2f} | {x['batch_1_total_gb']:.1f} | "
+            f"{x['activation_per_sample_gb']:.2f} | {x['vae_encode_per_sample_gb']:.2f} | "
+            f"{x['batch_1_total_gb']:.1f} | "
             + " | ".join(str(x.get(f"batch_{c}gb", "")) for c in (24, 40, 80)) + " |")
     return "\n".join(lines) + "\n"
 
