@@ -126,8 +126,9 @@ def load_or_build(dataset, vae, encode: Callable[[torch.Tensor], torch.Tensor], 
     calls on its targets (so a cached latent equals an encoded one, up to the batch the
     convolutions ran in). ``wait``: a barrier across processes (``wait_for_everyone``).
     """
-    from reface_core.atomic import atomic_path
     from safetensors.torch import save_file
+
+    from reface_core.atomic import atomic_path
 
     vae_sha = vae_digest(vae)
     orientations = 2 if flip else 1

@@ -20,7 +20,6 @@ reference. The LQ input is degraded per step and always encoded.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -161,13 +161,13 @@ def main(argv=None) -> int:
     rows = [
         ("preset, resolution, dtype", f"{preset}, {res} px, {dname}"),
         ("device", str(device)),
-        ("denoising step, bare UNet (1 branch)", f"{s['unet_1']['seconds']:.4f} s, "
-         f"{s['unet_1']['gflops']:.1f} GFLOP"),
-        ("denoising step, MGFR (1 branch)", f"{s['mgfr_1']['seconds']:.4f} s, "
-         f"{s['mgfr_1']['gflops']:.1f} GFLOP"),
+        ("denoising step, bare UNet (1 branch)", (f"{s['unet_1']['seconds']:.4f} s, "
+                                                  f"{s['unet_1']['gflops']:.1f} GFLOP")),
+        ("denoising step, MGFR (1 branch)", (f"{s['mgfr_1']['seconds']:.4f} s, "
+                                             f"{s['mgfr_1']['gflops']:.1f} GFLOP")),
         ("denoising step ratio MGFR / bare UNet",
-         f"{prof['ratios']['mgfr_vs_unet_1_branch']:.2f}x "
-         f"({prof['ratios']['gflops_mgfr_vs_unet_1_branch']:.2f}x in GFLOPs)"),
+         (f"{prof['ratios']['mgfr_vs_unet_1_branch']:.2f}x "
+          f"({prof['ratios']['gflops_mgfr_vs_unet_1_branch']:.2f}x in GFLOPs)")),
         (f"training steps (batch {tr['batch']}, checkpointing)",
          f"{tr['steps']}, median of the last {tr['timed_steps']}"),
         ("stage-1 training step, MGFR", f"{tr['mgfr_step_s']:.4f} s"),

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -141,8 +140,6 @@ class LivePeak:
 
 def build(preset: str, device: str, dtype, stage: int, checkpointing: bool,
           resolution: int | None = None, seed: int = 0):
-    import torch
-
     from mgfr.base import build_base_from_config
     from mgfr.model import MGFRModel
     from mgfr.train import _enable_checkpointing
@@ -314,13 +311,13 @@ def check_real(args) -> dict:
 
 
 def to_markdown(r: dict) -> str:
-    lines = [f"`{r['preset']}` at {r['resolution']} px, stage 2 with {r['refs']} references; "
-             f"8-bit AdamW state {r['adam8bit_bytes_per_param']:.3f} B/param, {r['adam8bit']}; "
-             f"{r['overhead_gb']} GB CUDA context + {100 * r['fragmentation']:.0f} % "
-             f"fragmentation reserved.", "",
-             "| stage | precision | checkpointing | optimizer | frozen weights GB | trainable "
-             "state GB | step activations GB/sample | VAE encode GB/sample | batch 1 GB "
-             "(before overhead) | batch on 24 GB | 40 GB | 80 GB |",
+    lines = [(f"`{r['preset']}` at {r['resolution']} px, stage 2 with {r['refs']} references; "
+              f"8-bit AdamW state {r['adam8bit_bytes_per_param']:.3f} B/param, {r['adam8bit']}; "
+              f"{r['overhead_gb']} GB CUDA context + {100 * r['fragmentation']:.0f} % "
+              f"fragmentation reserved."), "",
+             ("| stage | precision | checkpointing | optimizer | frozen weights GB | trainable "
+              "state GB | step activations GB/sample | VAE encode GB/sample | batch 1 GB "
+              "(before overhead) | batch on 24 GB | 40 GB | 80 GB |"),
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["rows"]:
         lines.append(

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_on_the_cpu_and_prints_one_table():
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run(["bash", str(REPO / "perf" / "gpu_check.sh")], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=400)
+                       capture_output=True, text=True, timeout=400, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert lines[0].startswith("CUDA not available: skipping the CUDA check"), lines[:2]

@@ -139,8 +139,8 @@ def test_a_two_process_build_equals_a_single_one(tmp_path):
 def test_a_training_step_reads_targets_and_references_from_the_cache(identities_dataset,
                                                                       tmp_path):
     from mgfr.train import TrainConfig, Trainer
-    common = dict(base="tiny", batch_size=2, ema_decay=0, seed=3, negative_rate=0.5,
-                  n_references=2)
+    common = {"base": "tiny", "batch_size": 2, "ema_decay": 0, "seed": 3,
+              "negative_rate": 0.5, "n_references": 2}
     runs = {}
     for cached in (False, True):
         cfg = TrainConfig(stage=1, cache_latents=cached, **common)
@@ -164,6 +164,6 @@ def test_a_training_step_reads_targets_and_references_from_the_cache(identities_
                   cache_dir=tmp_path / "cache", progress=False)
     assert not tr2.latent_cache.built  # same dataset, same VAE: the stage-1 file
     _, batch = tr2._micro_batch(0)
-    lq, refs, _, _ = tr2._conditions(batch)
+    _, refs, _, _ = tr2._conditions(batch)
     want = tr2._latents(batch["references"].flatten(0, 1)).unflatten(0, refs.shape[:2])
     torch.testing.assert_close(refs, want, atol=1e-5, rtol=1e-5)

@@ -16,9 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 def test_meta_count_matches_real_tensors_and_the_table_is_consistent():
     import argparse
 
-    import torch
-
     import mgfr_memory_plan as mp
+    import torch
     torch.set_num_threads(1)
     real = mp.measure_step("tiny", "cpu", torch.float32, 1, False, 2, 1)
     meta = mp.measure_step("tiny", "meta", torch.float32, 1, False, 2, 1)
