@@ -75,6 +75,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    # VAE latents of the HQ faces (targets of positive samples, references) encoded once
+    # and read back every step (mgfr.latent_cache); LQ inputs and negative targets are
+    # degraded per step and always encoded.
+    cache_latents: bool = False
     ema_decay: float = 0.999          # 0: no EMA; saved adapters are the EMA weights
     seed: int = 0
     # Timestep weighting: with probability ``focus_rate`` a sample's timestep is drawn from
@@ -129,7 +133,8 @@ class TrainConfig:
 
     # Fields that may differ when resuming (extend a run, change bookkeeping).
     RESUMABLE_CHANGES = ("max_steps", "checkpoint_every", "log_every", "validate_every",
-                         "validation_faces", "validation_steps", "record_ranks")
+                         "validation_faces", "validation_steps", "record_ranks",
+                         "cache_latents")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
@@ -410,6 +415,16 @@ class Trainer:
             self.step_module, self.optimizer, self.lr_scheduler)
         self.text_cache: dict[str, torch.Tensor] = {}
         self._rank_log = None
+        self.latent_cache = None
+        if config.cache_latents:
+            from .latent_cache import load_or_build
+            self.latent_cache = load_or_build(
+                self.dataset, self.base.vae, self._latents,
+                cache_dir=Path(cache_dir) if cache_dir is not None else self.dataset.root / "cache",
+                dtype=self.weight_dtype, flip=config.flip, batch_size=config.batch_size,
+                process_index=acc.process_index, num_processes=acc.num_processes,
+                is_main=acc.is_main_process, wait=acc.wait_for_everyone,
+                progress=progress and acc.is_main_process)
         self.step = 0
         if resume and (self.out / CHECKPOINT_DIR).exists():
             self._load_checkpoint()
@@ -496,12 +511,30 @@ class Trainer:
                 self.text_cache[p] = h
         return torch.stack([self.text_cache[p] for p in prompts])
 
+    def _target_latents(self, batch: dict) -> torch.Tensor:
+        """Latents of the targets: positive samples from the latent cache when there is
+        one (their target is the HQ face), negative ones encoded (degraded per step)."""
+        if self.latent_cache is None:
+            return self._latents(batch["target"])
+        neg = [i for i, p in enumerate(batch["plans"]) if p.negative]
+        z = self.latent_cache.get(batch["index"], batch["flipped"], device=self.accelerator.device,
+                                  dtype=self.weight_dtype)
+        if neg:
+            z[neg] = self._latents(batch["target"][neg])
+        return z
+
     def _conditions(self, batch: dict):
         lq = self._latents(batch["lq"])
         refs = ids = mask = None
         if self.cfg.stage == 2:
             b, r = batch["references"].shape[:2]
-            refs = self._latents(batch["references"].flatten(0, 1)).unflatten(0, (b, r))
+            if self.latent_cache is not None:
+                refs = self.latent_cache.get(
+                    [k for row in batch["reference_indices"] for k in row],
+                    [f for row in batch["reference_flipped"] for f in row],
+                    device=lq.device, dtype=lq.dtype).unflatten(0, (b, r))
+            else:
+                refs = self._latents(batch["references"].flatten(0, 1)).unflatten(0, (b, r))
             ids = batch["reference_embeddings"].to(lq.device, lq.dtype)
             mask = batch["reference_mask"][:, None].expand(b, r).to(lq.device)
         return lq, refs, ids, mask
@@ -518,14 +551,17 @@ class Trainer:
             self._rank_log.write({"step": self.step + 1, "micro": micro, "epoch": epoch,
                                   "face_ids": " ".join(self.dataset.items[i]["face_id"]
                                                        for i in idx)})
-        return epoch, self.builder(collate([self.dataset[i] for i in idx]), epoch,
-                                   device=acc.device)
+        items = collate([self.dataset[i] for i in idx])
+        batch = self.builder(items, epoch, device=acc.device)
+        for key in ("index", "flipped", "reference_indices", "reference_flipped"):
+            batch[key] = items[key]
+        return epoch, batch
 
     def _loss(self, micro: int) -> torch.Tensor:
         acc = self.accelerator
         _, batch = self._micro_batch(micro)
         gen = _micro_generator(self.cfg.seed, micro, acc.process_index, acc.device)
-        target = self._latents(batch["target"])
+        target = self._target_latents(batch)
         lq, refs, ids, mask = self._conditions(batch)
         hidden = self._text(batch["prompts"])
         sched = self.base.noise_scheduler
@@ -985,7 +1021,8 @@ def train_from_args(args) -> int:
     flags = {"stage": args.stage, "base": args.base, "max_steps": args.max_steps,
              "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
              "checkpoint_every": args.checkpoint_every, "validate_every": args.validate_every,
-             "mixed_precision": args.mixed_precision}
+             "mixed_precision": args.mixed_precision,
+             "cache_latents": getattr(args, "cache_latents", None)}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.base is None and args.init is not None:
         # Stage 2 runs on the base stage 1 was trained on, unless told otherwise.

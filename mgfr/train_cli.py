@@ -92,7 +92,12 @@ def add_subcommands(subparsers) -> None:
                    help="steps between validations (0: only at the end)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
     p.add_argument("--cache-dir", default=None,
-                   help="identity-embedding cache folder (default DATA/cache)")
+                   help="cache folder of identity embeddings and VAE latents (default "
+                        "DATA/cache)")
+    p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode the HQ faces' VAE latents once (per dataset and VAE) instead "
+                        "of every step (default: the config's cache_latents; off unless the "
+                        "recipe sets it, on in the sd21-base recipes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable), e.g. --set ema_decay=0.99")
     add_wait_lock_argument(p)

@@ -484,7 +484,9 @@ class FaceTrainingDataset:
     of the same identity; ``reference_embeddings`` (R, dim) identity embeddings of those
     references (from the cache, when an embedder is given); ``face_id``, ``identity``,
     ``prompt``, ``negative_attribute_prompt``, ``negative_quality_prompt``, ``index``,
-    ``epoch``, ``flipped``.
+    ``epoch``, ``flipped``, and ``reference_indices``/``reference_flipped`` (which faces of
+    this dataset the references are and whether each is flipped: what the training step's
+    latent cache reads).
 
     References are redrawn every epoch (:meth:`set_epoch`) from ``(seed, epoch, index)``
     without replacement while the identity has enough other photos. ``flip``: a horizontal
@@ -526,6 +528,8 @@ class FaceTrainingDataset:
         for r in df.to_dict("records"):
             self.items.append({
                 "face_id": r["face_id"], "image_path": r["image_path"], "identity": r["identity"],
+                "image_sha256": r.get("image_sha256") if isinstance(r.get("image_sha256"), str)
+                else None,
                 "prompt": text(r, "prompt", text(r, "caption")),
                 "negative_attribute_prompt": text(r, "negative_attribute_prompt"),
                 "negative_quality_prompt": text(r, "negative_quality_prompt", default_nq)})
@@ -616,6 +620,8 @@ class FaceTrainingDataset:
             "negative_attribute_prompt": item["negative_attribute_prompt"],
             "negative_quality_prompt": item["negative_quality_prompt"],
             "reference_ids": [self.items[k]["face_id"] for k in refs],
+            "reference_indices": [int(k) for k in refs],
+            "reference_flipped": [bool(f) for f in flips[1:]],
             "index": index, "epoch": self.epoch, "flipped": bool(flips[0]),
         }
         if self.embeddings is not None:
