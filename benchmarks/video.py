@@ -204,10 +204,13 @@ def lq_tracks_path(out: Path, dataset_hash: str, clip: str) -> Path:
 def _restore(argv: list[str]) -> str | None:
     """Run ``mgfr restore``; None when it succeeded, else its error line."""
     from mgfr.cli import main as mgfr_main
+    from reface_core.cli import EXIT_INTERRUPTED
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = mgfr_main(argv)
+    if code == EXIT_INTERRUPTED:  # Ctrl-C stops the benchmark, not just this clip
+        raise KeyboardInterrupt
     if code == 0:
         return None
     lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
