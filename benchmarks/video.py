@@ -260,6 +260,11 @@ def run_video_benchmark(ds, specs, out: str | Path, *, metrics: list[str] | None
             base = spec.name.partition("@")[0]
             record = {"restorer": spec.name, "options": spec.options,
                       "restore_flags": argvs[spec.label]}
+            if base not in ("lq", "mgfr"):
+                # what the options resolve to (a folder's content digest, say): a refilled
+                # folder is a new run, as on images
+                record["restorer_config"] = R.create_restorer(
+                    base, **spec.options).config_for_record()
             chash = R.config_hash(record)
             run_id = f"{spec.name}-{chash[:10]}-{ds.dataset_hash[:10]}"
             base_row = {"run_id": run_id, "restorer": spec.name, "restorer_config": record,

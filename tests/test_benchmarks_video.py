@@ -235,3 +235,25 @@ def test_report_has_a_page_per_clip(video_store, tmp_path):
     w, h = Image.open(site / strip[0]).size
     assert max(w, h) == 192
     assert VIDEO_FRAMES == 8
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_clip_a_method_cannot_restore_is_a_failed_row(data_root, tmp_path, capsys):
+    from benchmarks.run import main
+    from benchmarks.store import open_store
+
+    data, empty = tmp_path / "data", tmp_path / "no_outputs"
+    data.mkdir()
+    empty.mkdir()
+    (data / "synthetic_1.mp4").symlink_to(data_root / "video" / "synthetic_1.mp4")
+    code = main(["--dataset", "video", "--data", str(data), "--methods",
+                 f"folder:dir={empty},lq", "--dataset-option", "frames=2",
+                 "--out", str(tmp_path / "r"), "-q"])
+    assert code == 1                                 # finished, with a failed row
+    with open_store(tmp_path / "r", read_only=True) as s:
+        runs = {r["restorer"]: r for r in s.query("SELECT * FROM runs")}
+        out = s.query("SELECT * FROM outputs WHERE status = 'failed'")
+    assert runs["folder"]["status"] == "failed" and runs["lq"]["status"] == "done"
+    assert len(out) == 1 and "no output for image id" in out[0]["error"]
+    assert ": 1 of 1 clips failed (see outputs.error)" in capsys.readouterr().out
