@@ -129,9 +129,9 @@ def crop_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = (float(v) for v in box)
     side = min(max(x1 - x0, y1 - y0) * CROP_SCALE, width, height)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left = int(round(min(max(cx - side / 2, 0), width - side)))
-    top = int(round(min(max(cy - side / 2, 0), height - side)))
-    return left, top, left + int(round(side)), top + int(round(side))
+    left = round(min(max(cx - side / 2, 0), width - side))
+    top = round(min(max(cy - side / 2, 0), height - side))
+    return left, top, left + round(side), top + round(side)
 
 
 def _read_frames(path: Path, wanted: list[int]) -> dict[int, np.ndarray]:
@@ -282,10 +282,10 @@ def build_clip_pages(results, key, runs: pd.DataFrame, labels: dict, site: Path,
         stem = f"{key.slug}-{_safe_name(clip)[:40]}-{hashlib.sha1(clip.encode()).hexdigest()[:8]}"
         plots = []
         for metric, title, ylabel in (
-                ("warp_error", "flicker: flow-warping error on the face per frame "
-                               "(lower is steadier)", "warp error (8-bit levels)"),
-                ("identity", "identity over time: cosine to the track's mean identity "
-                             "(higher is steadier)", "cosine")):
+                ("warp_error", ("flicker: flow-warping error on the face per frame "
+                                "(lower is steadier)"), "warp error (8-bit levels)"),
+                ("identity", ("identity over time: cosine to the track's mean identity "
+                              "(higher is steadier)"), "cosine")):
             if (mine_series["metric"] == metric).any():
                 rel = f"assets/plots/clip-{stem}-{metric}.png"
                 plot_series(mine_series, labels, run_ids, metric, title, ylabel, site / rel)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import sys
@@ -118,10 +117,9 @@ def _cut(src: Path, dst: Path, frames: int) -> Path:
         return dst
     info = probe_video(src)
     n = min(frames, info.frames)
-    with atomic_path(dst) as tmp:
-        with VideoWriter(tmp, replace(info, frames=n), crf=12) as w:
-            for f in iter_frames(src, info=info, stop=n):
-                w.write(f)
+    with atomic_path(dst) as tmp, VideoWriter(tmp, replace(info, frames=n), crf=12) as w:
+        for f in iter_frames(src, info=info, stop=n):
+            w.write(f)
     return dst
 
 
@@ -386,8 +384,9 @@ def format_video_summary(out: str | Path, summaries: list) -> str:
     for r in rows:
         by.setdefault((r["clip"], r["run_id"]), {})[r["metric"]] = r["value"]
     width = max([len(lb) for lb in labels.values()] + [6]) + 2
-    lines = [f"{'clip':<14}{'method':<{width}}{'warp_error':>11}{'id_mean':>9}{'id_min':>9}"
-             f"{'jitter':>9}"]
+    header = (f"{'clip':<14}{'method':<{width}}{'warp_error':>11}{'id_mean':>9}{'id_min':>9}"
+              f"{'jitter':>9}")
+    lines = [header]
 
     def num(v, fmt):
         return "n/a" if v is None or not np.isfinite(v) else format(v, fmt)

@@ -71,8 +71,8 @@ def test_video_dataset_errors_name_the_input(tmp_path, capsys):
     code = main(["--dataset", "video", "--data", str(empty), "--methods", "bicubic@bogus",
                  "--out", str(tmp_path / "r"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: method 'bicubic@bogus': unknown variant @bogus "
-                                 "(known: @nosmooth)"]
+    assert code == 2 and err == [("error: method 'bicubic@bogus': unknown variant @bogus "
+                                  "(known: @nosmooth)")]
 
 
 def test_strip_frames_and_crop_boxes():
@@ -206,7 +206,7 @@ def test_benchmarks_video_is_an_alias_of_the_video_dataset(data_root, tmp_path):
 def test_report_has_a_page_per_clip(video_store, tmp_path):
     import re
 
-    from publish_support import VIDEO_FRAMES, VIDEO_ODD_CLIP
+    from publish_support import VIDEO_FRAMES
 
     from benchmarks import publish as P
 
