@@ -15,6 +15,9 @@ lq-only        a folder of aligned LQ faces (WebPhoto-, LFW-, WIDER-, CelebChild
                ``DIR/lq/`` with an optional ``DIR/ref/<identity>/``; no GT.
 photos         whole (unaligned) photos: every face is detected and FFHQ-aligned by
                ``faces`` (crops cached under the results folder), restored, and pasted back.
+video          a folder of clips, GT clips of the same names in ``DIR/gt/`` when there are
+               some: each item is a clip, restored whole and scored over time and per
+               frame (``benchmarks.video``).
 =============  =========================================================================
 
 Every dataset has a content hash over the bytes of its inputs and the settings that make
@@ -308,6 +311,11 @@ def load_photos(data, results_dir: Path, *, size: int = 512, detector: str = "dl
     return BenchmarkDataset("photos", root, items, dataset_hash, dict(config, data=path_text(root)))
 
 
+def load_video(data, results_dir: Path, **options) -> BenchmarkDataset:
+    from .video import load_video as load  # imports PyAV only when asked for video
+    return load(data, results_dir, **options)
+
+
 def _no_options(name: str, unknown: dict) -> None:
     if unknown:
         raise DatasetError(f"dataset {name!r}: unknown option(s) {sorted(unknown)}")
@@ -322,14 +330,19 @@ for _name, _entry in {
     "lq-only": (load_lq_only, "a folder of LQ faces, or DIR/lq (+ DIR/ref/<identity>/)"),
     "photos": (load_photos, ("whole photos; faces detected, aligned, restored, pasted back "
                              "(options: size, detector)")),
+    "video": (load_video, ("a folder of clips (+ DIR/gt/ clips); temporal metrics "
+                           "(options: frames, clips)")),
 }.items():
     DATASETS.register(_name, _entry, description=_entry[1])
 del _name, _entry
 
 
 def guess_layout(path: Path) -> str:
+    from reface_core.video import is_video_path
     if (path / "manifest.parquet").is_file():
         return "reface-test"
+    if any(p.is_file() and is_video_path(p) for p in path.iterdir()):
+        return "video"
     if (path / "lq").is_dir() and (path / "gt").is_dir():
         return "paired"
     return "lq-only"
@@ -351,3 +364,11 @@ def load_dataset(name_or_path: str, data: str | Path | None = None, *,
     if limit is not None and int(limit) < 1:
         raise DatasetError(f"limit must be >= 1, got {limit}")
     return DATASETS[name][0](data, results_dir, limit=limit, **options)
+
+
+def is_video_dataset(name_or_path: str) -> bool:
+    """Whether ``--dataset`` names the ``video`` layout (by name, or a folder of clips)."""
+    if name_or_path == "video":
+        return True
+    path = Path(name_or_path).expanduser()
+    return name_or_path not in DATASETS and path.is_dir() and guess_layout(path) == "video"

@@ -5,6 +5,9 @@
 
     SITE_DIR/index.html                   datasets, user-study results, provenance of every run
     SITE_DIR/<dataset>.html               leaderboard, plots, image grids with eye/mouth crops
+    SITE_DIR/clip-<dataset>-<clip>-<h>.html  video datasets: a page per clip (frame strip,
+                                          flicker and identity-over-time plots;
+                                          benchmarks.publish_video)
     SITE_DIR/leaderboards/<dataset>.csv   one row per finished run (see COLUMN ORDER below)
     SITE_DIR/leaderboards/<dataset>.parquet, <dataset>.md
     SITE_DIR/assets/...                   plots and image thumbnails (plain files, relative links)
@@ -85,6 +88,11 @@ class Results:
     leaderboard: pd.DataFrame
     metrics: pd.DataFrame
     study: dict | None
+    #: the video tables (empty when the store has none): see benchmarks.store
+    video_scores: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(
+        columns=["run_id", "clip", "track_id", "metric", "value", "n_frames"]))
+    video_series: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(
+        columns=["run_id", "clip", "track_id", "frame", "metric", "value"]))
 
 
 def store_path(results_dir: str | os.PathLike) -> Path:
@@ -142,7 +150,11 @@ def read_results(results_dir: str | os.PathLike) -> Results:
         if "study_votes" in have:
             from .study import study_results_from_con
             study = study_results_from_con(con)
-    return Results(root, runs, images, outputs, scores, board, metrics, study)
+        video = {}
+        for table in ("video_scores", "video_series"):
+            if table in have:
+                video[table] = _table(con, f"SELECT * FROM {table}")
+    return Results(root, runs, images, outputs, scores, board, metrics, study, **video)
 
 
 def resolve_store_path(root: Path, value: Any) -> Path | None:
@@ -686,6 +698,7 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                note: str = "") -> dict:
     """Write the whole site into ``site`` (a fresh folder); return a summary. ``note`` is
     shown at the top of every page (e.g. what was trained how long on what)."""
+    from . import publish_video
     env, md_env = _template_env(), _template_env(autoescape=False)
     env.globals["note"] = note
     css, js = _static("report.css"), _static("sortable.js")
@@ -744,7 +757,16 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                                      per_run_stats(results, run_ids, q_m), id_m, q_m,
                                      directions, site / rel)
             scatter = {"src": rel, "x": id_m, "y": q_m}
-        grid = build_grid(results, key, runs, labels, assets, grid_images, n_refs)
+        clips, temporal = [], []
+        if publish_video.has_video(results, key):
+            # clips are videos: a page per clip instead of the side-by-side image grid
+            grid = []
+            clips, temporal = publish_video.build_clip_pages(
+                results, key, runs, labels, site,
+                lambda name, **ctx: env.get_template(name).render(
+                    css=css, js=js, nav_pages=nav, decimals=DECIMALS, **ctx))
+        else:
+            grid = build_grid(results, key, runs, labels, assets, grid_images, n_refs)
         n_cols = max((len(r["cells"]) for r in grid), default=0)
         page = {"key": key, "file": f"{key.slug}.html", "csv": csv_rel,
                 "parquet": f"leaderboards/{key.slug}.parquet",
@@ -752,7 +774,10 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                 "n_runs": len(runs), "n_runs_all": len(runs_all),
                 "n_images": int((results.images["dataset_hash"].fillna("")
                                  == key.dataset_hash).sum()),
-                "metrics": [m for _, m, _ in vcols]}
+                "metrics": [m for _, m, _ in vcols] + [m for m, _, _ in (
+                    publish_video.TEMPORAL_COLUMNS if clips else ())],
+                "clips": clips, "temporal": temporal,
+                "clip_files": {c.clip: c.file for c in clips}}
         pages.append(page)
         table_rows = []
         best = _best_cells(frame)
@@ -768,6 +793,8 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
         html_text = env.get_template("dataset.html.j2").render(
             page=page, css=css, js=js, nav_pages=nav, vcols=vcols, rows=table_rows,
             notes=notes, plots=plots, scatter=scatter, grid=grid, n_cols=n_cols, decimals=DECIMALS,
+            clips=clips, temporal=temporal, clip_files=page["clip_files"],
+            temporal_columns=publish_video.TEMPORAL_COLUMNS,
             skipped=[{"label": labels[r.run_id], "status": r.status,
                       "reason": "" if r.reason is None or pd.isna(r.reason) else r.reason,
                       "short": "" if r.reason is None or pd.isna(r.reason)
@@ -779,7 +806,7 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                                     "page": page["file"], "csv": csv_rel, "runs": len(runs)})
     index = env.get_template("index.html.j2").render(
         css=css, js=js, nav_pages=nav, pages=pages, runs=_provenance(results), study=results.study,
-        decimals=DECIMALS)
+        decimals=DECIMALS, temporal_columns=publish_video.TEMPORAL_COLUMNS)
     with _atomic(site / "index.html") as tmp:
         tmp.write_text(index, encoding="utf-8")
     return summary

@@ -486,12 +486,21 @@ def run_benchmark(methods: str | list[str], dataset: str, data: str | None = Non
     """The Python entry of the command line; returns one summary per method."""
     check_device(device)
     specs = parse_methods(methods, list(sets))
+    video = D.is_video_dataset(dataset)
     for s in specs:  # every method's name and options are checked before any work
-        R.create_restorer(s.name, **s.options)
-    names = list(metrics or M.DEFAULT_METRICS)
+        if video:
+            from .video import restore_argv
+            restore_argv(s.name, s.options)
+        else:
+            R.create_restorer(s.name, **s.options)
+    names = list(metrics or ([] if video else M.DEFAULT_METRICS))
     for n in names:
         M.get_spec(n)
     ds = D.load_dataset(dataset, data, results_dir=out, limit=limit, **(dataset_options or {}))
+    if ds.name == "video":
+        from .video import run_video_benchmark
+        return run_video_benchmark(ds, specs, out, metrics=names or None, device=device,
+                                   progress=progress)
     bench = Benchmark(ds, names, out, device=device, progress=progress,
                       metric_options=metric_options)
     try:
@@ -621,7 +630,11 @@ def command(args) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(args.out, summaries, metrics or list(M.DEFAULT_METRICS)))
+    if D.is_video_dataset(args.dataset):
+        from .video import format_video_summary
+        print(format_video_summary(args.out, summaries))
+    else:
+        print(format_summary(args.out, summaries, metrics or list(M.DEFAULT_METRICS)))
     print(f"\nresults: {Path(args.out) / 'results.duckdb'}")
     # 1: finished, but some rows failed (images a method could not restore, scores a
     # metric could not compute); their rows say why. A skipped method is not a failure.

@@ -215,3 +215,46 @@ def test_a_click_in_the_study_page_records_a_vote(browser, results, tmp_path):
     assert v["choice"] == "left" and v["winner_run"] == v["left_run"]
     assert {runs[v["left_run"]], runs[v["right_run"]]} == {"lq", "bicubic"}
     assert v["seconds"] >= 0 and v["session_id"]
+
+
+@pytest.fixture(scope="module")
+def video_store(data_root, tmp_path_factory) -> Path:
+    from publish_support import video_results
+    return video_results(data_root, tmp_path_factory.getbasetemp())
+
+
+def test_video_report_has_a_page_per_clip(browser, video_store, tmp_path):
+    from publish_support import VIDEO_METHODS, VIDEO_ODD_CLIP
+    from selenium.webdriver.common.by import By
+
+    from benchmarks import publish as P
+    site = tmp_path / "site"
+    assert P.main(["-i", str(video_store), "--out", str(site), "-q"]) == 0
+
+    browser.get((site / "index.html").as_uri())
+    wait_for_images(browser)
+    # the clip names, markup included, are shown as text
+    assert sorted(column(browser, "temporal-1", 0)) == sorted(
+        [VIDEO_ODD_CLIP] * len(VIDEO_METHODS) + ["real_1"] * len(VIDEO_METHODS))
+    screenshot(browser, tmp_path, "report-video-index")
+    for clip, rows in (("real_1", ["LQ", "bicubic"]), (VIDEO_ODD_CLIP, ["LQ", "bicubic", "GT"])):
+        browser.get((site / "index.html").as_uri())
+        browser.find_element(By.LINK_TEXT, clip).click()
+        images = wait_for_images(browser)
+        broken = [i["src"] for i in images if not i["w"] or not i["h"]]
+        assert not broken, f"images that did not load: {broken}"
+        assert browser.find_element(By.TAG_NAME, "h1").text == clip
+        strip = [i for i in images if "/img/strip-" in i["src"]]
+        assert len(strip) == 5 * len(rows) and all(i["shown"] > 0 for i in strip)
+        labels = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#strip tbody th'))"
+            ".map(c => c.textContent.trim())")
+        assert labels == rows
+        plots = [i for i in images if "/plots/" in i["src"]]
+        assert len(plots) == 2 and all(i["shown"] >= 400 for i in plots)
+        # nothing wider than the window: the strip and plots fit a 1400 px screen
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth") <= 1400
+        assert column(browser, "temporal", 0) == sorted(VIDEO_METHODS)
+        name = "report-video-clip-" + ("odd" if clip != "real_1" else clip)
+        assert screenshot(browser, tmp_path, name).stat().st_size > 10_000
