@@ -118,9 +118,11 @@ def main(argv=None) -> int:
 
     def scores(imgs: np.ndarray) -> dict:
         v = emb.embed(list(imgs))
+        per_face = np.sum(v * target_vecs, axis=1)
         return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, hq)])),
                 "ssim": float(np.mean([ssim(a, b) for a, b in zip(imgs, hq)])),
-                "ids": float(np.mean(np.sum(v * target_vecs, axis=1))),
+                "ids": float(np.mean(per_face)),
+                "ids_per_face": [round(float(x), 5) for x in per_face],
                 "sharpness": float(np.mean([sharpness(a) for a in imgs])),
                 "brisque": float(np.mean([brisque(Sample(image_id=str(k), output=a))
                                           for k, a in enumerate(imgs)]))}
