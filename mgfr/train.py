@@ -86,6 +86,16 @@ class TrainConfig:
     # from the noised LQ latent (``strength`` < 1) actually runs get most of the training.
     focus_timesteps: int = 0          # 0: uniform over the whole schedule
     focus_rate: float = 0.0
+    # Training from where sampling starts: with probability ``lq_start_rate`` a sample's
+    # noisy input is the *LQ* latent noised to t (what sampling with ``strength`` < 1 starts
+    # from) instead of the noised HQ target, t drawn from [lq_start_timesteps[0],
+    # lq_start_timesteps[1]), and the loss asks for the noise that leads from that input to
+    # the HQ target: eps* = (x_t - sqrt(abar_t) z_hq) / sqrt(1 - abar_t), so the model's
+    # clean estimate there is the HQ face. A noised HQ target already shows the face at
+    # the timesteps restoration runs, so plain denoising gives the reference branch nothing
+    # to add; from the noised LQ the identity must come from somewhere (the references).
+    lq_start_rate: float = 0.0
+    lq_start_timesteps: Any = field(default_factory=lambda: [100, 400])
     # data
     resolution: int | None = None     # None: the preset's resolution
     n_references: int = 1
@@ -120,7 +130,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.focus_timesteps) < 0:
             raise ValueError(f"focus_timesteps must be >= 0, got {self.focus_timesteps}")
-        for name in ("negative_rate", "prompt_dropout", "reference_dropout", "focus_rate"):
+        lo_hi = self.lq_start_timesteps
+        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
+                and all(isinstance(v, int) for v in lo_hi) and 0 <= lo_hi[0] < lo_hi[1]):
+            raise ValueError(f"lq_start_timesteps must be [low, high] with 0 <= low < high, "
+                             f"got {lo_hi!r}")
+        self.lq_start_timesteps = [int(v) for v in lo_hi]
+        for name in ("negative_rate", "prompt_dropout", "reference_dropout", "focus_rate",
+                     "lq_start_rate"):
             if not 0 <= float(getattr(self, name)) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= float(self.ema_decay) < 1:
@@ -240,6 +257,27 @@ def sample_timesteps(n: int, total: int, focus: int, rate: float,
         pick = torch.rand(n, generator=generator) < rate
         t = torch.where(pick, low, t)
     return t
+
+
+def lq_start_inputs(scheduler, target: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor,
+                    t: torch.Tensor, rate: float, span, generator: torch.Generator):
+    """``(noisy, eps_target, t)`` where a ``rate`` share of the samples start from the LQ
+    latent: for those, t is drawn from ``span`` = [low, high), the input is
+    ``add_noise(lq, noise, t)`` and the noise target ``(x_t - sqrt(abar) target) /
+    sqrt(1 - abar)``, whose clean estimate is ``target`` (``TrainConfig.lq_start_rate``).
+    The other samples keep the plain denoising input ``add_noise(target, noise, t)`` and
+    target ``noise``."""
+    n = target.shape[0]
+    total = int(scheduler.config.num_train_timesteps)
+    lo, hi = int(span[0]), min(int(span[1]), total)
+    pick = (torch.rand(n, generator=generator) < float(rate)).to(target.device)
+    t_lq = torch.randint(lo, max(hi, lo + 1), (n,), generator=generator).to(t.device)
+    t = torch.where(pick, t_lq, t)
+    abar = scheduler.alphas_cumprod.to(target.device, torch.float32)[t].view(n, 1, 1, 1)
+    x0 = torch.where(pick.view(n, 1, 1, 1), lq, target)
+    noisy = (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).to(target.dtype)
+    eps = ((noisy.float() - abar.sqrt() * target.float()) / (1 - abar).sqrt()).to(target.dtype)
+    return noisy, eps, t
 
 
 def _enable_checkpointing(module: nn.Module) -> None:
@@ -569,8 +607,15 @@ class Trainer:
         t = sample_timesteps(target.shape[0], sched.config.num_train_timesteps,
                              self.cfg.focus_timesteps, self.cfg.focus_rate, gen).to(target.device)
         noisy = sched.add_noise(target, noise, t)
-        # epsilon bases learn the noise, v-prediction bases v (the base's scheduler config)
-        goal = training_target(self.base.prediction_type, target, noise, t, sched.alphas_cumprod)
+        eps_target = noise
+        if self.cfg.lq_start_rate > 0:
+            noisy, eps_target, t = lq_start_inputs(
+                sched, target, lq.to(target.dtype), noise, t, self.cfg.lq_start_rate,
+                self.cfg.lq_start_timesteps, gen)
+        # epsilon bases learn the noise, v-prediction bases v (the base's scheduler config);
+        # an LQ-start sample's "noise" is the one that leads from its start to the HQ face
+        goal = training_target(self.base.prediction_type, target, eps_target, t,
+                               sched.alphas_cumprod)
         with acc.autocast():
             down, mid = self.step_module(noisy, t, lq, refs, ids, mask, hidden)
             pred = self.base.unet(noisy, t, hidden,

@@ -201,7 +201,7 @@ register(Asset(
 # --- MGFR mini: trained by the toolkit's own recipe, shipped in the repository ------------
 # Pinned by the folder digest (reface_core.assets.folder_sha256) of mgfr/weights/mini;
 # docs/mgfr-training.md ("The mini model") gives the recipe that reproduces it.
-MGFR_MINI_SHA256 = "310ee3659b43a71e683b70189d8d0ed1f7cfddde54150454d3f6e1c6f7c74bff"
+MGFR_MINI_SHA256 = "a5214481930d4cdef095762e949c0cb559c3c1b5409ca61bd3d38576e47c4ec9"
 register(Asset(
     name="mgfr-mini", filename="mini", kind="dir", subdir="mgfr",
     required=("mgfr_base.json", "unet/config.json", "vae/config.json",

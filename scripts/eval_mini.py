@@ -35,6 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+#: the rows of the table, by short name
+ROWS = {"bicubic": "bicubic", "stage1": "stage 1", "stage2": "stage 2 (same person)",
+        "other": "stage 2 (other person)", "nq0": "stage 2, lambda_nq 0",
+        "onestep1": "stage 1, one step", "onestep2": "stage 2, one step"}
+
+
 def lq_faces(hq: np.ndarray, ids: list[str], preset: str, seed: int) -> np.ndarray:
     from mgfr.train import bicubic_degrader
     deg = bicubic_degrader(preset)
@@ -55,6 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None,
                    help="a mini weights folder (default: the shipped asset mgfr-mini)")
+    p.add_argument("--stage2", default=None,
+                   help="stage-2 adapters folder to score instead of WEIGHTS/adapters-stage2 "
+                        "(a candidate before it is shipped)")
+    p.add_argument("--rows", default=",".join(ROWS),
+                   help="comma-separated subset of the rows: " + ", ".join(ROWS)
+                        + " (the grid needs stage1, stage2 and other)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--split", default="test",
                    help="split of the build to score (train: for choosing settings)")
@@ -62,6 +74,11 @@ def main(argv=None) -> int:
                    help="instead of the table: PSNR/ids of stages 1 and 2 at these comma-"
                         "separated strengths (how the default strength was chosen)")
     args = p.parse_args(argv)
+    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in rows_wanted if r not in ROWS]
+    if bad or not rows_wanted:
+        print(f"error: --rows {args.rows!r}: choose from {', '.join(ROWS)}", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -101,15 +118,18 @@ def main(argv=None) -> int:
 
     def scores(imgs: np.ndarray) -> dict:
         v = emb.embed(list(imgs))
+        per_face = np.sum(v * target_vecs, axis=1)
         return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, hq)])),
                 "ssim": float(np.mean([ssim(a, b) for a, b in zip(imgs, hq)])),
-                "ids": float(np.mean(np.sum(v * target_vecs, axis=1))),
+                "ids": float(np.mean(per_face)),
+                "ids_per_face": [round(float(x), 5) for x in per_face],
                 "sharpness": float(np.mean([sharpness(a) for a in imgs])),
                 "brisque": float(np.mean([brisque(Sample(image_id=str(k), output=a))
                                           for k, a in enumerate(imgs)]))}
 
     stage1 = load_pipeline(base=str(weights), adapters=str(weights / "adapters-stage1"))
-    stage2 = load_pipeline(base=str(weights), adapters=str(weights / "adapters-stage2"))
+    stage2 = load_pipeline(base=str(weights), adapters=str(
+        Path(args.stage2) if args.stage2 else weights / "adapters-stage2"))
     defaults = stage2.call_defaults
 
     def run(pipe, lq, references=None, vecs=None, **kw):
@@ -136,31 +156,43 @@ def main(argv=None) -> int:
         (out_dir / f"strengths-{args.split}.md").write_text("\n".join(lines) + "\n")
         return 0
 
+    def produce(key: str, lq: np.ndarray) -> np.ndarray:
+        if key == "bicubic":
+            return lq
+        if key == "stage1":
+            return run(stage1, lq)
+        if key == "stage2":
+            return run(stage2, lq, refs, ref_ids)
+        if key == "other":
+            return run(stage2, lq, refs[other], ref_ids[other])
+        if key == "nq0":
+            return run(stage2, lq, refs, ref_ids, lambda_nq=0.0)
+        if key == "onestep1":
+            return run(stage1, lq, one_step=True)
+        return run(stage2, lq, refs, ref_ids, one_step=True)
+
     results = {"faces": len(items), "identities": sorted(set(identity)),
                "defaults": {k: v for k, v in defaults.items()}, "presets": {}}
     hq_scores = scores(hq)
     for preset in args.presets.split(","):
         t0 = time.perf_counter()
         lq = lq_faces(hq, face_ids, preset, args.seed)
-        rows = {"bicubic": scores(lq)}
-        out1 = run(stage1, lq)
-        rows["stage 1"] = scores(out1)
-        out2 = run(stage2, lq, refs, ref_ids)
-        rows["stage 2 (same person)"] = scores(out2)
-        out_other = run(stage2, lq, refs[other], ref_ids[other])
-        rows["stage 2 (other person)"] = scores(out_other)
-        rows["stage 2, lambda_nq 0"] = scores(run(stage2, lq, refs, ref_ids, lambda_nq=0.0))
-        rows["stage 1, one step"] = scores(run(stage1, lq, one_step=True))
-        rows["stage 2, one step"] = scores(run(stage2, lq, refs, ref_ids, one_step=True))
+        rows, outs = {}, {}
+        for key, name in ROWS.items():
+            if key in rows_wanted:
+                outs[key] = produce(key, lq)
+                rows[name] = scores(outs[key])
         rows["HQ (ceiling)"] = hq_scores
         results["presets"][preset] = {"rows": rows, "seconds": time.perf_counter() - t0}
-        n = min(8, len(items))
-        pick = np.linspace(0, len(items) - 1, n).round().astype(int)
-        tiles = [np.concatenate([lq[i], out1[i], out2[i], out_other[i], hq[i], refs[i, 0]],
-                                axis=1) for i in pick]
-        grid = np.concatenate(tiles, axis=0).repeat(3, axis=0).repeat(3, axis=1)
-        from PIL import Image
-        Image.fromarray(grid).save(out_dir / f"grid-{preset}.png", optimize=True)
+        if all(k in outs for k in ("stage1", "stage2", "other")):
+            n = min(8, len(items))
+            pick = np.linspace(0, len(items) - 1, n).round().astype(int)
+            tiles = [np.concatenate([lq[i], outs["stage1"][i], outs["stage2"][i],
+                                     outs["other"][i], hq[i], refs[i, 0]], axis=1)
+                     for i in pick]
+            grid = np.concatenate(tiles, axis=0).repeat(3, axis=0).repeat(3, axis=1)
+            from PIL import Image
+            Image.fromarray(grid).save(out_dir / f"grid-{preset}.png", optimize=True)
         print(f"{preset}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     lines = [f"{len(items)} faces of {len(set(identity))} held-out identities; defaults: "

@@ -15,7 +15,10 @@ checkpoint), so rerunning the same line finishes the job:
    round-trip gate on the test faces, then the text-conditioned UNet).
 3. ``mgfr train --stage 1 --config mgfr/configs/mini-stage1.yaml --base PRIOR``.
 4. ``mgfr train --stage 2 --config mgfr/configs/mini-stage2.yaml --base PRIOR --init STAGE1``.
-5. ``--ship``: the prior and both adapter folders, in float16 (half the bytes; the shipped
+5. ``mgfr train --stage 2 --config mgfr/configs/mini-stage2-refs.yaml --base PRIOR --init
+   STAGE2``: 1,000 more reference-branch steps, half of them started from the noised LQ
+   latent (``lq_start_rate``), which is what makes the model use its references.
+6. ``--ship``: the prior and both adapter folders, in float16 (half the bytes; the shipped
    files are what every figure in docs/mgfr-training.md was measured on), into
    ``mgfr/weights/mini``; prints the folder digest that ``reface_core/asset_registry.py``
    pins (asset ``mgfr-mini``).
@@ -60,7 +63,7 @@ def finished_stage(run_dir: Path, config: Path) -> bool:
 def train(data: Path, work: Path, quiet: bool) -> None:
     q = ["-q"] if quiet else []
     ds, prior = work / "reface-hq", work / "prior"
-    s1, s2 = work / "stage1", work / "stage2"
+    s1, s2, s2r = work / "stage1", work / "stage2", work / "stage2-refs"
     source = f"folder:{data / 'identities_512'}?identity=folder&folder_level=0"
     run("reface_hq", "build", "-i", source, "-o", str(ds), "--transform-size", "1024",
         "--test-fraction", "0.25", "--seed", "0", "--captions", *q)
@@ -72,6 +75,10 @@ def train(data: Path, work: Path, quiet: bool) -> None:
     if not finished_stage(s2, CONFIGS / "mini-stage2.yaml"):
         run("mgfr", "train", "--stage", "2", "--config", str(CONFIGS / "mini-stage2.yaml"),
             "-i", str(ds), "--base", str(prior), "--init", str(s1), "--out", str(s2),
+            "--resume")
+    if not finished_stage(s2r, CONFIGS / "mini-stage2-refs.yaml"):
+        run("mgfr", "train", "--stage", "2", "--config", str(CONFIGS / "mini-stage2-refs.yaml"),
+            "-i", str(ds), "--base", str(prior), "--init", str(s2), "--out", str(s2r),
             "--resume")
 
 
@@ -100,12 +107,15 @@ def ship(work: Path, dest: Path = SHIP_DIR) -> str:
             str(i).split("-")[-1] for i in man[man.split == "test"].identity.unique())
         info["shipped_dtype"] = "float16"
         for stage in (1, 2):
-            run_dir = work / f"stage{stage}" / "adapters"
+            run_dir = work / ("stage1" if stage == 1 else "stage2-refs") / "adapters"
             adapter = read_adapter(run_dir).to(torch.float16)
             out = tmp / f"adapters-stage{stage}"
             adapter.save_pretrained(out, safe_serialization=True)
             meta = read_adapters_info(run_dir)
-            meta.update(base="mini", init="mini stage 1" if stage == 2 else None)
+            meta.update(base="mini", init=None)
+            if stage == 2:
+                meta.update(init="mini stage 2 (3000 steps of mini-stage2.yaml)",
+                            recipe=["mini-stage2.yaml", "mini-stage2-refs.yaml"])
             (out / "mgfr_adapters.json").write_text(json.dumps(meta, indent=2, default=str))
         (tmp / "mgfr_base.json").write_text(json.dumps(info, indent=2))
         os.chmod(tmp, 0o755)

@@ -109,6 +109,34 @@ def test_timestep_focus_draws_the_start_range_more_often():
     assert abs(float((uniform < 500).float().mean()) - 0.5) < 0.02
 
 
+def test_lq_start_samples_start_from_the_lq_and_aim_at_the_hq():
+    from diffusers import DDPMScheduler
+
+    from mgfr.train import TrainConfig, lq_start_inputs
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                          beta_start=0.00085, beta_end=0.012)
+    g = torch.Generator().manual_seed(0)
+    hq, lq, noise = (torch.randn(64, 4, 8, 8, generator=g) for _ in range(3))
+    t = torch.randint(0, 1000, (64,), generator=g)
+    noisy, eps, t2 = lq_start_inputs(sched, hq, lq, noise, t, 0.5, [100, 400], g)
+    abar = sched.alphas_cumprod[t2].view(-1, 1, 1, 1)
+    from_lq = torch.isclose(noisy, abar.sqrt() * lq + (1 - abar).sqrt() * noise,
+                            atol=1e-5).flatten(1).all(1)
+    assert 16 < int(from_lq.sum()) < 48  # about half
+    assert bool((t2[from_lq] >= 100).all() and (t2[from_lq] < 400).all())
+    # Every sample's clean estimate from (input, noise target) is the HQ latent.
+    x0 = (noisy - (1 - abar).sqrt() * eps) / abar.sqrt()
+    assert torch.allclose(x0, hq, atol=1e-3)
+    # The plain samples keep their timestep and the plain noise target.
+    plain = ~from_lq
+    assert torch.equal(t2[plain], t[plain])
+    assert torch.allclose(eps[plain], noise[plain], atol=1e-4)
+    with pytest.raises(ValueError, match="lq_start_timesteps"):
+        TrainConfig(lq_start_timesteps=[400, 100])
+    with pytest.raises(ValueError, match="lq_start_rate"):
+        TrainConfig(lq_start_rate=1.5)
+
+
 @pytest.fixture(scope="module")
 def tiny_pipe(tiny, tmp_path_factory):
     from mgfr.pipeline import load_pipeline

@@ -243,9 +243,12 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
 
 def test_configs_parse_and_unknown_fields_are_named(tmp_path):
     for name in ("sd21-base-stage1.yaml", "sd21-base-stage2.yaml", "tiny-stage1.yaml",
-                 "tiny-stage2.yaml"):
+                 "tiny-stage2.yaml", "mini-stage1.yaml", "mini-stage2.yaml",
+                 "mini-stage2-refs.yaml"):
         c = load_config(REPO / "mgfr" / "configs" / name)
         assert c.stage in (1, 2)
+    refs = load_config(REPO / "mgfr" / "configs" / "mini-stage2-refs.yaml")
+    assert refs.lq_start_rate == 0.5 and refs.lq_start_timesteps == [100, 400]
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: 1\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
