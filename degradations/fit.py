@@ -8,9 +8,10 @@ Coordinates live in [0, 1] (log-spaced between the bounds where ``log``), so one
 step size fits all.
 
 Each candidate preset degrades the same HQ faces with the same seed and the same preset
-name (common random numbers: two candidates differ only by their ranges), and its score is
-:func:`degradations.realism.compare`'s ``distance`` (mean standardised Wasserstein-1 over
-the statistics) to the real faces. Every evaluated candidate is appended to a JSONL log
+name (common random numbers: two candidates differ only by their ranges), and its score
+comes from :func:`degradations.realism.compare` with the real faces: by default its
+``distance`` (mean standardised Wasserstein-1 over the statistics), or the classifier
+two-sample AUC (``objective="auc"``, see :data:`OBJECTIVES`). Every evaluated candidate is appended to a JSONL log
 beside the output; a rerun replays the log through the same seeded CMA-ES (its candidates
 must agree to 1e-9) and goes on from there, so a killed fit resumes and a finished one
 costs nothing to redo.
@@ -323,8 +324,10 @@ def fit(real, hq, out: str | Path, *, space: SearchSpace | None = None, name: st
     before = realism.compare(real_table, realism.statistics_table(before_set), seed=seed, n_boot=n_boot)
     after = realism.compare(real_table, realism.statistics_table(after_set), seed=seed, n_boot=n_boot)
     seconds = [float(by_index[i]["seconds"]) for i in sorted(by_index) if i < budget]
+    what = {"distance": "mean standardised distance", "auc": "two-sample AUC",
+            "distance+auc": "distance + two-sample AUC"}[objective]
     description = (f"Fitted to real LQ faces{f' ({describe_real})' if describe_real else ''}: "
-                   f"mean standardised distance {before.distance:.3f} (template) -> {after.distance:.3f}")
+                   f"{what} {score(before):.3f} (template) -> {score(after):.3f}")
     d = after_preset.to_dict()
     d["description"] = description
     d["source"] = (f"python -m degradations fit (CMA-ES, seed {seed}, {budget} candidates, "

@@ -23,7 +23,7 @@ command but for ``degradation``, each resumable after a kill (rerun the same lin
    Identity: these faces have no HQ photo of the same person in the shared data, so
    ``ids_input`` is the dlib identity cosine of the output to the LQ input face (does the
    restoration keep the person the input shows; 1 = same embedding).
-   Rows: the input, the shipped stage 1, and each arm; for the two arms, paired
+   Rows: the input, the shipped stage 1, and each arm; each arm against the first, paired
    differences per face with a 95% bootstrap interval. Also on the 11 held-out faces of
    the realism split (the faces the fitted preset never saw).
 
@@ -226,16 +226,19 @@ def main(argv=None) -> int:
         for name, r in results["rows"].items():
             lines.append(f"| {name} | " + " | ".join(
                 f"{np.mean(np.array(r[m])[mask]):.{0 if m == 'sharpness' else 3}f}" for m in metrics) + " |")
-        a, b = (f"stage 1, {arm_label(presets[0])}", f"stage 1, {arm_label(presets[1])}")
-        lines += ["", f"paired, {b} minus {a} (95% bootstrap interval; faces where {b} is better):", ""]
+        a = f"stage 1, {arm_label(presets[0])}"
         diffs = {}
-        for m in metrics:
-            d = np.array(results["rows"][b][m])[mask] - np.array(results["rows"][a][m])[mask]
-            lo, hi = boot_ci(d, args.seed)
-            wins = int(np.sum(d < 0) if better[m] == "lower" else np.sum(d > 0))
-            diffs[m] = {"mean": float(d.mean()), "ci": [lo, hi], "better_faces": wins}
-            lines.append(f"- {m}: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]; {b} better on {wins} of "
-                         f"{int(mask.sum())} ({better[m]} is better)")
+        for other in presets[1:]:
+            b = f"stage 1, {arm_label(other)}"
+            lines += ["", f"paired, {b} minus {a} (95% bootstrap interval; faces where {b} is better):", ""]
+            diffs[b] = {}
+            for m in metrics:
+                d = np.array(results["rows"][b][m])[mask] - np.array(results["rows"][a][m])[mask]
+                lo, hi = boot_ci(d, args.seed)
+                wins = int(np.sum(d < 0) if better[m] == "lower" else np.sum(d > 0))
+                diffs[b][m] = {"mean": float(d.mean()), "ci": [lo, hi], "better_faces": wins}
+                lines.append(f"- {m}: {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]; {b} better on {wins} of "
+                             f"{int(mask.sum())} ({better[m]} is better)")
         results.setdefault("paired", {})[part] = diffs
         lines.append("")
     out_dir = work / "compare"
