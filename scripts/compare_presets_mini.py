@@ -50,7 +50,7 @@ CONFIG = REPO / "mgfr" / "configs" / "mini-stage1.yaml"
 def run(*cmd: str) -> None:
     print("$ python -m " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"error: `python -m {' '.join(cmd)}` failed (exit {done.returncode}); "
                          "rerun this script to resume")
@@ -92,7 +92,7 @@ def train_arms(data: Path, work: Path, presets: list[str], steps: int, seed: int
         for out, cmd in batch:
             out.mkdir(parents=True, exist_ok=True)
             print("$ python -m " + " ".join(cmd), flush=True)
-            log = open(out / "compare_train.log", "a")
+            log = open(out / "compare_train.log", "a")  # noqa: SIM115 (open while the arm runs)
             procs.append((out, cmd, time.perf_counter(), log,
                           subprocess.Popen([sys.executable, "-m", *cmd], cwd=REPO, env=env,
                                            stdout=log, stderr=subprocess.STDOUT)))
@@ -216,9 +216,9 @@ def main(argv=None) -> int:
 
     metrics = ("brisque", "niqe", "sharpness", "ids_input")
     better = {"brisque": "lower", "niqe": "lower", "sharpness": "higher", "ids_input": "higher"}
-    lines = [f"{len(ids)} real LQ faces of {real.name} at 64 px ({int(held.sum())} held out by the "
-             f"realism split); stage 1 fine-tuned {args.steps} steps from the shipped adapters, "
-             f"seed {args.seed}", ""]
+    lines = [(f"{len(ids)} real LQ faces of {real.name} at 64 px ({int(held.sum())} held out by the "
+              f"realism split); stage 1 fine-tuned {args.steps} steps from the shipped adapters, "
+              f"seed {args.seed}"), ""]
     for part, mask in (("all faces", np.ones(len(ids), bool)), ("held-out faces", held)):
         lines += [f"**{part}** ({int(mask.sum())}): mean per face", "",
                   "| | BRISQUE (lower) | NIQE x4 (lower) | sharpness | ids to input |",

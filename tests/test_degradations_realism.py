@@ -14,8 +14,15 @@ import yaml
 from degradations import get_preset
 from degradations import realism as R
 from degradations.cli import main
-from degradations.fit import (DEFAULT_SPACE, OBJECTIVES, SearchSpace, fit, load_space, log_path,
-                              report_path)
+from degradations.fit import (
+    DEFAULT_SPACE,
+    OBJECTIVES,
+    SearchSpace,
+    fit,
+    load_space,
+    log_path,
+    report_path,
+)
 
 
 def _texture(size=256, seed=0) -> np.ndarray:
