@@ -249,6 +249,7 @@ def _fit_locked(args, space, real, hq) -> dict:
     return fit(real, hq, args.out, space=space, name=args.name, budget=args.budget,
                  popsize=args.popsize, n_synthetic=args.n_synthetic, seed=args.seed, size=args.size,
                  overwrite=args.overwrite, progress=not args.quiet, n_boot=args.boot,
+               objective=args.objective,
                describe_real=f"{Path(args.input).name}, part {args.part}, {len(real.faces)} faces")
 
 
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="real-world", help="name of the fitted preset (default real-world)")
     p.add_argument("--budget", type=at_least(1), default=120, help="candidates to evaluate (default 120)")
     p.add_argument("--popsize", type=at_least(2), default=None, help="CMA-ES population (default 4+3 ln d)")
+    p.add_argument("--objective", choices=("distance", "auc", "distance+auc"), default="distance",
+                   help="what the search minimises on the fit faces: the mean standardised Wasserstein "
+                        "distance (default), the classifier two-sample AUC, or their sum")
     p.add_argument("--overwrite", action="store_true", help="discard a log made with other settings")
     _add_face_options(p, n_synthetic=32)
     add_wait_lock_argument(p)

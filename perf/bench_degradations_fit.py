@@ -99,7 +99,8 @@ def _summarise_log(path: Path) -> None:
     best = min(range(len(dist)), key=dist.__getitem__)
     print(f"log {path.name}: {len(secs)} candidates of {settings.get('n_synthetic')} synthetic faces at "
           f"{settings.get('size')} px; seconds per candidate: median {statistics.median(secs):.2f}, "
-          f"min {min(secs):.2f}, max {max(secs):.2f}; total {sum(secs):.0f} s; distance "
+          f"min {min(secs):.2f}, max {max(secs):.2f}; total {sum(secs):.0f} s; "
+          f"{settings.get('objective', 'distance')} "
           f"{dist[0]:.3f} (template) -> {dist[best]:.3f} (candidate {best})")
 
 

@@ -14,7 +14,15 @@ import yaml
 from degradations import get_preset
 from degradations import realism as R
 from degradations.cli import main
-from degradations.fit import DEFAULT_SPACE, SearchSpace, fit, log_path, report_path
+from degradations.fit import (
+    DEFAULT_SPACE,
+    OBJECTIVES,
+    SearchSpace,
+    fit,
+    load_space,
+    log_path,
+    report_path,
+)
 
 
 def _texture(size=256, seed=0) -> np.ndarray:
@@ -208,12 +216,55 @@ def test_fit_is_seeded_resumable_and_writes_a_preset_every_command_accepts(data_
         fit(real, hq, tmp_path / "a" / "p.yaml", budget=7, **{**kw, "seed": 4})
 
 
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_fit_can_minimise_the_two_sample_auc(data_root, tmp_path):
+    real = R.load_faces(data_root / "real_lq" / "gfpgan" / "inputs" / "cropped_faces", 128)
+    hq = R.load_hq_faces([data_root / "celeba_hq_1024" / "src" / "female"], 128)[:12]
+    kw = {"n_synthetic": 6, "seed": 3, "size": 128, "popsize": 3, "progress": False, "n_boot": 50}
+    out = tmp_path / "p.yaml"
+    report = fit(real, hq, out, budget=5, objective="auc", **kw)
+    rows = [json.loads(line) for line in log_path(out).read_text().splitlines()]
+    assert rows[0]["settings"]["objective"] == "auc"
+    # the logged score is the classifier AUC of that candidate, the best one is the report's
+    assert report["objective"] == "auc" and report["best_score"] == min(r["distance"] for r in rows[1:])
+    assert report["after"]["auc"] == pytest.approx(report["best_score"], abs=1e-12)
+    assert report["before"]["auc"] == pytest.approx(rows[1]["distance"], abs=1e-12)
+    assert all(0.0 <= r["distance"] <= 1.0 for r in rows[1:])
+    with pytest.raises(ValueError, match="other settings"):  # another objective is another fit
+        fit(real, hq, out, budget=5, objective="distance", **kw)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        fit(real, hq, tmp_path / "q.yaml", budget=5, objective="psnr", **kw)
+
+
+def test_fit_objective_is_checked_on_the_command_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-i", str(tmp_path), "--hq", str(tmp_path), "-o", str(tmp_path / "p.yaml"),
+              "--objective", "psnr"])
+    assert e.value.code == 2 and "--objective" in capsys.readouterr().err
+
+
+def test_the_shipped_search_space_decodes_valid_presets():
+    from degradations.presets import FITTED_DIR
+    space = load_space(FITTED_DIR.parent / "spaces" / "real-world.yaml")
+    assert space.dim == 16
+    rng = np.random.default_rng(0)
+    for x in [space.encode(), *rng.random((10, space.dim))]:
+        stages = space.decode(x, name="x").to_dict()["stages"]
+        assert [s["kind"] for s in stages][4:6] == ["resize_to", "sinc"]
+        lo, hi = stages[7]["contrast"]
+        assert 0.4 <= lo <= hi <= 1.2 and stages[7]["brightness"] == [1.0, 1.0]
+
+
 def test_the_shipped_real_world_preset_is_registered():
     preset = get_preset("real-world")
     assert preset.name == "real-world" and "Fitted to real LQ faces" in preset.description
     from degradations.presets import FITTED_DIR
     report = json.loads((FITTED_DIR / "real-world.fit.json").read_text())
-    assert report["after"]["distance"] < report["before"]["distance"]
+    score = OBJECTIVES[report.get("objective", "distance")]
+    before, after = (R.Comparison(**{**report[k], "auc_ci": tuple(report[k]["auc_ci"])})
+                     for k in ("before", "after"))
+    assert score(after) <= score(before)
 
 
 @pytest.mark.realdata
