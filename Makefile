@@ -21,12 +21,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_out
 
-## The whole test suite: unit, slow and real-data tests.
+## The whole test suite: lint first (ruff, pyproject's rule set), then unit, slow and
+## real-data tests.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 ## The edit loop: skip slow tests.
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not slow" -q
 
 clean:

@@ -244,7 +244,7 @@ class Identity(Metric):
         if not s.refs:
             raise MetricUnavailable("no GT and no reference images for this item")
         vecs = [s.derived_shared(f"emb:{self.embedder}:{k}", lambda r=r: self._vec(r))
-                for k, r in zip(s.ref_keys, s.refs)]
+                for k, r in zip(s.ref_keys, s.refs, strict=False)]
         mean = np.mean(vecs, axis=0)
         return mean / np.linalg.norm(mean)
 

@@ -223,8 +223,8 @@ def leaderboard_frame(results: Results, key: DatasetKey) -> pd.DataFrame:
     runs = results.runs[(results.runs["dataset"].fillna("") == key.dataset)
                         & (results.runs["dataset_hash"].fillna("") == key.dataset_hash)
                         & results.runs["run_id"].isin(done)]
-    directions = dict(zip(results.metrics["metric"], results.metrics["direction"]))
-    directions.update(dict(zip(sub["metric"], sub["direction"])))
+    directions = dict(zip(results.metrics["metric"], results.metrics["direction"], strict=False))
+    directions.update(dict(zip(sub["metric"], sub["direction"], strict=False)))
     metrics = ordered_metrics(sub["metric"])
     rows = []
     for run in runs.sort_values(["restorer", "run_id"]).itertuples(index=False):
@@ -375,7 +375,7 @@ def plot_metric_bars(labels: list[str], stats_rows: list[dict], metric: str, dir
         with np.errstate(invalid="ignore"):  # inf - inf: no interval
             err = np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)])
         ax.errorbar(x, heights, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1)
-    for bar, r in zip(bars, stats_rows):
+    for bar, r in zip(bars, stats_rows, strict=False):
         if np.isinf(r["mean"]):
             bar.set_hatch("//")
             ax.annotate("+∞" if r["mean"] > 0 else "-∞",
@@ -411,7 +411,7 @@ def plot_identity_vs_quality(labels: list[str], id_stats: list[dict], q_stats: l
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, a, b) in enumerate(zip(labels, id_stats, q_stats)):
+    for i, (label, a, b) in enumerate(zip(labels, id_stats, q_stats, strict=False)):
         if not (np.isfinite(a["mean"]) and np.isfinite(b["mean"])):
             continue
         c = colors[i % len(colors)]
@@ -541,7 +541,7 @@ def pick_grid_images(images: pd.DataFrame, outputs: pd.DataFrame, run_ids: list[
     picked: list[str] = []
     seen: set = set()
     ident = cand["identity"] if "identity" in cand.columns else pd.Series([None] * len(cand))
-    for image_id, who in zip(cand["image_id"], ident):
+    for image_id, who in zip(cand["image_id"], ident, strict=False):
         if who not in seen:
             picked.append(image_id)
             seen.add(who)
@@ -641,7 +641,7 @@ def _best_cells(frame: pd.DataFrame) -> dict[str, set[int]]:
 
 def _unavailable_notes(results: Results, key: DatasetKey, run_ids: list[str],
                        labels: dict[str, str]) -> list[dict]:
-    kinds = dict(zip(results.metrics["metric"], results.metrics["kind"]))
+    kinds = dict(zip(results.metrics["metric"], results.metrics["kind"], strict=False))
     b = results.leaderboard
     sub = b[b["run_id"].isin(run_ids) & (b["dataset_hash"].fillna("") == key.dataset_hash)]
     # One note per (metric, reason): the same missing weights file is said once, with
@@ -703,9 +703,9 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
     env.globals["note"] = note
     css, js = _static("report.css"), _static("sortable.js")
     keys = dataset_keys(results.leaderboard, results.runs)
-    directions = dict(zip(results.metrics["metric"], results.metrics["direction"]))
-    kinds = dict(zip(results.metrics["metric"], results.metrics["kind"]))
-    directions.update(dict(zip(results.leaderboard["metric"], results.leaderboard["direction"])))
+    directions = dict(zip(results.metrics["metric"], results.metrics["direction"], strict=False))
+    kinds = dict(zip(results.metrics["metric"], results.metrics["kind"], strict=False))
+    directions.update(dict(zip(results.leaderboard["metric"], results.leaderboard["direction"], strict=False)))
     assets = AssetWriter(site)
     summary: dict[str, Any] = {"site": str(site), "datasets": [], "index": "index.html"}
     pages = []
@@ -740,7 +740,7 @@ def build_site(results: Results, site: Path, *, grid_images: int = 6, n_refs: in
                 stats_rows = per_run_stats(results, run_ids, metric)
             else:
                 stats_rows = [{"run_id": r, "mean": v, "lo": v, "hi": v, "n": 1}
-                              for r, v in zip(run_ids, frame[col].astype("float64"))]
+                              for r, v in zip(run_ids, frame[col].astype("float64"), strict=False)]
             rel = f"assets/plots/{key.slug}-{_safe_name(metric)}.png"
             plot_metric_bars(plot_labels, stats_rows, metric, direction, kind, site / rel)
             plots.append({"src": rel, "metric": metric,

@@ -71,9 +71,9 @@ def temporal_rows(vs: pd.DataFrame, run_ids: list[str], labels: dict, *,
     order = {r: i for i, r in enumerate(run_ids)}
     rows = []
     for idx in sorted(wide.index, key=lambda k: (k[0], order[k[1]]) + tuple(k[2:])):
-        rec = dict(zip(keys, idx))
+        rec = dict(zip(keys, idx, strict=False))
         cells = []
-        for metric, direction, digits in TEMPORAL_COLUMNS:
+        for metric, _direction, digits in TEMPORAL_COLUMNS:
             v = wide.loc[idx].get(metric, float("nan"))
             cells.append({"metric": metric, "raw": v, "text": _fmt(v, digits), "best": False})
         rows.append({"clip": rec["clip"], "run_id": rec["run_id"],

@@ -559,7 +559,7 @@ def format_summary(out: str | Path, summaries: list[RunSummary],
                 row.append(f"{r['value']:.4g}" + ("*" if r["n_unavailable"] else ""))
         lines.append(row)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
-    text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     extra = []
     for s in summaries:

@@ -244,7 +244,7 @@ class Store:
     def query(self, sql: str, params: Sequence | None = None) -> list[dict]:
         cur = self.con.execute(sql, list(params or []))
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
     def run(self, run_id: str) -> dict | None:
         rows = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])

@@ -151,7 +151,7 @@ def study_results_from_con(con, study: str | None = None) -> dict:
         labels = _labels(known)
         strengths = bradley_terry(len(ids), [(index[v[3]], index[v[4]]) for v in mine])
         methods = []
-        for rid, s in zip(ids, strengths):
+        for rid, s in zip(ids, strengths, strict=False):
             wins = sum(1 for v in mine if v[3] == rid)
             n = sum(1 for v in mine if rid in (v[3], v[4]))
             lo, hi = wilson_interval(wins, n)

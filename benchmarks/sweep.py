@@ -67,7 +67,7 @@ def grid_points(method: str, grid: dict[str, list[str]]) -> list[MethodSpec]:
     if len(base) != 1:
         raise ValueError(f"--method {method!r}: one method only")
     keys = list(grid)
-    return [MethodSpec(base[0].name, {**base[0].options, **dict(zip(keys, combo))})
+    return [MethodSpec(base[0].name, {**base[0].options, **dict(zip(keys, combo, strict=False))})
             for combo in itertools.product(*(grid[k] for k in keys))]
 
 
@@ -159,7 +159,7 @@ def curves(points: list[MethodSpec], grid: dict[str, list[str]], means: list[dic
     fig, ax = plt.subplots(figsize=(6, 4.5))
     xs = [m.get(x_metric) for m in means]
     ys = [m.get(y_metric) for m in means]
-    for p, x, y in zip(points, xs, ys):
+    for p, x, y in zip(points, xs, ys, strict=False):
         if x is not None and y is not None:
             ax.scatter([x], [y], color="C0")
             ax.annotate(_short(p, grid), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -173,7 +173,7 @@ def curves(points: list[MethodSpec], grid: dict[str, list[str]], means: list[dic
         for idx in groups.values():
             pts = [(xs[i], ys[i]) for i in idx if xs[i] is not None and ys[i] is not None]
             if len(pts) > 1:
-                ax.plot(*zip(*pts), color=f"C{ki + 1}", alpha=0.6,
+                ax.plot(*zip(*pts, strict=False), color=f"C{ki + 1}", alpha=0.6,
                         label=key if idx is next(iter(groups.values())) else None)
     ax.set_xlabel(f"{x_metric} ({M.get_spec(x_metric).direction} is better)")
     ax.set_ylabel(f"{y_metric} ({M.get_spec(y_metric).direction} is better)")
@@ -222,7 +222,7 @@ def run_sweep(method: str, grids: list[str], dataset: str, data: str | None = No
               "dataset_hash": ds.dataset_hash, "x_metric": x_metric, "y_metric": y_metric,
               "points": [{"options": p.options, "run_id": s.run_id, "status": s.status,
                           "reason": s.reason, "means": m}
-                         for p, s, m in zip(points, summaries, means)]}
+                         for p, s, m in zip(points, summaries, means, strict=False)]}
     write_json_atomic(folder / "sweep.json", result)
     result["folder"] = str(folder)
     result["metrics"] = names

@@ -87,7 +87,7 @@ def clip_scores(lq_frames, out_frames, tracks, *, aligned: bool = False, embedde
     state = {t.track_id: {"vecs": [], "lms": [], "frames": [], "warp": []} for t in tracks}
     prev = None
     series = []
-    for i, (lq, out) in enumerate(zip(lq_frames, out_frames)):
+    for i, (lq, out) in enumerate(zip(lq_frames, out_frames, strict=False)):
         for t in tracks:
             k = t.index_of(i)
             if k is None:
@@ -115,7 +115,7 @@ def clip_scores(lq_frames, out_frames, tracks, *, aligned: bool = False, embedde
         vecs = np.asarray(st["vecs"])
         mean = l2_normalize(vecs.mean(0))
         cos = vecs @ mean
-        for f, c in zip(st["frames"], cos):
+        for f, c in zip(st["frames"], cos, strict=False):
             series.append((tid, f, "identity", float(c)))
         warp = [w for w in st["warp"] if np.isfinite(w)]
         result[tid] = {"warp_error": float(np.mean(warp)) if warp else float("nan"),

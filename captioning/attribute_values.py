@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from .vocabulary import age_group_margin, age_group_of, get_spec, head_pose_of, parse_value
 

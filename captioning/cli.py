@@ -250,7 +250,7 @@ def cmd_caption(args) -> int:
             annotations += captioner.annotate(
                 [FaceSample(key=str(img), path=img, aligned=args.aligned) for img in chunk])
             bar.update(len(chunk))
-    for img, ann in zip(args.images, annotations):
+    for img, ann in zip(args.images, annotations, strict=False):
         failed += ann.status != "ok"
         if args.json:
             row = ann.to_row()

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from reface_core.atomic import atomic_path, safe_child
 
@@ -293,7 +293,7 @@ def annotate_manifest(manifest: str | os.PathLike, captioner: Captioner, *,
             items = [{"key": s.key,
                       "backends": {b: json.loads(attributes_to_json(a)) for b, a in p.items()},
                       "captions": c, "errors": e}
-                     for s, p, c, e in zip(samples, per_backend, captions, errors)]
+                     for s, p, c, e in zip(samples, per_backend, captions, errors, strict=False)]
             _append(ppath, items, fingerprint)
             done.update({it["key"]: it for it in items})
             bar.update(len(chunk))

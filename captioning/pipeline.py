@@ -8,8 +8,8 @@ command line does.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from .attribute_values import DEFAULT_PRECEDENCE, Attributes, attributes_to_json, combine
 from .extractors import AttributeExtractor, FaceSample, get_extractor
@@ -176,7 +176,7 @@ class Captioner:
     def annotate(self, samples: Sequence[FaceSample]) -> list[Annotation]:
         per_backend, captions, errors = self.extract(samples)
         return [self.finish(s.key, p, c, e)
-                for s, p, c, e in zip(samples, per_backend, captions, errors)]
+                for s, p, c, e in zip(samples, per_backend, captions, errors, strict=False)]
 
 
 def fingerprint_of(config: dict) -> str:

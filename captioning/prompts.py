@@ -21,8 +21,8 @@ forces attribute values (source ``"user"``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from .attribute_values import Attributes, AttributeValue, derive
 from .tokens import CLIP_MAX_TOKENS, TokenizerLike, make_counter

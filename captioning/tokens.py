@@ -24,7 +24,7 @@ import gzip
 import logging
 import math
 import re
-from typing import Callable, Union
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CLIP_MAX_TOKENS = 77
 
 TokenCounter = Callable[[str], int]
-TokenizerLike = Union[str, None, object]
+TokenizerLike = str | None | object
 
 # The pieces CLIP's own pre-tokenizer splits text into (letters, single digits, other runs).
 _PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.UNICODE)
@@ -55,7 +55,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
+    return dict(zip(printable, (chr(c) for c in chars), strict=False))
 
 
 @functools.lru_cache(maxsize=4)

@@ -163,7 +163,7 @@ def _cmd_realism(args) -> int:
     sets = {}
     if presets:
         hq = _hq_faces(args, args.part)
-        for name, preset in zip(names, presets):
+        for name, preset in zip(names, presets, strict=False):
             label = preset.name if name in list_presets() else Path(name).stem
             sets[label] = realism.synthesize(preset, hq, args.n_synthetic, args.seed, args.size,
                                              progress=not args.quiet)

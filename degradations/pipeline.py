@@ -99,7 +99,7 @@ def apply_records(x: torch.Tensor, records: Sequence[dict], jpeg: str = "auto",
                     and not whole.requires_grad:
                 # A few samples of a CPU batch (colour ops that fire with some probability):
                 # run on row views and copy back, instead of gathering and scattering rows.
-                for i, e in zip(idx, entries):
+                for i, e in zip(idx, entries, strict=False):
                     whole[i].copy_(OPS[key[0]](whole[i:i + 1], [e], backend)[0])
                 continue
             else:
@@ -142,7 +142,7 @@ def _quantize_cpu(src: np.ndarray, dst: np.ndarray) -> None:
     them on bytes, the last a table look-up."""
     flat_src = src.reshape(-1, *src.shape[-2:])
     flat_dst = dst.reshape(-1, *dst.shape[-2:])
-    for s_, d_ in zip(flat_src, flat_dst):
+    for s_, d_ in zip(flat_src, flat_dst, strict=False):
         np.clip(s_, 0, 1, out=d_)
         levels = cv2.convertScaleAbs(d_, alpha=255.0)
         if d_.flags.c_contiguous:  # OpenCV writes in place only into a contiguous plane
@@ -258,8 +258,9 @@ class BatchDegrader:
             if x.dtype != torch.float32:
                 return self.apply(x.float(), records).to(x.dtype)
             result = torch.from_numpy(np.empty((x.shape[0], 3, oh, ow), dtype=np.float32))
-            run = lambda a: apply_records(x[a:a + self.chunk], records[a:a + self.chunk], jpeg=self.jpeg,
-                                          out=result[a:a + self.chunk], checked=True)
+            def run(a):
+                return apply_records(x[a:a + self.chunk], records[a:a + self.chunk], jpeg=self.jpeg,
+                                                      out=result[a:a + self.chunk], checked=True)
             if workers <= 1 or len(starts) == 1:
                 for a in starts:
                     run(a)

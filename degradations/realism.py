@@ -473,7 +473,7 @@ def plot_distributions(real, synthetic, path: str | Path, *, label: str = "synth
     cols = 6
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows))
-    for ax, name in zip(axes.ravel(), names):
+    for ax, name in zip(axes.ravel(), names, strict=False):
         log = STATISTICS[name][1]
         r = real[name].to_numpy(float)
         s = synthetic[name].to_numpy(float)

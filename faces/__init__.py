@@ -16,14 +16,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .alignment import (align_ffhq, ffhq_matrix, ffhq_quad, ffhq_template, paste_back,
-                        similarity_align, similarity_matrix, transform_points)
-from .attributes import (AttributePredictor, FaceAttributes, available_attribute_predictors,
-                         get_attribute_predictor)
-from .detection import (FaceDetection, FaceDetector, ModelLoadError, available_detectors,
-                        get_detector, predict_landmarks)
+from .alignment import (
+    align_ffhq,
+    ffhq_matrix,
+    ffhq_quad,
+    ffhq_template,
+    paste_back,
+    similarity_align,
+    similarity_matrix,
+    transform_points,
+)
+from .attributes import (
+    AttributePredictor,
+    FaceAttributes,
+    available_attribute_predictors,
+    get_attribute_predictor,
+)
+from .detection import (
+    FaceDetection,
+    FaceDetector,
+    ModelLoadError,
+    available_detectors,
+    get_detector,
+    predict_landmarks,
+)
 from .embedding import FaceEmbedder, available_embedders, check_same_embedder, get_embedder
-
 
 __all__ = [
     "AlignedFace", "AttributePredictor", "FaceAttributes", "available_attribute_predictors",

@@ -16,8 +16,8 @@ registering a name in ``PREDICTORS``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class OnnxAgeGenderPredictor(AttributePredictor):
         ages = age_p @ _AGE_WEIGHTS
         conf = age_confidence(age_p, ages) if len(age_p) else np.zeros(0)
         out = []
-        for age, g, c in zip(ages, gender_p, conf):
+        for age, g, c in zip(ages, gender_p, conf, strict=False):
             k = int(np.argmax(g))
             out.append(FaceAttributes(age=float(age), gender=_GENDER_LABELS[k],
                                       gender_score=float(g[k]), age_confidence=float(c)))

@@ -15,8 +15,8 @@ import errno
 import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from reface_core.argtypes import at_least, between, finite_float
 from reface_core.assets_cli import add_subcommands as add_asset_commands
@@ -302,7 +302,7 @@ def cmd_embed(args) -> int:
                                                                    round(check, 4)}), "faces": [
             {"embedding": v.round(7).tolist(),
              **({} if c.detection is None else {"box": c.detection.box.tolist()})}
-            for c, v in zip(crops, vecs)]}
+            for c, v in zip(crops, vecs, strict=False)]}
 
     rc = _run(args, work, command="embed", settings=_settings(
         embedder=emb.name, embedder_config=emb.config, embedder_path=args.embedder_path,
@@ -344,7 +344,7 @@ def cmd_attributes(args) -> int:
         attrs = pred.predict([c.image for c in crops])
         return {"predictor": pred.name, "faces": [
             {**a.to_dict(), **({} if c.detection is None else {"box": c.detection.box.tolist()})}
-            for c, a in zip(crops, attrs)]}
+            for c, a in zip(crops, attrs, strict=False)]}
 
     return _run(args, work, command="attributes", settings=_settings(
         predictor=pred.name, predictor_config=getattr(pred, "config", {}), aligned=args.aligned,

@@ -37,7 +37,7 @@ def run_demo(data: pathlib.Path, out: pathlib.Path) -> str:
         image = load_image(src)
         aligned = faces.detect_and_align(image, detector=detector)
         attrs = predictor.predict([a.image for a in aligned])
-        for k, (a, at) in enumerate(zip(aligned, attrs)):
+        for k, (a, at) in enumerate(zip(aligned, attrs, strict=False)):
             name = f"{src.stem}_{k:02d}.png"
             save_image(safe_child(out / "aligned", name), a.image)
             crops.append(a.image)

@@ -19,8 +19,9 @@ Models load lazily on first use and are cached per process, so ``import faces`` 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class FaceDetection:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FaceDetection":
+    def from_dict(cls, d: dict[str, Any]) -> FaceDetection:
         lm68 = d.get("landmarks68")
         return cls(box=np.asarray(d["box"], dtype=np.float32), score=float(d["score"]),
                    landmarks5=np.asarray(d["landmarks5"], dtype=np.float32).reshape(5, 2),
@@ -115,7 +116,8 @@ def landmarks5_from_68(lm68: np.ndarray) -> np.ndarray:
 # Nose tip and mouth corners are predicted linearly from the nose base, in a frame spanned by
 # the eye-centre midpoint and the eye-to-eye vector. The coefficients were fitted by least
 # squares against dlib's 68-point predictor on 252 aligned photos of 18 identities (mean
-# error 4% of the eye-to-eye distance for the nose tip, 9% for the mouth corners); rows: nose tip, left mouth, right mouth; columns:
+# error 4% of the eye-to-eye distance for the nose tip, 9% for the mouth corners); rows: nose tip, left mouth,
+# right mouth; columns:
 # [1, nose-base u, nose-base v] -> (u, v).
 _FIVE_POINT_FIT = np.array([
     [[-0.0255, -0.2461], [1.4661, 0.0240], [0.0287, 1.0421]],
@@ -149,7 +151,7 @@ def landmarks5_from_dlib5(pts: np.ndarray) -> np.ndarray:
 # model loading: lazy, cached per process
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dlib():
     import dlib  # heavy native module: only on first use
     return dlib
@@ -291,7 +293,7 @@ class FaceDetector:
         scaled = [self._scale_for(im) for im in checked]
         raws = self._detect_raw_batch([s for s, _ in scaled], threshold)
         return [self._filter(self._finish(im, raw, factor), threshold, min_size)
-                for im, (_, factor), raw in zip(checked, scaled, raws)]
+                for im, (_, factor), raw in zip(checked, scaled, raws, strict=False)]
 
 
 class _DlibDetector(FaceDetector):
@@ -316,7 +318,7 @@ class _DlibDetector(FaceDetector):
         # Landmarks run at full resolution: the predictor is cheap and more precise there.
         pts = predict_landmarks(image, boxes, self.landmarks, self.landmarks_path)
         dets = []
-        for box, (_, score, _), p in zip(boxes, raw, pts):
+        for box, (_, score, _), p in zip(boxes, raw, pts, strict=False):
             if self.landmarks == "68":
                 lm5, lm68, source = landmarks5_from_68(p), p, "dlib-68"
             else:
@@ -339,7 +341,7 @@ class DlibHogDetector(_DlibDetector):
     def _detect_raw(self, image, min_score):
         rects, scores, _ = _hog_model().run(image, self.upsample, min(float(min_score), 0.0))
         return [(np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float32), s, None)
-                for r, s in zip(rects, scores)]
+                for r, s in zip(rects, scores, strict=False)]
 
 
 class DlibCnnDetector(_DlibDetector):
@@ -390,7 +392,7 @@ class DlibCnnDetector(_DlibDetector):
                 out[idx[0]] = self._detect_raw(images[idx[0]], min_score)
                 continue
             res = model([images[i] for i in idx], self.upsample, self.batch_size)
-            for i, dets in zip(idx, res):
+            for i, dets in zip(idx, res, strict=False):
                 out[i] = self._convert(dets, min_score)
         return out
 

@@ -16,7 +16,7 @@ in different spaces and must never be compared (``check_same_embedder``).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

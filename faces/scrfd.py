@@ -64,4 +64,4 @@ class ScrfdDetector(FaceDetector):
         model = _model(self._path(), self.input_size, self.nms_threshold)
         bgr = np.ascontiguousarray(image[..., ::-1])
         det, kps = model.detect(bgr, input_size=self.input_size, det_thresh=float(min_score))
-        return [(d[:4], float(d[4]), k) for d, k in zip(det, kps)]
+        return [(d[:4], float(d[4]), k) for d, k in zip(det, kps, strict=False)]

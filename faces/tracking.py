@@ -93,7 +93,7 @@ class Track:
                 else np.asarray(self.smoothed, float).round(3).tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Track":
+    def from_dict(cls, d: dict) -> Track:
         t = cls(track_id=int(d["track_id"]), frames=[int(f) for f in d["frames"]],
                 boxes=[list(map(float, b)) for b in d["boxes"]],
                 landmarks=[np.asarray(p, np.float64) for p in d["landmarks"]],
@@ -267,7 +267,7 @@ class FaceTracker:
                     cos = 1.0 if (ref is None or vecs[b] is None) else float(ref @ vecs[b])
                     if iou >= self.min_iou and cos >= self.min_identity:
                         cost[a, b] = -(iou + cos)
-            for a, b in zip(*linear_sum_assignment(cost)):
+            for a, b in zip(*linear_sum_assignment(cost), strict=False):
                 if cost[a, b] < 10.0:
                     matched_t.add(ids[a])
                     matched_d.add(b)

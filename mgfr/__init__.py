@@ -27,7 +27,7 @@ class _NoEmptyFp32Notice(logging.Filter):
 # No import of diffusers here: a filter on a named logger needs only ``logging``.
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Notice())
 
-import reface_core  # noqa: F401  (keeps imports offline: reface_core.offline)
+import reface_core  # noqa: E402, F401
 
 _LAZY = {
     "BasePreset": "presets", "get_preset": "presets", "available_presets": "presets",

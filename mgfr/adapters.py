@@ -251,7 +251,7 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
         # Round scaled widths to a multiple of the head count and of 8 so attention heads and
         # group norms still divide them.
         chans = []
-        for c, h in zip(block_out_channels, heads):
+        for c, h in zip(block_out_channels, heads, strict=False):
             step = max(8, h)
             chans.append(max(step, int(round(c * channel_mult / step)) * step))
         self.channels = tuple(chans)
@@ -417,11 +417,11 @@ class DualControlAdapter(ModelMixin, ConfigMixin):
                 if self.config.exchange_links:
                     hl, hr = hl + self.link_r2l[i](hr), hr + self.link_l2r[i](hl)
         hl = lca.run_mid(hl, temb_l, text, None)
-        down = [lca_scale * conv(s) for conv, s in zip(self.lca_out, skips_l)]
+        down = [lca_scale * conv(s) for conv, s in zip(self.lca_out, skips_l, strict=False)]
         mid = lca_scale * self.lca_mid_out(hl)
         if use_rca:
             hr = rca.run_mid(hr, temb_r, ctx, ctx_mask)
-            down = [d + rca_scale * conv(s) for d, conv, s in zip(down, self.rca_out, skips_r)]
+            down = [d + rca_scale * conv(s) for d, conv, s in zip(down, self.rca_out, skips_r, strict=False)]
             mid = mid + rca_scale * self.rca_mid_out(hr)
         return tuple(down), mid
 

@@ -167,7 +167,7 @@ class BatchBuilder:
             target[neg] = self._degrade(self.negative_preset, hq[neg],
                                         [f"{ids[i]}/neg" for i in neg]).to(hq.dtype)
         prompts = []
-        for p, pos, nq in zip(plans, batch["prompt"], batch["negative_quality_prompt"]):
+        for p, pos, nq in zip(plans, batch["prompt"], batch["negative_quality_prompt"], strict=False):
             prompts.append(nq if p.negative else ("" if p.drop_prompt else pos))
         out = {"target": target, "lq": lq, "prompts": prompts, "plans": plans,
                "face_ids": face_ids,

@@ -47,7 +47,7 @@ def training_data_sha256(dataset) -> str:
     shas: dict[str, str] = {}
     df = load_manifest(dataset.root)
     if "image_sha256" in df:
-        shas = {str(f): str(s) for f, s in zip(df["face_id"], df["image_sha256"])
+        shas = {str(f): str(s) for f, s in zip(df["face_id"], df["image_sha256"], strict=False)
                 if isinstance(s, str) and s}
     h = hashlib.sha256()
     for item in dataset.items:

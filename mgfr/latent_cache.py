@@ -89,7 +89,7 @@ class LatentCache:
         return r
 
     def get(self, indices, flips, device=None, dtype=None) -> torch.Tensor:
-        rows = [self.row(i, f) for i, f in zip(indices, flips)]
+        rows = [self.row(i, f) for i, f in zip(indices, flips, strict=False)]
         out = torch.cat([self._slice[r:r + 1] for r in rows])
         return out.to(device=device, dtype=dtype)
 

@@ -464,7 +464,7 @@ class MGFRPipeline(DiffusionPipeline):
 
     @staticmethod
     def _combine(eps: Sequence[torch.Tensor], branches, g, lna, lnq) -> torch.Tensor:
-        by = {name: e for (name, _), e in zip(branches, eps)}
+        by = {name: e for (name, _), e in zip(branches, eps, strict=False)}
         if "u" not in by:
             return by["p"]
         u = by["u"]
@@ -521,7 +521,7 @@ class MGFRPipeline(DiffusionPipeline):
         out = photo if u == 1 else cv2.resize(photo, None, fx=u, fy=u,
                                               interpolation=cv2.INTER_CUBIC)
         records = []
-        for i, (f, face) in enumerate(zip(found, result.images)):
+        for i, (f, face) in enumerate(zip(found, result.images, strict=False)):
             m = f.matrix.astype(np.float64).copy()
             m[:, :2] /= u                       # upscaled photo -> crop
             m *= face.shape[0] / ALIGN_SIZE     # crop at 512 -> crop at the restored size

@@ -143,7 +143,7 @@ def _random_crops(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch
         return x
     ys = rng.integers(0, h - size + 1, len(x))
     xs = rng.integers(0, w - size + 1, len(x))
-    return torch.stack([im[:, y:y + size, c:c + size] for im, y, c in zip(x, ys, xs)])
+    return torch.stack([im[:, y:y + size, c:c + size] for im, y, c in zip(x, ys, xs, strict=False)])
 
 
 # ---- checkpoint --------------------------------------------------------------------------
@@ -364,7 +364,7 @@ def pretrain_prior(data: str | os.PathLike, out: str | os.PathLike, config: Prio
             rng, gen = _step_rng(cfg.seed, "unet", step)
             idx, x = _batch(faces, rng, cfg.batch_size, cfg.flip)
             drop = rng.random(len(idx)) < cfg.prompt_dropout
-            hidden = torch.stack([text("" if d else prompts[i]) for i, d in zip(idx, drop)])
+            hidden = torch.stack([text("" if d else prompts[i]) for i, d in zip(idx, drop, strict=False)])
             with torch.no_grad():
                 post = vae.encode(x).latent_dist
                 draw = torch.randn(post.mean.shape, generator=gen)

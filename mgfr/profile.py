@@ -153,7 +153,7 @@ def measure_pair(fn_a, fn_b, device: torch.device, repeats: int = 3) -> tuple[di
         g = count_gflops(fn)
         out.append({"gflops": g, "times": []})
     for i in range(repeats):
-        for fn, o in zip((fn_a, fn_b), out):
+        for fn, o in zip((fn_a, fn_b), out, strict=False):
             mem = _PeakRSS() if device.type != "cuda" and i == 0 else None
             if device.type == "cuda" and i == 0:
                 before = torch.cuda.memory_allocated(device)
@@ -313,11 +313,11 @@ def profile(preset: str = "tiny", resolution: int | None = None, steps: int = 20
         zk = z.repeat(k, 1, 1, 1)
         log(f"measuring one step with {k} branch(es)")
         if k == 2:  # plain CFG: the bare UNet only
-            step["unet_2"] = measure(lambda: base.unet(zk, t, ehs), dev, repeats)
+            step["unet_2"] = measure(lambda: base.unet(zk, t, ehs), dev, repeats)  # noqa: B023
         else:
             step[f"unet_{k}"], step[f"mgfr_{k}"] = measure_pair(
-                lambda: base.unet(zk, t, ehs),
-                lambda: model.step(z, t, ehs, cond_full, num_branches=k), dev, repeats)
+                lambda: base.unet(zk, t, ehs),  # noqa: B023
+                lambda: model.step(z, t, ehs, cond_full, num_branches=k), dev, repeats)  # noqa: B023
     ratios = {"mgfr_vs_unet_1_branch": step["mgfr_1"]["seconds"] / step["unet_1"]["seconds"],
               "gflops_mgfr_vs_unet_1_branch": step["mgfr_1"]["gflops"] / step["unet_1"]["gflops"]}
     if "mgfr_4" in step:

@@ -221,7 +221,7 @@ def run_restore(args: argparse.Namespace) -> int:
     if refs and args.aligned:
         from .pipeline import check_face
 
-        refs = [check_face(r, str(p)) for r, p in zip(refs, ref_files)]
+        refs = [check_face(r, str(p)) for r, p in zip(refs, ref_files, strict=False)]
     elif refs:
         refs = pipe.align_references(refs, [str(p) for p in ref_files], args.detector)
 

@@ -216,7 +216,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     for ch in range(a.shape[2]):
         x = a[..., ch].astype(np.float64)
         y = b[..., ch].astype(np.float64)
-        blur = lambda im: cv2.GaussianBlur(im, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+        def blur(im):
+            return cv2.GaussianBlur(im, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
         mx, my = blur(x), blur(y)
         sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
         m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
@@ -545,7 +546,7 @@ class Trainer:
         from .model import encode_prompts
         missing = [p for p in dict.fromkeys(prompts) if p not in self.text_cache]
         if missing:
-            for p, h in zip(missing, encode_prompts(self.base, missing)):
+            for p, h in zip(missing, encode_prompts(self.base, missing), strict=False):
                 self.text_cache[p] = h
         return torch.stack([self.text_cache[p] for p in prompts])
 
@@ -944,7 +945,7 @@ def validate(model, base, data: Path, cfg: TrainConfig, *, resolution: int,
     if start < 1:
         one = restore(model, base, val["lq"], val["prompts"], **{**kw, "strength": start},
                       one_step=True)
-        metrics["psnr_onestep"] = float(np.mean([psnr(a, b) for a, b in zip(one, val["hq"])]))
+        metrics["psnr_onestep"] = float(np.mean([psnr(a, b) for a, b in zip(one, val["hq"], strict=False)]))
     metrics["vae_psnr"] = vae_roundtrip_psnr(base, val["hq"])
     metrics.update(denoising_metrics(model, base, val, use_refs, seed=cfg.validation_seed))
     grid = np.concatenate([np.concatenate(list(row), axis=1)
@@ -992,7 +993,7 @@ def denoising_metrics(model, base, val: dict, use_refs: bool, *, seed: int = 0,
         if t == 500:
             x0 = clean_estimate(kind, pred, zt, t, sched.alphas_cumprod).to(dt)
             img = to_uint8((base.vae.decode(x0 / sf).sample.float() + 1) / 2)
-            onestep = float(np.mean([psnr(x, y) for x, y in zip(img, val["hq"])]))
+            onestep = float(np.mean([psnr(x, y) for x, y in zip(img, val["hq"], strict=False)]))
     return {"denoise_loss": float(np.mean(losses)), "psnr_onestep_t500": onestep}
 
 
@@ -1007,7 +1008,7 @@ def vae_roundtrip_psnr(base, faces: np.ndarray, batch: int = 32) -> float:
         x = x / 127.5 - 1
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         out = to_uint8((rec.float() + 1) / 2)
-        vals += [psnr(a, b) for a, b in zip(out, faces[i:i + batch])]
+        vals += [psnr(a, b) for a, b in zip(out, faces[i:i + batch], strict=False)]
     return float(np.mean(vals))
 
 
@@ -1023,11 +1024,11 @@ def score(restored: np.ndarray, val: dict) -> dict:
         return float(np.mean(np.sum(v * val["target_embeddings"], axis=1)))
 
     return {
-        "psnr": float(np.mean([psnr(a, b) for a, b in zip(restored, val["hq"])])),
-        "ssim": float(np.mean([ssim(a, b) for a, b in zip(restored, val["hq"])])),
+        "psnr": float(np.mean([psnr(a, b) for a, b in zip(restored, val["hq"], strict=False)])),
+        "ssim": float(np.mean([ssim(a, b) for a, b in zip(restored, val["hq"], strict=False)])),
         "identity_cosine": id_cos(restored),
-        "psnr_lq": float(np.mean([psnr(a, b) for a, b in zip(val["lq"], val["hq"])])),
-        "ssim_lq": float(np.mean([ssim(a, b) for a, b in zip(val["lq"], val["hq"])])),
+        "psnr_lq": float(np.mean([psnr(a, b) for a, b in zip(val["lq"], val["hq"], strict=False)])),
+        "ssim_lq": float(np.mean([ssim(a, b) for a, b in zip(val["lq"], val["hq"], strict=False)])),
         "identity_cosine_lq": id_cos(val["lq"]),
         "faces": len(restored),
     }

@@ -114,7 +114,7 @@ def main() -> int:
         print(f"\nbaseline (plain calls): {b:.2f} s ({n_img / b:.2f} images/s)")
         print(f"harness (run_benchmark): {h:.2f} s ({n_img / h:.2f} images/s)")
         print(f"harness / baseline = {h / b:.3f}; per repeat: "
-              + ", ".join(f"{hh / bb:.3f}" for bb, hh in zip(base_times, harness_times)))
+              + ", ".join(f"{hh / bb:.3f}" for bb, hh in zip(base_times, harness_times, strict=False)))
         print(f"overhead inside the run (wall - restore - metrics) / (restore + metrics) = "
               f"{statistics.median(in_run):.3f} (goal <= 0.10); per repeat: "
               + ", ".join(f"{v:.3f}" for v in in_run))

@@ -52,16 +52,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cv2
-import numpy as np
-import torch
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from degradations.ops import to_tensor
-from degradations.pipeline import BatchDegrader, Degrader
-from degradations.presets import get_preset, list_presets
-from degradations.reference import reference_apply
-from degradations.sampling import sample_record
-from reface_core.assets import reface_home
+from degradations.ops import to_tensor  # noqa: E402
+from degradations.pipeline import BatchDegrader, Degrader  # noqa: E402
+from degradations.presets import get_preset, list_presets  # noqa: E402
+from degradations.reference import reference_apply  # noqa: E402
+from degradations.sampling import sample_record  # noqa: E402
+from reface_core.assets import reface_home  # noqa: E402
 
 BASICSR_VERSION = "1.4.2"
 BASICSR_MEMBER = f"basicsr-{BASICSR_VERSION}/basicsr/data/degradations.py"
@@ -212,8 +212,9 @@ def check_preset_matches_gfpgan(preset) -> None:
              "gray_prob": st["Gray"].prob, "color_jitter_pt_prob": st["ColorJitter"].prob,
              "brightness": st["ColorJitter"].brightness, "contrast": st["ColorJitter"].contrast,
              "saturation": st["ColorJitter"].saturation, "hue": st["ColorJitter"].hue}
-    norm = lambda v: tuple(norm(x) for x in v) if isinstance(v, (tuple, list)) else \
-        (float(v) if isinstance(v, (int, float)) else v)
+    def norm(v):
+        return tuple(norm(x) for x in v) if isinstance(v, (tuple, list)) else \
+            (float(v) if isinstance(v, (int, float)) else v)
     for key, ours in pairs.items():
         theirs = o[key.split(" ")[0]]
         if norm(ours) != norm(theirs):

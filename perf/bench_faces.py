@@ -90,12 +90,13 @@ def main(argv=None) -> int:
     # landmarks ---------------------------------------------------------------------------
     boxes = [[d.box for d in ds] for ds in dets]
     for kind in ("68", "5"):
-        t, _ = timed(lambda kind=kind: [predict_landmarks(im, b, kind) for im, b in zip(images, boxes) if b],
+        t, _ = timed(lambda kind=kind: [predict_landmarks(im, b, kind)
+                                        for im, b in zip(images, boxes, strict=False) if b],
                      args.repeats)
         row(f"landmarks dlib-{kind}", t, n)
 
     # align -------------------------------------------------------------------------------
-    pairs = [(im, d.landmarks68) for im, ds in zip(images, dets) for d in ds]
+    pairs = [(im, d.landmarks68) for im, ds in zip(images, dets, strict=False) for d in ds]
     t, crops = timed(lambda: [faces.align_ffhq(im, lm, 512) for im, lm in pairs], args.repeats)
 
     def scipy_blur(arr, sigma):

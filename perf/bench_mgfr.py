@@ -43,7 +43,7 @@ def timed_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
     fn_b()
     times: tuple[list, list] = ([], [])
     for _ in range(repeats):
-        for fn, ts in zip((fn_a, fn_b), times):
+        for fn, ts in zip((fn_a, fn_b), times, strict=False):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t = time.perf_counter()
@@ -175,19 +175,19 @@ def main(argv=None) -> int:
             once = all(counts[0][k] == counts[1][k] for k in counts[0] if k != "unet")
             for steps in steps_list:
                 def run_mgfr():
-                    pipe(face, references=refs or None, id_embeds=ids, num_inference_steps=steps,
+                    pipe(face, references=refs or None, id_embeds=ids, num_inference_steps=steps,  # noqa: B023
                          generator=torch.Generator().manual_seed(0), **prompts)
 
                 def run_bare():
-                    bare_sd(pipe, steps, 4.0, torch.Generator().manual_seed(0))
+                    bare_sd(pipe, steps, 4.0, torch.Generator().manual_seed(0))  # noqa: B023
                 t_m, t_b = timed_pair(run_mgfr, run_bare, args.repeats, device)
                 if args.text_blind:
                     blind = build(args.preset, args.device, dtype, read_prompt=False)
                     blind.register_to_config(resolution=res)
 
                     def run_blind():
-                        blind(face, references=refs or None, id_embeds=ids,
-                              num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                        blind(face, references=refs or None, id_embeds=ids,  # noqa: B023
+                              num_inference_steps=steps, generator=torch.Generator().manual_seed(0),  # noqa: B023
                               **prompts)
                     t_read, t_blind = timed_pair(run_mgfr, run_blind, args.repeats, device)
                     print(f"{args.preset} {res}px {steps} steps, 4 guidance branches: adapters "

@@ -473,4 +473,4 @@ def verify(name: str, path: str | os.PathLike | None = None) -> tuple[Path, str,
     return p, digest, (checksum_matches(asset.sha256, digest) if asset.sha256 else None)
 
 
-from . import asset_registry  # noqa: F401  (fills the registry)
+from . import asset_registry  # noqa: E402, F401

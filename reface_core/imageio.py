@@ -13,7 +13,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,7 +23,7 @@ from .atomic import atomic_path
 #: they exhaust memory; callers that need more pass ``max_pixels`` explicitly.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview
 
 
 class ImageLoadError(ValueError):

@@ -61,7 +61,7 @@ def hub_offline(quiet_loggers: tuple[str, ...] = ()):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            for lg, level in zip(loggers, saved_levels):
+            for lg, level in zip(loggers, saved_levels, strict=False):
                 lg.setLevel(level)
             # huggingface_hub reads its switch when first imported, which may have
             # happened inside the block: give it the value the environment says.

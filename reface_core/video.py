@@ -330,7 +330,7 @@ class VideoWriter:
         if self.tmp.exists():
             self.tmp.unlink()
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

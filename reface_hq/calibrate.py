@@ -15,7 +15,8 @@ What is fitted (cosine distances of unit embeddings):
 * ``cluster_threshold`` (the average-linkage cut): 1.25 times the largest mean pair
   distance within one person, never above the ``target`` quantile of the mean pair
   distances between two people. Tight on purpose: a person cut in two clusters is
-  re-joined by the centre merge, two people in one cluster are never separated later. ``assign_distance`` (an unlabelled face
+  re-joined by the centre merge, two people in one cluster are never separated later.
+  ``assign_distance`` (an unlabelled face
   joining a labelled centre): the impostor-to-centre quantile at a tenth of the target
   (no label confirms it), at most ``merge_distance``.
 * ``merge_distance`` (two groups are one person): half-way between the largest distance

@@ -72,7 +72,8 @@ def _add_build(sub) -> None:
     p.add_argument("--keep-grayscale", action="store_true", help="keep photos with no colour")
     p.add_argument("--musiq", choices=("auto", "off", "on"), default="auto",
                    help="MUSIQ scores when asset pyiqa-musiq-koniq resolves (auto)")
-    p.add_argument("--min-musiq", type=finite_float, help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
+    p.add_argument("--min-musiq", type=finite_float,
+                   help="drop faces with a lower MUSIQ score (needs the MUSIQ weights: "
                         "without them the build stops with the asset error)")
     p.add_argument("--thresholds", metavar="FILE",
                    help="identity/duplicate thresholds preset written by `calibrate` (default: "

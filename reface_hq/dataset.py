@@ -285,10 +285,10 @@ def leakage(rows: list[dict], centre_distance: float, pair_distance: float = 0.0
     sums = np.zeros((len(names), emb.shape[1]))
     np.add.at(sums, inv, emb)
     centre_mat = _unit(sums)
-    centres = dict(zip(names, centre_mat))
+    centres = dict(zip(names, centre_mat, strict=False))
     members = {k: np.nonzero(inv == n)[0] for n, k in enumerate(names)} if len(names) < 64 \
         else dict(zip(names, np.split(np.argsort(inv, kind="stable"),
-                                      np.cumsum(np.bincount(inv))[:-1])))
+                                      np.cumsum(np.bincount(inv))[:-1]), strict=False))
     side = {k: split[members[k][0]] for k in names}
     # Both tests are symmetric, so the identities of the smaller split are checked against
     # the other split: each leak is reported once, at a cost of O(test faces x faces).
@@ -359,7 +359,7 @@ class FaceReferenceDataset:
         df = df[df["identity"].map(counts) >= 2].sort_values(["identity", "face_id"])
         self.items = df[["face_id", "image_path", "identity"]].to_dict("records")
         captions = df["caption"] if "caption" in df else [None] * len(df)
-        for item, cap in zip(self.items, captions):
+        for item, cap in zip(self.items, captions, strict=False):
             item["caption"] = cap if isinstance(cap, str) else ""
         self.by_identity: dict[str, list[int]] = {}
         for k, item in enumerate(self.items):
@@ -451,7 +451,7 @@ def load_identity_cache(root: Path, face_rows: list[dict], embedder, cache_dir: 
                 meta = f.metadata() or {}
                 if meta.get("embedder") == embedder.name and meta.get("faces_sha256") == digest:
                     vectors = f.get_tensor("embeddings").numpy()
-                    return dict(zip(json.loads(meta["face_ids"]), vectors)), False
+                    return dict(zip(json.loads(meta["face_ids"]), vectors, strict=False)), False
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
             pass  # a torn or foreign file is rebuilt, not trusted
     from tqdm.auto import tqdm
@@ -474,7 +474,7 @@ def load_identity_cache(root: Path, face_rows: list[dict], embedder, cache_dir: 
     with atomic_path(path) as tmp:
         save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(table))}, str(tmp),
                   metadata=meta)
-    return dict(zip(ids, table)), True
+    return dict(zip(ids, table, strict=False)), True
 
 
 class FaceTrainingDataset:
@@ -614,7 +614,7 @@ class FaceTrainingDataset:
             else np.zeros(1 + len(refs), dtype=bool)
         out = {
             "target": self._tensor(index, bool(flips[0])),
-            "references": torch.stack([self._tensor(k, bool(f)) for k, f in zip(refs, flips[1:])]),
+            "references": torch.stack([self._tensor(k, bool(f)) for k, f in zip(refs, flips[1:], strict=False)]),
             "face_id": item["face_id"], "identity": item["identity"],
             "prompt": item["prompt"],
             "negative_attribute_prompt": item["negative_attribute_prompt"],

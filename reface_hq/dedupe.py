@@ -75,7 +75,7 @@ def near_pairs(phashes: np.ndarray, emb: np.ndarray, max_distance: int, min_cosi
         dist = popcount64(block[:, None] ^ phashes[None, :])
         sim = emb[a:a + chunk] @ emb.T
         ii, jj = np.nonzero((dist <= max_distance) & (sim >= min_cosine))
-        for i, j in zip(ii.tolist(), jj.tolist()):
+        for i, j in zip(ii.tolist(), jj.tolist(), strict=False):
             if a + i < j:
                 pairs.append((a + i, j))
     return pairs

@@ -176,7 +176,7 @@ class IdentityGroup:
         if unhinted:
             labels = cluster(emb[[pos[i] for i in unhinted]], self.cluster_threshold)
             members: dict[int, list[int]] = {}
-            for i, lab in zip(unhinted, labels.tolist()):
+            for i, lab in zip(unhinted, labels.tolist(), strict=False):
                 members.setdefault(lab, []).append(i)
             ordered = sorted(members.values(), key=lambda m: min(rows[i]["face_id"] for i in m))
             for n, m in enumerate(ordered, start=1):
@@ -200,7 +200,7 @@ class IdentityGroup:
                 part = faces[a:a + 4096]
                 d = 1.0 - emb[[pos[i] for i, _ in part]] @ mat.T
                 best = np.argmin(d, axis=1)
-                for (i, own), j, row in zip(part, best.tolist(), d):
+                for (i, own), j, row in zip(part, best.tolist(), d, strict=False):
                     if (j != own and row[j] <= self.max_distance
                             and row[j] < row[own] - self.move_margin):
                         moved[i] = keys[j]
@@ -217,7 +217,7 @@ class IdentityGroup:
             centre = robust_centre(vecs, self.max_distance)
             name = _identity_name(key)
             kept = []
-            for i, v in zip(members, vecs):
+            for i, v in zip(members, vecs, strict=False):
                 d = max(0.0, float(1.0 - v @ centre))  # rounding gives -1e-7
                 row = dict(rows[i], identity=name, identity_distance=d)
                 if d > self.max_distance:
@@ -246,7 +246,7 @@ class IdentityGroup:
         uf = _UnionFind(len(keys))
         for start in range(0, len(keys), 2048):   # memory O(chunk * identities)
             close = 1.0 - mat[start:start + 2048] @ mat.T <= self.merge_distance
-            for a, b in zip(*np.nonzero(close)):
+            for a, b in zip(*np.nonzero(close), strict=False):
                 if start + a < b:
                     uf.union(int(start + a), int(b))
         merged: dict[int, list[str]] = {}

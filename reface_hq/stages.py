@@ -334,6 +334,6 @@ class Embed(Stage):
             if not crops:
                 continue
             vectors = np.asarray(model.embed(crops), dtype=np.float32)
-            for i, vec in zip(ok_idx, vectors):
+            for i, vec in zip(ok_idx, vectors, strict=False):
                 out[i] = dict(rows[i], embedder=model.name, embedding=vec.tolist())
         return out

@@ -44,7 +44,7 @@ ROWS = {"bicubic": "bicubic", "stage1": "stage 1", "stage2": "stage 2 (same pers
 def lq_faces(hq: np.ndarray, ids: list[str], preset: str, seed: int) -> np.ndarray:
     from mgfr.train import bicubic_degrader
     deg = bicubic_degrader(preset)
-    return np.stack([deg(h, seed=seed, image_id=i)[0] for h, i in zip(hq, ids)])
+    return np.stack([deg(h, seed=seed, image_id=i)[0] for h, i in zip(hq, ids, strict=False)])
 
 
 def sharpness(img: np.ndarray) -> float:
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     def scores(imgs: np.ndarray) -> dict:
         v = emb.embed(list(imgs))
         per_face = np.sum(v * target_vecs, axis=1)
-        return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, hq)])),
-                "ssim": float(np.mean([ssim(a, b) for a, b in zip(imgs, hq)])),
+        return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(imgs, hq, strict=False)])),
+                "ssim": float(np.mean([ssim(a, b) for a, b in zip(imgs, hq, strict=False)])),
                 "ids": float(np.mean(per_face)),
                 "ids_per_face": [round(float(x), 5) for x in per_face],
                 "sharpness": float(np.mean([sharpness(a) for a in imgs])),

@@ -49,7 +49,8 @@ def test_reface_test_bicubic_mgfr_and_codeformer_without_weights(identities_data
     runs = {r["restorer"]: r for r in s.query("SELECT * FROM runs")}
     assert runs["bicubic"]["status"] == runs["mgfr"]["status"] == "done"
     assert runs["codeformer"]["status"] == "skipped"
-    assert "codeformer.pth" in runs["codeformer"]["reason"] and "REFACE_ASSET_CODEFORMER" in runs["codeformer"]["reason"]
+    reason = runs["codeformer"]["reason"]
+    assert "codeformer.pth" in reason and "REFACE_ASSET_CODEFORMER" in reason
     assert runs["bicubic"]["degradation_preset"] == "mgfr-medium" and runs["bicubic"]["degradation_seed"] == 0
     assert json.loads(runs["mgfr"]["restorer_config"])["pipeline"]["adapters_sha256"]
     board = {(r["restorer"], r["metric"]): r for r in s.leaderboard()}

@@ -184,7 +184,7 @@ def test_a_click_in_the_study_page_records_a_vote(browser, results, tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"study server did not start: {proc.stdout.read()}")
+                    raise AssertionError(f"study server did not start: {proc.stdout.read()}") from None
                 time.sleep(0.2)
         url = f"http://127.0.0.1:{port}/study/{token}"
         browser.get(url)

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from captioning.manifest import ManifestError, annotate_manifest, progress_path, read_manifest
 from captioning.attribute_values import AttributeValue, attributes_from_json
 from captioning.cli import main
 from captioning.extractors import AttributeExtractor, ExtractionResult, get_extractor
-from captioning.pose_and_colour import colourfulness
+from captioning.manifest import ManifestError, annotate_manifest, progress_path, read_manifest
 from captioning.pipeline import OUTPUT_COLUMNS, Captioner
+from captioning.pose_and_colour import colourfulness
 from captioning.prompts import PromptBuilder
 from reface_core.imageio import save_image
 

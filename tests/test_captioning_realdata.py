@@ -47,15 +47,15 @@ def test_offline_gender_agrees_with_the_folder_labels(celeba):
     assert set(truth) == {"female", "male"}
     predicted = [a.attributes.get("gender").value if "gender" in a.attributes else None
                  for a in annotations]
-    agreement = np.mean([p == t for p, t in zip(predicted, truth)])
+    agreement = np.mean([p == t for p, t in zip(predicted, truth, strict=False)])
     print(f"\noffline gender agreement on celeba_hq_1024: {agreement:.3f} "
-          f"({sum(p == t for p, t in zip(predicted, truth))}/{len(files)})")
+          f"({sum(p == t for p, t in zip(predicted, truth, strict=False))}/{len(files)})")
     assert agreement >= 0.95
 
 
 def test_every_photo_gets_a_caption_and_prompts(celeba):
     _, files, annotations = celeba
-    for f, a in zip(files, annotations):
+    for f, a in zip(files, annotations, strict=False):
         assert a.status == "ok", (f, a.error)
         assert a.caption and a.caption_source == "template"
         nouns = ("woman", "girl") if f.parent.name == "female" else ("man", "boy")
@@ -75,7 +75,7 @@ def test_mirrored_photos_give_mirrored_yaw(celeba):
     import faces
     _, files, annotations = celeba
     det = faces.get_detector("dlib-hog", **DETECT)
-    turned = [(f, a) for f, a in zip(files, annotations) if abs(a.attributes["yaw"].value) > 8]
+    turned = [(f, a) for f, a in zip(files, annotations, strict=False) if abs(a.attributes["yaw"].value) > 8]
     assert turned, "expected some turned heads in celeba_hq_1024"
     for f, a in turned[:4]:
         flipped = np.ascontiguousarray(load_image(f)[:, ::-1])
@@ -133,7 +133,7 @@ def test_aligned_crops_get_pose_and_consistent_gender_per_identity(data_root):
     annotations = captioner.annotate([FaceSample(key=str(p), path=p, aligned=True)
                                       for _, p in crops])
     by_identity: dict[str, list[str]] = {}
-    for (identity, p), a in zip(crops, annotations):
+    for (identity, p), a in zip(crops, annotations, strict=False):
         assert a.status == "ok", (p, a.error)
         by_identity.setdefault(identity, []).append(a.attributes["gender"].value)
         if "roll" in a.attributes:

@@ -72,7 +72,7 @@ def test_batched_results_equal_one_at_a_time(extractor):
     samples = faces(5)
     batched = extractor.extract(samples)          # batches of 3 + 2
     single = [extractor.extract([s])[0] for s in samples]
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=False):
         assert b.caption == s.caption and isinstance(b.caption, str) and b.caption
         assert set(b.attributes) == set(DEFAULT_VLM_ATTRIBUTES)
         for name in b.attributes:
@@ -162,7 +162,7 @@ def test_blip2_batches_questions_and_captions(tiny_blip2):
     samples = faces(4)
     batched = ex.extract(samples)
     single = [ex.extract([s])[0] for s in samples]
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=False):
         assert isinstance(b.caption, str) and b.caption == s.caption
         assert set(b.attributes) == {"gender", "smiling", "hair_color", "bald"}
         for name, item in b.attributes.items():

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 
 import faces
-from faces.alignment import (ffhq_matrix, ffhq_quad, ffhq_template, invert_affine, template,
-                             transform_points, umeyama)
+from faces.alignment import (
+    ffhq_matrix,
+    ffhq_quad,
+    ffhq_template,
+    invert_affine,
+    template,
+    transform_points,
+    umeyama,
+)
 from reface_core.imageio import load_image
-
-from conftest import make_rgb
 
 # A frontal face in a 1000x800 image: eye centres, nose, mouth corners.
 FACE5 = np.array([[400, 380], [520, 380], [460, 450], [415, 510], [505, 510]], np.float32)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 
 import faces
 from reface_core.imageio import load_image
-
-from conftest import make_rgb
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def test_gender_agrees_with_celeba_hq_folders(data_root, predictor):
     imgs = [load_image(f) for f in files]
     # CelebA-HQ photos are aligned by a recipe close to FFHQ's, so they go in directly.
     preds = predictor.predict(imgs)
-    agree = np.mean([p.gender == t for p, t in zip(preds, truth)])
+    agree = np.mean([p.gender == t for p, t in zip(preds, truth, strict=False)])
     ages = np.array([p.age for p in preds])
     print(f"age-gender-onnx on celeba_hq_1024: gender agrees on {agree:.1%} of {len(files)} "
           f"photos; age median {np.median(ages):.1f}, range {ages.min():.1f}-{ages.max():.1f}")
@@ -65,5 +64,5 @@ def test_gender_agrees_with_celeba_hq_folders(data_root, predictor):
     # Our own FFHQ alignment of the same photos gives the same answers.
     sample = list(range(0, len(files), 14))
     realigned = [faces.detect_and_align(imgs[i])[0].image for i in sample]
-    for i, p in zip(sample, predictor.predict(realigned)):
+    for i, p in zip(sample, predictor.predict(realigned), strict=False):
         assert p.gender == preds[i].gender and abs(p.age - preds[i].age) < 5

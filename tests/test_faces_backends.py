@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import faces
-from reface_core.assets import AssetNotFoundError
+from conftest import make_rgb  # noqa: E402
 
-from conftest import make_rgb
+import faces  # noqa: E402
+from reface_core.assets import AssetNotFoundError  # noqa: E402
 
 
 def _skip_if_present(asset: str) -> None:

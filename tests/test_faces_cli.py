@@ -9,11 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 
 from faces.cli import main
 from reface_core.imageio import load_image, save_image
-
-from conftest import make_rgb
 
 
 @pytest.mark.parametrize("command", ["detect", "align", "embed", "attributes"])

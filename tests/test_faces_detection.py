@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 
 import faces
 from faces.detection import FaceDetection, landmarks5_from_68, landmarks5_from_dlib5
 from reface_core.imageio import ImageLoadError, load_image
-
-from conftest import make_rgb
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +156,7 @@ def test_cnn_finds_group_photo_faces(unaligned):
     det = faces.get_detector("dlib-cnn")
     picked = {p.name: img for p, img in unaligned.items() if p.name in EXPECTED}
     results = det.detect_batch(list(picked.values()))
-    counts = {n: len(r) for n, r in zip(picked, results)}
+    counts = {n: len(r) for n, r in zip(picked, results, strict=False)}
     # At the default 800 px working size the child in obama_and_biden.jpg (about 60 px)
     # is below the CNN's smallest face; the two labelled people must be there.
     assert counts["two_people.jpg"] == 2 and counts["kit_with_rose.jpg"] == 2
@@ -192,7 +191,7 @@ def test_five_point_predictor_agrees_with_68_points(unaligned, hog_results):
     det5 = faces.get_detector("dlib-hog", landmarks="5")
     picked = [p for p in unaligned if p.name in ("obama-720p.jpg", "two_people.jpg", "alex-lacamoire.png")]
     for p in picked:
-        for d5, d68 in zip(det5.detect(unaligned[p]), hog_results[p]):
+        for d5, d68 in zip(det5.detect(unaligned[p]), hog_results[p], strict=False):
             assert d5.landmarks68 is None and d5.landmarks_source == "dlib-5"
             iod = np.linalg.norm(d68.landmarks5[1] - d68.landmarks5[0])
             err = np.linalg.norm(d5.landmarks5 - d68.landmarks5, axis=1) / iod
@@ -212,7 +211,7 @@ def test_cnn_batch_equals_single_images(unaligned):
     batched = det.detect_batch(pair)
     singles = [det.detect(im) for im in pair]
     assert [len(b) for b in batched] == [len(s) for s in singles] == [1, 1]
-    for b, s in zip(batched, singles):
+    for b, s in zip(batched, singles, strict=False):
         np.testing.assert_allclose(b[0].box, s[0].box, atol=1)
         assert abs(b[0].score - s[0].score) < 1e-3
     # The mirrored face is found at the mirrored place.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_rgb
 
 import faces
 from faces.embedding import check_same_embedder
 from faces.verification import pair_scores, roc_auc, tar_at_far
 from reface_core.imageio import load_image
-
-from conftest import make_rgb
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from faces.tracking import (FaceTracker, Track, landmark_jitter, landmark_motion, runs,
-                            select_reference_frames, smooth_landmarks, smooth_tracks)
+from faces.tracking import (
+    FaceTracker,
+    Track,
+    landmark_jitter,
+    landmark_motion,
+    runs,
+    select_reference_frames,
+    smooth_landmarks,
+    smooth_tracks,
+)
 
 
 def _face(cx=100.0, cy=100.0, s=40.0):

@@ -96,8 +96,9 @@ def test_killing_a_build_kills_its_workers(data_root, tmp_path):
                                     "bad_done_file", "row_count_mismatch"])
 def test_a_damaged_cached_shard_is_redone(tmp_path, damage):
     rows = _rows(12)
-    run = lambda: LocalExecutor(shard_size=4, progress=False).run([AddLength()], rows,
-                                                                  tmp_path / "work")
+    def run():
+        return LocalExecutor(shard_size=4, progress=False).run([AddLength()], rows,
+                                                                      tmp_path / "work")
     ref, _ = run()
     stage_dir = next((tmp_path / "work").glob("01-add_length-*"))
     input_dir = next((tmp_path / "work").glob("00-input-*"))

@@ -70,7 +70,7 @@ def test_set_epoch_redraws_references_deterministically(train_set):
     ds.set_epoch(1)
     e1 = [ds.references_of(i) for i in range(len(ds))]
     ds.set_epoch(0)
-    assert sum(a != b for a, b in zip(e0, e1)) > len(ds) // 4
+    assert sum(a != b for a, b in zip(e0, e1, strict=False)) > len(ds) // 4
     # Without replacement while the identity has enough other photos.
     for i, refs in enumerate(e1):
         others = len(ds.by_identity[ds.items[i]["identity"]]) - 1
@@ -145,7 +145,7 @@ def test_rates_are_honoured_over_a_seeded_epoch():
     # Seeded: the same (seed, epoch) gives the same plans, another epoch other ones.
     assert plans == [plan_sample(7, 2, f, mix=mix, **rates) for f in ids]
     other = [plan_sample(7, 3, f, mix=mix, **rates) for f in ids]
-    assert sum(a != b for a, b in zip(plans, other)) > n // 4
+    assert sum(a != b for a, b in zip(plans, other, strict=False)) > n // 4
     # Zero rates never fire; changing one rate leaves the other decisions alone.
     zero = [plan_sample(7, 2, f, mix=mix, negative_rate=0, prompt_dropout=0,
                         reference_dropout=0) for f in ids]
@@ -172,7 +172,7 @@ def test_batches_over_an_epoch_honour_rates_and_recreate_lq(train_set):
         first = first or (idx, out)
         seen += idx
         plans += out["plans"]
-        for p, prompt, i in zip(out["plans"], out["prompts"], idx):
+        for p, prompt, i in zip(out["plans"], out["prompts"], idx, strict=False):
             item = ds.items[i]
             if p.negative:
                 assert prompt == item["negative_quality_prompt"]

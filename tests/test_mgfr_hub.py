@@ -76,7 +76,8 @@ def test_adapter_folder_is_a_hub_model_repository(tmp_path):
            for p in sorted(out.iterdir())]
     assert len(ops) == 4 and huggingface_hub.__version__
     # The card does not get in the way of loading.
-    public = lambda cfg: {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+    def public(cfg):
+        return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
     assert public(read_adapter(out).config) == public(model.adapter.config)
     back = MGFRModel.load_adapters(out, base=base)
     a, b = model.adapter.state_dict(), back.adapter.state_dict()
@@ -103,7 +104,7 @@ def test_training_data_hash_follows_the_faces(tmp_path):
     def build(root: Path, shas: list[str], split: list[str]) -> Path:
         (root / "images").mkdir(parents=True)
         rows = []
-        for i, (sha, sp) in enumerate(zip(shas, split)):
+        for i, (sha, sp) in enumerate(zip(shas, split, strict=False)):
             name = f"images/f{i}.png"
             from PIL import Image
             Image.fromarray(np.full((16, 16, 3), i * 20, np.uint8)).save(root / name)

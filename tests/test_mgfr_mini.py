@@ -53,13 +53,13 @@ def test_adapters_read_the_prompt_and_text_blind_ones_do_not(tiny):
     assert reading.adapter.config.read_prompt
     _randomize(reading.adapter)
     (da, ma), (db, mb) = _residuals(reading, text_a), _residuals(reading, text_b)
-    assert not torch.allclose(ma, mb) and not all(torch.allclose(x, y) for x, y in zip(da, db))
+    assert not torch.allclose(ma, mb) and not all(torch.allclose(x, y) for x, y in zip(da, db, strict=False))
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         _residuals(reading, None)
     blind = MGFRModel.from_base(tiny, read_prompt=False)
     _randomize(blind.adapter)
     (da, ma), (db, mb) = _residuals(blind, text_a), _residuals(blind, text_b)
-    assert torch.equal(ma, mb) and all(torch.equal(x, y) for x, y in zip(da, db))
+    assert torch.equal(ma, mb) and all(torch.equal(x, y) for x, y in zip(da, db, strict=False))
     # The text-blind adapter has no text cross-attention: fewer weights.
     n = lambda m: sum(p.numel() for p in m.adapter.lca.parameters())  # noqa: E731
     assert n(blind) < n(reading)
@@ -200,9 +200,8 @@ def test_vae_gate_stops_a_prior_below_it_and_records_the_round_trip(identities_d
 # ---- the shipped mini weights -----------------------------------------------------------
 
 def test_shipped_mini_weights_load_with_their_sha256(tmp_path, monkeypatch):
-    from reface_core.assets import (AssetIntegrityError, folder_sha256, get_asset, resolve)
-
     from mgfr.pipeline import load_pipeline, shipped_adapters
+    from reface_core.assets import AssetIntegrityError, folder_sha256, get_asset, resolve
     asset = get_asset("mgfr-mini")
     folder = resolve("mgfr-mini")
     assert len(asset.folder_sha256) == 64 and folder_sha256(folder) == asset.folder_sha256
@@ -253,8 +252,8 @@ def test_shipped_mini_restores_held_out_faces_above_bicubic(identities_dataset):
         hq.append(face)
         lq.append(low)
         out.append(pipe(low, generator=torch.Generator().manual_seed(0)).images[0])
-    ours = np.mean([psnr(a, b) for a, b in zip(out, hq)])
-    bic = np.mean([psnr(a, b) for a, b in zip(lq, hq)])
+    ours = np.mean([psnr(a, b) for a, b in zip(out, hq, strict=False)])
+    bic = np.mean([psnr(a, b) for a, b in zip(lq, hq, strict=False)])
     assert ours > bic, (ours, bic)
     emb = get_embedder("dlib")
     truth = emb.embed(hq)

@@ -131,7 +131,7 @@ def test_step_invariant_work_runs_once_per_call(pipe):
     finally:
         for h in handles:
             h.remove()
-    for c, steps in zip(counts, (2, 5)):
+    for c, steps in zip(counts, (2, 5), strict=False):
         # once: the LQ latents and the references' latents (one batch), one batch of four
         # prompts, RLF and identity tokens; per step: one adapter call, one UNet call.
         assert c == {"vae_encoder": 2, "text_encoder": 1, "rlf": 1, "id_proj": 1,
@@ -207,7 +207,8 @@ def test_save_pretrained_from_pretrained_is_bit_exact(pipe, tmp_path):
         assert a.keys() == b.keys(), part
         for k in a:
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{part}.{k}"
-    public = lambda cfg: {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+    def public(cfg):
+        return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
     assert public(back.config) == public(pipe.config)
     assert public(back.adapter.config) == public(pipe.adapter.config)
     assert type(back.scheduler) is type(pipe.scheduler)

@@ -168,7 +168,8 @@ def test_ray_executor_runs_the_same_stage_functions(tmp_path):
     local, _ = LocalExecutor(shard_size=2, progress=False).run(stages, rows, tmp_path / "w")
     remote, reports = RayExecutor(shard_size=2, num_cpus=1, progress=False).run(
         stages, rows, tmp_path / "w")
-    key = lambda r: r["row_id"]
+    def key(r):
+        return r["row_id"]
     assert sorted(remote, key=key) == sorted(local, key=key)
     assert reports[0].dropped == {"source_too_small": 2, "decode_error": 1}
 
@@ -365,7 +366,7 @@ def _people(n_people=3, per=5, dim=16, spread=0.15, seed=0):
     centres = [_unit(rng.normal(size=dim)) for _ in range(n_people)]
     out = []
     for p, c in enumerate(centres):
-        for k in range(per):
+        for _k in range(per):
             out.append((p, _unit(c + spread * rng.normal(size=dim) / np.sqrt(dim))))
     return centres, out
 
@@ -415,7 +416,7 @@ def test_identity_clustering_without_hints_recovers_people():
     out = IdentityGroup(use_hints=False, cluster_threshold=0.3, max_distance=0.3,
                         min_photos=2)(rows)
     labels = {}
-    for r, (p, _) in zip(out, people):
+    for r, (p, _) in zip(out, people, strict=False):
         assert r["status"] == "ok"
         labels.setdefault(p, set()).add(r["identity"])
     assert all(len(v) == 1 for v in labels.values())

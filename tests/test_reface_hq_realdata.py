@@ -96,7 +96,7 @@ def test_duplicates_across_folders_are_found(built):
     rows = _all_rows(Path(built["config"].out))
     by_face = rows.set_index("face_id")
     dups = rows[rows.status.isin(["duplicate", "near_duplicate"])]
-    pairs = {(o, by_face.loc[k, "origin"]) for o, k in zip(dups.origin, dups.duplicate_of)}
+    pairs = {(o, by_face.loc[k, "origin"]) for o, k in zip(dups.origin, dups.duplicate_of, strict=False)}
     shared = {frozenset(p) for p in pairs if {q.split("/")[1] for q in p} == {"00399", "00737"}}
     assert len(shared) == 4, sorted(pairs)      # the four photos both folders hold
     # The same Obama photo under examples/, knn_examples/ and tests/test_images/.
@@ -115,8 +115,8 @@ def test_identities_are_pure_against_folder_labels(built, data_root):
     man = pd.read_parquet(Path(built["config"].out) / "manifest.parquet")
     labelled = man[man.sha256.isin(labels.keys())]
     correct = 0
-    for identity, group in labelled.groupby("identity"):
-        votes = Counter(l for s in group.sha256 for l in labels[s])
+    for _identity, group in labelled.groupby("identity"):
+        votes = Counter(lab for s in group.sha256 for lab in labels[s])
         top = votes.most_common(1)[0][0]
         correct += sum(top in labels[s] for s in group.sha256)
     purity = correct / len(labelled)
@@ -138,7 +138,7 @@ def test_identities_are_pure_against_folder_labels(built, data_root):
 
 def _pairwise(pred: list[str | None], truth: list[str]) -> tuple[float, float]:
     tp = fp = fn = 0
-    for (pa, ta), (pb, tb) in itertools.combinations(zip(pred, truth), 2):
+    for (pa, ta), (pb, tb) in itertools.combinations(zip(pred, truth, strict=False), 2):
         same_pred = pa is not None and pa == pb
         same_true = ta == tb
         tp += same_pred and same_true
@@ -154,7 +154,7 @@ def test_clustering_without_hints_recovers_identities(built, data_root):
     # Every identities_512 face that reached identity grouping, kept or dropped there.
     part = rows[(rows.source == "identities_512") & rows.sha256.isin(labels.keys())
                 & (rows.status.isin(["ok", "identity_outlier", "too_few_photos"]))]
-    pred = [i if s == "ok" else None for i, s in zip(part.identity, part.status)]
+    pred = [i if s == "ok" else None for i, s in zip(part.identity, part.status, strict=False)]
     truth = [min(labels[s]) for s in part.sha256]
     precision, recall = _pairwise(pred, truth)
     # 00399 and 00737 are one person filed twice (they share photos): merged labels.
@@ -258,8 +258,9 @@ def test_killed_build_resumes_to_the_same_manifest(data_root, tmp_path):
     assert a.num_rows > 0 and a.equals(b)
     assert pq.read_table(killed / "dropped.parquet").equals(pq.read_table(fresh / "dropped.parquet"))
     assert verify(killed) == []
-    files = lambda root: sorted(p.relative_to(root).as_posix()
-                                for p in (root / "images").rglob("*") if p.is_file())
+    def files(root):
+        return sorted(p.relative_to(root).as_posix()
+                                    for p in (root / "images").rglob("*") if p.is_file())
     assert files(killed) == files(fresh)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ..attribute_values import Attributes, AttributeValue
 from ..vocabulary import CELEBA_40, VOCABULARY, parse_value
@@ -60,7 +60,7 @@ def read_celeba_attributes(path: str | os.PathLike) -> dict[str, dict[str, int]]
             values = [1 if int(v) > 0 else -1 for v in fields[1:]]
         except ValueError:
             raise LabelFileError(f"{path}, line {number}: values must be 1, -1 or 0") from None
-        table[fields[0]] = dict(zip(names, values))
+        table[fields[0]] = dict(zip(names, values, strict=False))
     if len(table) != declared:
         raise LabelFileError(f"{path}: line 1 declares {declared} images but the file lists "
                              f"{len(table)}")

@@ -15,7 +15,7 @@ bin edge).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -121,7 +121,7 @@ class OfflineExtractor(AttributeExtractor):
         if "age" in self.measures or "gender" in self.measures:
             for start in range(0, len(ready), self.batch_size):
                 chunk = ready[start:start + self.batch_size]
-                for i, fa in zip(chunk, self.predictor.predict([crops[i] for i in chunk])):
+                for i, fa in zip(chunk, self.predictor.predict([crops[i] for i in chunk]), strict=False):
                     if "age" in self.measures:
                         # The classifier's own certainty, not a constant: min_confidence
                         # can then keep an unreliable age out of the prompts.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -282,7 +282,7 @@ class BlipExtractor(AttributeExtractor):
             p = np.exp(s - s.max())
             p /= p.sum()
             pooled = out[row // n_q][row % n_q]
-            for i, prob in zip(picks, p):
+            for i, prob in zip(picks, p, strict=False):
                 pooled[values[i]] = pooled.get(values[i], 0.0) + float(prob)
         return out
 
@@ -308,7 +308,7 @@ class BlipExtractor(AttributeExtractor):
             prob = torch.exp((step_logp * keep).sum(-1)).cpu().numpy()
         texts = tok.batch_decode(out.sequences, skip_special_tokens=True)
         answers = [[("", 0.0)] * n_q for _ in images]
-        for row, (text, p) in enumerate(zip(texts, prob)):
+        for row, (text, p) in enumerate(zip(texts, prob, strict=False)):
             answers[row // n_q][row % n_q] = (text.strip(), float(p))
         return answers
 
@@ -320,13 +320,13 @@ class BlipExtractor(AttributeExtractor):
             return attrs, errors
         if self.mode == "rank":
             for i, per_question in enumerate(self.rank_answers(images)):
-                for (name, _, _), probs in zip(self.questions, per_question):
+                for (name, _, _), probs in zip(self.questions, per_question, strict=False):
                     value = max(probs, key=lambda v: (probs[v], str(v)))
                     attrs[i][name] = AttributeValue(value, min(1.0, probs[value]), self.name)
             return attrs, errors
         for i, per_question in enumerate(self.generate_answers(images)):
             unread = []
-            for (name, _, _), (text, p) in zip(self.questions, per_question):
+            for (name, _, _), (text, p) in zip(self.questions, per_question, strict=False):
                 value = parse_answer(name, text)
                 if value is None:
                     unread.append(f"{name}: {text!r}")
@@ -347,7 +347,7 @@ class BlipExtractor(AttributeExtractor):
             images = [_face_pixels(samples[i]) for i in chunk]
             attrs, errors = self._attributes(images)
             caps = self.captions(images) if self._caption is not None else [None] * len(chunk)
-            for i, a, e, c in zip(chunk, attrs, errors, caps):
+            for i, a, e, c in zip(chunk, attrs, errors, caps, strict=False):
                 results[i] = ExtractionResult(attributes=a, caption=c, error=e)
         return results
 
@@ -476,7 +476,7 @@ class Blip2Extractor(BlipExtractor):
         for (img, q), members in groups.items():
             p = np.exp(scores[members] - scores[members].max())
             p /= p.sum()
-            for r, prob in zip(members, p):
+            for r, prob in zip(members, p, strict=False):
                 value = keys[r][2]
                 out[img][q][value] = out[img][q].get(value, 0.0) + float(prob)
         return out
@@ -503,7 +503,7 @@ class Blip2Extractor(BlipExtractor):
             prob = torch.exp((chosen * keep).sum(-1)).cpu().numpy()
         texts = tok.batch_decode(new, skip_special_tokens=True)
         answers = [[("", 0.0)] * n_q for _ in images]
-        for row, (text, p) in enumerate(zip(texts, prob)):
+        for row, (text, p) in enumerate(zip(texts, prob, strict=False)):
             answers[row // n_q][row % n_q] = (text.strip(), float(p))
         return answers
 
