@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reface_core.argtypes import torch_device  # noqa: E402
+
 
 def timed_pair(fn_a, fn_b, repeats: int, device) -> tuple[float, float]:
     """Median seconds of ``fn_a`` and ``fn_b`` after a warm-up each, their calls interleaved
@@ -130,7 +132,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", type=torch_device,
+                    help="cpu, cuda or cuda:N (checked before any model is built)")
     ap.add_argument("--dtypes", default="fp32", help="comma-separated: fp32,fp16,bf16")
     ap.add_argument("--resolutions", default=None,
                     help="comma-separated pixel sizes (default: the preset's)")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reface_core.argtypes import torch_device  # noqa: E402
+
 
 def peak_memory_reset(device) -> None:
     import torch
@@ -156,7 +158,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a Reface-HQ folder (reface_hq build)")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (accelerate picks the GPU)")
+    p.add_argument("--device", default="cpu", type=torch_device,
+                   help="cpu or cuda (accelerate picks the GPU)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--refs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reface_core.argtypes import torch_device  # noqa: E402
+
 STAGES = ("decoding", "detection", "tracking", "references", "restoration", "paste_back",
           "encoding")
 
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--clip", required=True)
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--methods", default="bicubic,mgfr:steps=4")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=torch_device)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 

@@ -53,26 +53,37 @@ def _kill_parent_mid_work(cmd: list[str], busy, what: str) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    workers: list[psutil.Process] = []
+    # Every worker ever seen: a build runs one pool per stage, so workers of a finished
+    # stage exit (and show as terminated for a moment) while the next stage's start.
+    seen: dict[int, psutil.Process] = {}
+
+    def live_workers() -> list[psutil.Process]:
+        live = _alive(_workers(proc.pid))
+        seen.update((p.pid, p) for p in live)
+        return live
+
     try:
         deadline = time.monotonic() + 600  # a loaded machine starts workers slowly
-        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
-            workers = _workers(proc.pid)
+        most = 0
+        while time.monotonic() < deadline and proc.poll() is None and most < 2:
+            most = max(most, len(live_workers()))
             time.sleep(0.1)
-        assert len(workers) == 2, f"{what} did not start two workers"
+        assert most >= 2, f"{what} did not start two workers"
         while time.monotonic() < deadline and proc.poll() is None and not busy():
+            live_workers()
             time.sleep(0.05)
+        live_workers()
         assert proc.poll() is None, f"{what} ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # Workers notice the dead parent at their next poll; on a loaded machine that
         # takes longer than on an idle one.
         gone = time.monotonic() + 15.0
-        while _alive(workers) and time.monotonic() < gone:
+        while _alive(list(seen.values())) and time.monotonic() < gone:
             time.sleep(0.05)
-        assert _alive(workers) == [], f"workers outlived the killed {what}"
+        assert _alive(list(seen.values())) == [], f"workers outlived the killed {what}"
     finally:
-        for p in _alive(workers):
+        for p in _alive(list(seen.values())):
             p.kill()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
