@@ -435,6 +435,7 @@ class Trainer:
         if config.gradient_checkpointing:
             self.base.unet.enable_gradient_checkpointing()
             _enable_checkpointing(self.model.adapter)
+        self._write_run_config()
         self.step_module = AdapterStep(self.model.adapter)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -485,10 +486,16 @@ class Trainer:
             if diff:
                 raise TrainingError(f"{cfg_file}: the run was started with other settings "
                                     f"({', '.join(diff)}); resume with the same config")
+
+    def _write_run_config(self) -> None:
+        """The run folder and its config.yaml, once the base, data and init have loaded: a
+        command that fails on its inputs leaves no run folder behind."""
+        import yaml
         if self.accelerator.is_main_process:
             from reface_core.atomic import write_text_atomic
             self.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(cfg_file, yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+            write_text_atomic(self.out / "config.yaml",
+                              yaml.safe_dump(asdict(self.cfg), sort_keys=False))
 
     @staticmethod
     def _adapters_dir(path: Path) -> Path:

@@ -63,7 +63,12 @@ def _read_holder(path: Path) -> dict:
 def _try_lock(path: Path) -> int | None:
     """An fd holding the flock on ``path`` (the very file now at ``path``), or None."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:
+            # The previous holder created the folder, failed and removed it (empty) again.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -92,7 +97,8 @@ def _command_line() -> str:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | None = None,
                 poll: float = 0.2) -> Iterator[Path]:
-    """Hold the lock of ``folder`` (created if missing) for the ``with`` body.
+    """Hold the lock of ``folder`` (created if missing, and removed again if the body left
+    it empty) for the ``with`` body.
 
     ``wait``: seconds to wait for another holder (0: refuse at once with
     :class:`FolderLockedError`). ``command``: what to show other runs (default: argv).
@@ -108,6 +114,7 @@ def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | 
         return
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"output folder {folder} exists and is not a folder")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     deadline = time.monotonic() + wait
@@ -138,6 +145,10 @@ def folder_lock(folder: str | os.PathLike, *, wait: float = 0.0, command: str | 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+        if created:
+            # A command that failed before writing anything leaves no empty folder behind.
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _wait_seconds(text: str) -> float:

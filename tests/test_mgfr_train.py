@@ -213,6 +213,8 @@ def test_one_line_errors(identities_dataset, stage1_run, cache, tmp_path, capsys
                     "sd21-base", "--out", str(tmp_path / "c"), *common], capsys)
     assert rc == 2 and err.startswith("error: pretrained asset 'sd21-base'")
     assert "Traceback" not in err
+    # A command that failed on its inputs leaves no run folder behind.
+    assert not any((tmp_path / n).exists() for n in "abc")
     # A corrupt checkpoint.
     run = tmp_path / "corrupt"
     shutil.copytree(stage1_run, run)
