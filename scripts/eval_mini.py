@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=",".join(ROWS),
                    help="comma-separated subset of the rows: " + ", ".join(ROWS)
                         + " (the grid needs stage1, stage2 and other)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inference setting for every row, over the preset's default "
+                        "(repeatable), e.g. --set rca_scale=2")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--split", default="test",
                    help="split of the build to score (train: for choosing settings)")
@@ -79,6 +82,17 @@ def main(argv=None) -> int:
     if bad or not rows_wanted:
         print(f"error: --rows {args.rows!r}: choose from {', '.join(ROWS)}", file=sys.stderr)
         return 2
+
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        try:
+            overrides[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            print(f"error: --set {item!r}: expected KEY=NUMBER", file=sys.stderr)
+            return 2
 
     import torch
 
@@ -131,6 +145,11 @@ def main(argv=None) -> int:
     stage2 = load_pipeline(base=str(weights), adapters=str(
         Path(args.stage2) if args.stage2 else weights / "adapters-stage2"))
     defaults = stage2.call_defaults
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        print(f"error: --set {', '.join(unknown)}: not an inference setting; choose from "
+              f"{', '.join(sorted(defaults))}", file=sys.stderr)
+        return 2
 
     def run(pipe, lq, references=None, vecs=None, **kw):
         outs = []
@@ -138,7 +157,8 @@ def main(argv=None) -> int:
             r = None if references is None else [list(references[i])]
             e = None if vecs is None else vecs[i:i + 1]
             g = torch.Generator().manual_seed(args.seed + i)
-            outs.append(pipe(lq[i], references=r, id_embeds=e, generator=g, **kw).images[0])
+            outs.append(pipe(lq[i], references=r, id_embeds=e, generator=g,
+                             **{**overrides, **kw}).images[0])
         return np.stack(outs)
 
     if args.strengths:
@@ -172,7 +192,8 @@ def main(argv=None) -> int:
         return run(stage2, lq, refs, ref_ids, one_step=True)
 
     results = {"faces": len(items), "identities": sorted(set(identity)),
-               "defaults": {k: v for k, v in defaults.items()}, "presets": {}}
+               "defaults": {k: v for k, v in defaults.items()}, "overrides": overrides,
+               "presets": {}}
     hq_scores = scores(hq)
     for preset in args.presets.split(","):
         t0 = time.perf_counter()
@@ -196,7 +217,9 @@ def main(argv=None) -> int:
         print(f"{preset}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     lines = [f"{len(items)} faces of {len(set(identity))} held-out identities; defaults: "
-             + ", ".join(f"{k}={v}" for k, v in defaults.items()), ""]
+             + ", ".join(f"{k}={v}" for k, v in defaults.items())
+             + ("; set: " + ", ".join(f"{k}={v:g}" for k, v in overrides.items())
+                if overrides else ""), ""]
     for preset, res in results["presets"].items():
         lines += [f"**{preset}**", "",
                   "| | PSNR dB | SSIM | ids | sharpness | BRISQUE |", "|---|---|---|---|---|---|"]
