@@ -168,6 +168,13 @@ def test_run_main_maps_outcomes_to_exit_codes(capsys):
     assert signal.getsignal(signal.SIGINT) is previous  # in-process callers keep Ctrl-C
 
 
+def _ctrl_c_as_in_a_terminal():
+    # A suite started in the background by a script (`make test &`) inherits SIGINT
+    # ignored, and a Python started so never turns SIGINT into KeyboardInterrupt: give the
+    # job the default disposition a job in a terminal's foreground has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.realdata
 def test_ctrl_c_exits_130_without_traceback(data_root, tmp_path):
     """SIGINT to a running job (as Ctrl-C sends it to the process group): exit 130, one line."""
@@ -178,7 +185,7 @@ def test_ctrl_c_exits_130_without_traceback(data_root, tmp_path):
         [sys.executable, "-m", "degradations", "synth", "-i", str(data_root / "celeba_hq_1024"),
          "-o", str(out), "-q", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     def committed():
         # A record is written to ".<id>.xxxx.tmp.json" and renamed: under load the wait can
         # see that temporary, which an interrupt then removes. Count renamed records only.
