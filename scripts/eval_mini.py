@@ -85,12 +85,12 @@ def main(argv=None) -> int:
 
     overrides = {}
     for item in args.overrides:
-        key, sep, value = item.partition("=")
+        key, _, value = (x.strip() for x in item.partition("="))
         try:
-            overrides[key.strip()] = float(value)
+            if not key:
+                raise ValueError
+            overrides[key] = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not key.strip():
             print(f"error: --set {item!r}: expected KEY=NUMBER", file=sys.stderr)
             return 2
 

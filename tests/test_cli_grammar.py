@@ -186,6 +186,7 @@ def test_ctrl_c_exits_130_without_traceback(data_root, tmp_path):
          "-o", str(out), "-q", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
+
     def committed():
         # A record is written to ".<id>.xxxx.tmp.json" and renamed: under load the wait can
         # see that temporary, which an interrupt then removes. Count renamed records only.
