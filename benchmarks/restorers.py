@@ -13,7 +13,8 @@ gfpgan         GFPGAN v1.4 through spandrel (``path``)
 mgfr           an adapter folder from ``mgfr train`` on its base
                (``adapters``, ``base``, ``steps``, ``guidance_scale``, ``lambda_na``,
                ``lambda_nq``, ``prompt``, ``negative_attribute_prompt``,
-               ``negative_quality_prompt``, ``seed``, ``use_references``)
+               ``negative_quality_prompt``, ``seed``, ``use_references``,
+               ``strength``, ``one_step``, ``rca_scale``)
 =============  =========================================================================
 
 A restorer whose weights are missing raises :class:`RestorerUnavailable` from ``load()``
@@ -302,7 +303,7 @@ class MGFR(Restorer):
                  prompt: str | None = None, negative_attribute_prompt: str | None = None,
                  negative_quality_prompt: str | None = None, seed: int = 0,
                  use_references: bool = True, strength: float | None = None,
-                 one_step: bool | None = None):
+                 one_step: bool | None = None, rca_scale: float | None = None):
         self.adapters, self.base = adapters, base
         if isinstance(one_step, str):
             one_step = one_step.lower() in ("1", "true", "yes")
@@ -313,7 +314,7 @@ class MGFR(Restorer):
         # Checked here, before any model loads (the pipeline would refuse them only per image).
         weights = {k: None if v is None else number_option("mgfr", k, v, 0.0, MAX_WEIGHT)
                    for k, v in (("guidance_scale", guidance_scale), ("lambda_na", lambda_na),
-                                ("lambda_nq", lambda_nq))}
+                                ("lambda_nq", lambda_nq), ("rca_scale", rca_scale))}
         self.call_options = {k: v for k, v in {
             "strength": strength,
             "one_step": None if one_step is None else bool(one_step),

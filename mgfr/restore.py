@@ -57,8 +57,11 @@ def add_subcommands(sub) -> None:
                         "for sd21-base, 20 for mini); with --strength < 1 only that share runs")
     p.add_argument("--strength", type=_strength, default=None,
                    help="start from the LQ face's latent noised to this share of the schedule "
-                        "(SDEdit; 1 = pure noise; default: the preset's, 0.5 for mini, 1.0 "
+                        "(SDEdit; 1 = pure noise; default: the preset's, 0.3 for mini, 1.0 "
                         "for sd21-base)")
+    p.add_argument("--rca-scale", type=at_least(0.0, float), default=None,
+                   help="multiply the reference branch's residuals into the UNet (0 ignores "
+                        "the references; default 1; docs/mgfr-training.md measures 2 and 3)")
     p.add_argument("--one-step", action="store_true",
                    help="return the model's deterministic one-step clean estimate from the "
                         "--strength start instead of sampling (for fidelity scores)")
@@ -207,6 +210,7 @@ def run_restore(args: argparse.Namespace) -> int:
     options = dict(guidance_scale=args.guidance, lambda_na=args.lambda_na,
                    lambda_nq=args.lambda_nq, num_inference_steps=args.steps,
                    strength=args.strength, one_step=True if args.one_step else None,
+                   rca_scale=args.rca_scale,
                    prompt=args.prompt, negative_attribute_prompt=args.negative_attribute_prompt,
                    negative_quality_prompt=args.negative_quality_prompt)
     record = pipe.config_for_record(seed=args.seed, **options)

@@ -152,6 +152,7 @@ def test_failed_images_exit_1(data_root, tmp_path, capsys):
     ("lambda_nq=inf", "lambda_nq must be a finite number"),
     ("use_references=maybe", "use_references must be true or false"),
     ("seed=-1", "seed must be a whole number"),
+    ("rca_scale=-2", "rca_scale must be a finite number in [0, 100]"),
 ])
 def test_mgfr_options_are_checked_before_any_work(tmp_path, capsys, option, message):
     data = tmp_path / "lq"

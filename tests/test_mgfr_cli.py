@@ -128,3 +128,26 @@ def test_profile_tiny_writes_tables(tmp_path, capsys):
     assert r["ratios"]["gflops_mgfr_vs_unet_1_branch"] > 1
     assert "MGFR step / bare-UNet step" in (tmp_path / "p.md").read_text()
     assert np.isfinite(r["per_image"]["seconds"])
+
+
+@pytest.mark.realdata
+def test_restore_rca_scale_weighs_the_references_and_is_recorded(data_root, tmp_path, capsys):
+    person = data_root / "identities_512" / "00001"
+    refs = sorted((person / "conditioning").glob("*.png"))[:2]
+    common = ["restore", "--input", str(person / "degraded.png"), "--refs", *map(str, refs),
+              "--aligned", "-q"]  # the shipped mini model: stage 2, which reads references
+    outs = {}
+    for scale in (None, "0"):
+        out = tmp_path / f"rca-{scale}"
+        extra = [] if scale is None else ["--rca-scale", scale]
+        assert main([*common, "--out", str(out), *extra]) == 0
+        assert json.loads((out / "run.json").read_text())["rca_scale"] == float(scale or 1)
+        outs[scale] = load_image(out / "degraded.png").astype(np.int16)
+    # The reference branch off changes the face (docs/mgfr-training.md: about 13 levels).
+    assert np.abs(outs[None] - outs["0"]).mean() > 2
+    with pytest.raises(SystemExit) as bad:  # argparse's own one-line usage error
+        main([*common, "--out", str(tmp_path / "bad"), "--rca-scale", "-1"])
+    assert bad.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--rca-scale" in err and "-1" in err
+    assert not (tmp_path / "bad").exists()
