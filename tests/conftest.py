@@ -77,6 +77,20 @@ def _torch_threads_restored():
         torch.set_num_threads(before)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str):
+    """A script of the repository (``perf/x.py``, ``scripts/y.py``) loaded as a module, so
+    a test calls its functions and ``main()`` in process."""
+    import importlib.util
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:
     """A deterministic, structured RGB test image (gradients plus noise)."""
     rng = np.random.default_rng(seed)

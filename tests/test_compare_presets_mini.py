@@ -3,20 +3,13 @@ scoring themselves are minutes of CPU; docs/mgfr-training.md gives the measured 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_presets_mini.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("compare_presets_mini", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/compare_presets_mini.py")
 
 
 def test_bad_inputs_are_one_line_errors_with_exit_2(script, tmp_path, capsys):

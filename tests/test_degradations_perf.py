@@ -4,7 +4,6 @@ pipeline it claims to (GFPGAN's options, BasicSR's own functions)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from degradations import presets as P
 from degradations.jpeg import jpeg_libjpeg
@@ -27,17 +27,13 @@ from degradations.ops import (
 )
 from degradations.pipeline import _quantize_cpu
 
-REPO = Path(__file__).resolve().parents[1]
 # BasicSR's degradations.py, opt in: tests neither download it nor read the user's cache
 # (the benchmark caches it at $REFACE_HOME/perf/basicsr-1.4.2/degradations.py).
 BASICSR_FILE = os.environ.get("REFACE_BASICSR_FILE")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_degradations", REPO / "perf" / "bench_degradations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("perf/bench_degradations.py")
 
 
 def test_quantize_cpu_matches_rounding_at_every_level_boundary():

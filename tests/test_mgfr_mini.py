@@ -314,12 +314,8 @@ def test_shipped_mini_stage2_with_the_persons_references_beats_stage1(identities
 def test_eval_mini_set_option_refuses_what_is_not_key_number(tmp_path, capsys):
     """`scripts/eval_mini.py --set KEY=VALUE` (an inference setting for every row) ends in
     one `error:` line and exit 2 before any model or data is read."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_mini.py"
-    spec = importlib.util.spec_from_file_location("eval_mini_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_script
+    mod = load_script("scripts/eval_mini.py")
     for bad in ("rca_scale", "rca_scale=two", "=2"):
         rc = mod.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                        "--set", bad])
