@@ -201,7 +201,7 @@ register(Asset(
 # --- MGFR mini: trained by the toolkit's own recipe, shipped in the repository ------------
 # Pinned by the folder digest (reface_core.assets.folder_sha256) of mgfr/weights/mini;
 # docs/mgfr-training.md ("The mini model") gives the recipe that reproduces it.
-MGFR_MINI_SHA256 = "a5214481930d4cdef095762e949c0cb559c3c1b5409ca61bd3d38576e47c4ec9"
+MGFR_MINI_SHA256 = "26bf79e26a371732bf781d7f848d5504c6b0cab6dbf78501649b4afd44961a88"
 register(Asset(
     name="mgfr-mini", filename="mini", kind="dir", subdir="mgfr",
     required=("mgfr_base.json", "unet/config.json", "vae/config.json",
@@ -210,7 +210,7 @@ register(Asset(
     description="MGFR mini (64 px): prior, stage-1 and stage-2 adapters trained by the "
                 "toolkit's recipe (mgfr/configs/mini-*.yaml)",
     used_by=("mgfr", "benchmarks"),
-    license="Apache-2.0 (the toolkit's); trained on CelebRef-HQ sample faces (no license "
-            "stated): research use",
+    license="Apache-2.0 (the toolkit's); trained on CelebRef-HQ sample faces and LFW and web "
+            "photos of 35 more people (no image license stated): research use",
     package=("mgfr", "weights"), source="trained here: docs/mgfr-training.md, The mini model",
     folder_sha256=MGFR_MINI_SHA256))

@@ -143,3 +143,20 @@ def test_a_full_disk_is_one_error_line_in_the_faces_command(data_root, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: No space left on device: "), err
     assert str(tmp_path / "crops") in err[0]
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from reface_core.atomic import atomic_dir, current_umask
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~current_umask()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -273,7 +273,7 @@ def test_shipped_mini_stage2_with_the_persons_references_beats_stage1(identities
     the LQ alone says least about who it is): stage 2 given 2 other photos of the same
     person keeps identity better than the stage-1 adapters, which see no reference (the
     same seed per face for both). Measured on these 16 faces: bicubic 0.831, stage 1
-    0.864, stage 2 0.878 (better on 11 of 16); docs/mgfr-training.md has all 58 faces."""
+    0.864, stage 2 0.880 (better on 14 of 16); docs/mgfr-training.md has all 58 faces."""
     import cv2
     import pandas as pd
 
