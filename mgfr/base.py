@@ -459,14 +459,10 @@ def load_base(base: str = "tiny", *, device: str | torch.device = "cpu",
 def save_base(base: BaseModels, out: str | Path, **extra) -> Path:
     """Write ``base`` as a diffusers-layout folder with ``mgfr_base.json`` (what
     ``load_base(PATH)`` reads). Written under a temporary name, then renamed."""
-    import os
-    import shutil
-    import tempfile
+    from reface_core.atomic import atomic_dir
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         base.unet.save_pretrained(tmp / "unet")
         base.vae.save_pretrained(tmp / "vae")
         base.text_encoder.save_pretrained(tmp / "text_encoder")
@@ -474,12 +470,6 @@ def save_base(base: BaseModels, out: str | Path, **extra) -> Path:
         base.noise_scheduler.save_pretrained(tmp / "scheduler")
         info = {"preset": base.preset, "resolution": base.resolution, **extra}
         (tmp / BASE_FILE).write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

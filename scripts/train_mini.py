@@ -81,6 +81,8 @@ def fetch_extra_faces(folder: Path, url: str = RAW_URL, timeout: float = 30.0) -
     import urllib.request
 
     from tqdm import tqdm
+
+    from reface_core.atomic import write_bytes_atomic
     todo = missing_extra_faces(folder)
     for row in tqdm(todo, desc="extra faces", unit="photo", disable=not todo):
         src = url.format(repository=row["repository"], commit=row["commit"],
@@ -94,11 +96,7 @@ def fetch_extra_faces(folder: Path, url: str = RAW_URL, timeout: float = 30.0) -
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             raise SystemExit(f"error: {src} does not have the listed sha256 of {row['file']} "
                              f"({EXTRA_LIST.name})")
-        dest = folder / row["file"]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        write_bytes_atomic(folder / row["file"], data)
     return len(todo)
 
 

@@ -80,6 +80,29 @@ def _torch_threads_restored():
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def file_server(tmp_path):
+    """A loopback HTTP server over a fresh folder: yields (folder, base URL)."""
+    import http.server
+    import threading
+
+    root = tmp_path / "srv"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
 def load_script(relpath: str):
     """A script of the repository (``perf/x.py``, ``scripts/y.py``) loaded as a module, so
     a test calls its functions and ``main()`` in process."""

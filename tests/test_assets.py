@@ -1,6 +1,4 @@
 import hashlib
-import http.server
-import threading
 
 import pytest
 
@@ -69,25 +67,6 @@ def test_dir_asset_needs_its_required_files(tmp_path, monkeypatch):
 def test_unknown_asset_suggests():
     with pytest.raises(A.UnknownAssetError, match="did you mean 'codeformer'"):
         A.get_asset("codeformr")
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    root = tmp_path / "srv"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def test_download_verified_and_atomic(file_server, monkeypatch):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pandas as pd
@@ -36,9 +34,9 @@ def test_the_shipped_list_names_every_extra_face_once_with_its_source(tm):
 
 
 @pytest.fixture
-def small_list(tm, tmp_path, monkeypatch):
+def small_list(tm, tmp_path, monkeypatch, file_server):
     """Two photos served from a loopback server, listed like the shipped list."""
-    srv = tmp_path / "srv"
+    srv, base = file_server
     payloads = {"a b/1.jpg": b"first photo" * 50, "c/2.jpg": b"second photo" * 50}
     rows = []
     for k, (path, data) in enumerate(payloads.items()):
@@ -53,18 +51,7 @@ def small_list(tm, tmp_path, monkeypatch):
         w.writeheader()
         w.writerows(rows)
     monkeypatch.setattr(tm, "EXTRA_LIST", listed)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(srv), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield rows, f"http://127.0.0.1:{httpd.server_address[1]}/{{repository}}/{{commit}}/{{path}}", srv
-    httpd.shutdown()
+    return rows, base + "/{repository}/{commit}/{path}", srv
 
 
 def test_fetch_downloads_what_is_missing_checks_sha256_and_resumes(tm, small_list, tmp_path):
@@ -73,7 +60,7 @@ def test_fetch_downloads_what_is_missing_checks_sha256_and_resumes(tm, small_lis
     assert len(tm.missing_extra_faces(dest)) == 2
     assert tm.fetch_extra_faces(dest, url=url) == 2
     assert tm.missing_extra_faces(dest) == []
-    assert not list(dest.rglob(".*.tmp"))
+    assert not list(dest.rglob(".*tmp*"))
     assert tm.fetch_extra_faces(dest, url=url) == 0           # a rerun fetches nothing
     # Other bytes on disk count as missing; other bytes on the server are refused.
     (dest / rows[0]["file"]).write_bytes(b"edited")
